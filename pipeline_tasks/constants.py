@@ -1,0 +1,64 @@
+"""Names defined once: columns, paths, stage order, MLflow names."""
+from __future__ import annotations
+
+# Canonical columns (ids are strings; timestamps are UTC).
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+RATING = "rating"
+TIMESTAMP = "timestamp"
+EVENT = "event"
+TITLE = "title"
+TEXT = "text"
+REASON = "reason"  # quarantine: which rule removed the row
+TARGET_ITEM_ID = "target_item_id"
+ITEM_IDS = "item_ids"  # a ranked list of item ids
+
+INTERACTION_COLUMNS = [USER_ID, ITEM_ID, RATING, TIMESTAMP, EVENT]
+ITEM_COLUMNS = [ITEM_ID, TITLE, TEXT]
+
+TABLES = ("interactions", "items", "users")
+SPLITS = ("train", "valid", "test")
+
+# Paths, relative to the project root (the folder holding params.yaml / dvc.yaml).
+PARAMS_FILE = "params.yaml"
+DATA_RAW = "data/raw"
+DATA_CLEAN = "data/clean"
+DATA_QUARANTINE = "data/quarantine"
+DATA_SPLIT = "data/split"
+DATA_BASELINES = "data/baselines"
+DATA_EVAL_TOPK = "data/eval/topk"
+GROUND_TRUTH = "data/ground_truth"  # what the synthetic generator injected on purpose
+METRICS_DIR = "metrics"
+MODELS_DIR = "models"
+MODEL_DIR = "models/model"  # the trained model (weights, tokenizer, item table, id maps)
+COMPRESSED_DIR = "models/compressed"
+CHECKPOINT_DIR = "models/checkpoints"
+REPORTS_DIR = "reports"
+GX_DIR = "gx"
+BEST_PARAMS_FILE = "metrics/tune/best_params.json"
+OPTUNA_DIR = "optuna"
+
+# Stage order: dvc.yaml, the Airflow DAG and the summary all follow it.
+STAGES = (
+    "ingest",
+    "validate_raw",
+    "clean",
+    "validate_clean",
+    "split",
+    "baselines",
+    "tune",
+    "train",
+    "compress",
+    "evaluate",
+    "register",
+)
+
+# MLflow.
+PARENT_RUN_ENV = "RECPIPE_PARENT_RUN_ID"  # set by `recpipe run` / the DAG so stages nest under one run
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+ALIAS_CHAMPION = "champion"
+ALIAS_CHALLENGER = "challenger"
+ALIAS_PREVIOUS_CHAMPION = "previous_champion"
+
+# The trained model's name in metrics/evaluate.json.
+MODEL_NAME = "TextSeqRec"

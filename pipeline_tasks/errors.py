@@ -1,0 +1,30 @@
+"""Domain errors, raised at the boundary. Each message names the problem and the fix.
+
+The stage CLI prints these without a traceback and exits non-zero (2): they are
+expected failures an operator acts on, not bugs.
+"""
+from __future__ import annotations
+
+
+class RecpipeError(Exception):
+    """Base class: an expected failure with a message for a human."""
+
+    exit_code = 2
+
+
+class ParamsError(RecpipeError):
+    """params.yaml or an override is wrong (unknown key, wrong type, bad value)."""
+
+
+class DataSourceError(RecpipeError):
+    """An input file or folder cannot be read as the declared source."""
+
+
+class DataValidationError(RecpipeError):
+    """A Great Expectations gate failed; the data must be fixed before training."""
+
+    exit_code = 3
+
+
+class PipelineError(RecpipeError):
+    """A stage's inputs are missing or inconsistent (run the earlier stage first)."""
