@@ -1,0 +1,45 @@
+# recpipe — the two commands of the quick start are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Nothing phones home (see docs: no network at run time).
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test test-fast bench mlflow-ui clean-outputs lock
+
+setup: $(STAMP)  ## create .venv with the pinned dependencies (idempotent)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first: the pinned CPU build comes from this machine's wheel store.
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+run: setup  ## the full pipeline on the built-in default data, through dvc repro
+	$(BIN)/recpipe run
+
+test: setup  ## the whole test suite
+	$(BIN)/python -m pytest tests
+
+test-fast: setup  ## everything but the slow end-to-end tests
+	$(BIN)/python -m pytest tests -m "not slow"
+
+mlflow-ui: setup  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
+	$(BIN)/recpipe mlflow-ui
+
+lock:  ## regenerate requirements.lock from requirements.in in a scratch venv
+	rm -rf /tmp/recpipe-lock && $(PYTHON) -m venv /tmp/recpipe-lock
+	/tmp/recpipe-lock/bin/pip install --quiet torch==2.13.0 && /tmp/recpipe-lock/bin/pip install --quiet -r requirements.in
+	{ echo "# Full lock: pip freeze of a venv built from requirements.in (Python 3.11). Regenerate with 'make lock'."; \
+	  /tmp/recpipe-lock/bin/pip freeze | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > requirements.lock
+
+clean-outputs:  ## delete pipeline outputs (data, models, metrics, MLflow store) — keeps the venv
+	rm -rf data/raw data/clean data/quarantine data/split data/baselines data/eval data/ground_truth models reports gx optuna mlflow/mlflow.db mlflow/artifacts

@@ -1,0 +1,127 @@
+"""Running the whole pipeline: the parent MLflow run around `dvc repro`, and the summary.
+
+`recpipe run` and the Airflow DAG both use these functions, so a run from a shell and a
+run from the scheduler are recorded the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline_tasks import constants as C
+from pipeline_tasks import io, tracking
+from pipeline_tasks.errors import PipelineError
+
+
+def load_project_params(root: Path) -> dict:
+    """params.yaml of the project at `root` (defaults if it has none)."""
+    from pipeline_tasks import params as P
+
+    path = root / C.PARAMS_FILE
+    return P.load(path if path.exists() else None)
+
+
+def stage_env(root: Path, parent_run_id: str | None = None) -> dict[str, str]:
+    """Environment for stage subprocesses: this venv first on PATH, offline, nested under the parent run."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for key, value in {"GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                       "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}.items():
+        env.setdefault(key, value)
+    if parent_run_id:
+        env[C.PARENT_RUN_ENV] = parent_run_id
+    return env
+
+
+def dvc(root: Path, *args: str, env: dict[str, str] | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "dvc"), *args]
+    return subprocess.run(cmd, cwd=root, env=env or stage_env(root), text=True,
+                          capture_output=capture, check=False)
+
+
+def stale_stages(root: Path) -> list[str]:
+    """Stages whose inputs changed since the last run (empty: nothing to do)."""
+    result = dvc(root, "status", "--json", capture=True)
+    if result.returncode != 0:
+        raise PipelineError(f"`dvc status` failed in {root}:\n{result.stderr.strip()}\n"
+                            "Is this a git + DVC checkout? (`git init && dvc init` once, see README)")
+    status = json.loads(result.stdout or "{}")
+    return [name.split(":")[-1] for name in status]
+
+
+def start_parent_run(params: dict, root: Path, run_name: str = "pipeline", tags: dict | None = None) -> str:
+    from mlflow import MlflowClient
+
+    experiment_id = tracking.setup(params, root)
+    # Created, not started: it stays RUNNING while the stage processes nest under it.
+    run = MlflowClient().create_run(experiment_id, run_name=run_name,
+                                    tags={"recpipe.kind": "pipeline", **(tags or {})})
+    return run.info.run_id
+
+
+def end_parent_run(params: dict, root: Path, run_id: str, ok: bool) -> None:
+    from mlflow import MlflowClient
+
+    tracking.setup(params, root)
+    client = MlflowClient()
+    for name in C.STAGES:
+        path = root / C.METRICS_DIR / f"{name}.json"
+        if path.exists():
+            client.log_artifact(run_id, str(path), artifact_path="metrics")
+    client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def repro(root: Path, params: dict, stage: str | None = None, parent_run_id: str | None = None) -> int:
+    """`dvc repro` (the whole pipeline, or one stage) with stage runs nested under the parent."""
+    args = ["repro"] + (["--single-item", stage] if stage else [])
+    return dvc(root, *args, env=stage_env(root, parent_run_id)).returncode
+
+
+def run_pipeline(params: dict, root: Path) -> int:
+    """Everything `make run` does after the venv exists. Returns the exit code."""
+    stale = stale_stages(root)
+    if not stale:
+        print("Nothing changed since the last run (dvc status is clean): no stage re-runs.")
+        print(summary(params, root))
+        return 0
+    print(f"Stages to run: {', '.join(s for s in C.STAGES if s in stale) or ', '.join(stale)}")
+    run_id = start_parent_run(params, root)
+    code = repro(root, params, parent_run_id=run_id)
+    end_parent_run(params, root, run_id, ok=code == 0)
+    if code != 0:
+        print(f"\nrecpipe run FAILED (dvc repro exit code {code}); the message of the failing stage is above.\n"
+              "Nothing was registered and no alias moved. Fix the cause and run `make run` again: "
+              "stages that already succeeded are not recomputed.", file=sys.stderr)
+        return code
+    print(summary(params, root))
+    return 0
+
+
+def metrics_table(evaluate: dict, columns=("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr@10", "coverage@10")) -> str:
+    models = evaluate.get("models", {})
+    model = evaluate.get("model")
+    width = max([len(n) for n in models] + [8]) + 2
+    lines = ["model".ljust(width) + "".join(c.rjust(12) for c in columns)]
+    for name, values in sorted(models.items(), key=lambda kv: -(kv[1].get("ndcg@10") or 0)):
+        mark = " *" if name == model else ""
+        lines.append((name + mark).ljust(width) + "".join(f"{values.get(c, float('nan')):12.4f}" for c in columns))
+    return "\n".join(lines)
+
+
+def summary(params: dict, root: Path) -> str:
+    """The end-of-run report: model vs baselines, the registered version, where to look."""
+    parts = ["", "=" * 72, "recpipe — run summary", "=" * 72]
+    evaluate_path = root / C.METRICS_DIR / "evaluate.json"
+    if evaluate_path.exists():
+        parts += ["Test set, full ranking (* = the trained model):", metrics_table(io.read_json(evaluate_path))]
+    register_path = root / C.METRICS_DIR / "register.json"
+    if register_path.exists():
+        reg = io.read_json(register_path)
+        parts += ["", f"Registered: {reg.get('model_name')} version {reg.get('version')} "
+                      f"aliases {reg.get('aliases')}", f"Gate: {reg.get('decision', {}).get('summary', '')}"]
+    uri = tracking.tracking_uri(params, root)
+    parts += ["", f"MLflow UI:  make mlflow-ui   (or: mlflow ui --backend-store-uri {uri})", "=" * 72]
+    return "\n".join(parts)
