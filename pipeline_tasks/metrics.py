@@ -31,21 +31,35 @@ def hits(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     return np.where(found, top.argmax(axis=1), -1)
 
 
+def user_recall(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """(n_users,) 1.0 where the target is in the top k, else 0.0."""
+    return (hits(ranked, targets, k) >= 0).astype(np.float64)
+
+
+def user_ndcg(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """(n_users,) one relevant item: DCG = 1/log2(rank+2), ideal DCG = 1; 0 for a miss."""
+    pos = hits(ranked, targets, k)
+    # Clip misses to rank 0 before dividing so no 1/log2(1) is ever evaluated.
+    return np.where(pos >= 0, 1.0 / np.log2(np.maximum(pos, 0) + 2.0), 0.0)
+
+
+def user_rr(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """(n_users,) reciprocal rank of the target within the top k; 0 for a miss."""
+    pos = hits(ranked, targets, k)
+    return np.where(pos >= 0, 1.0 / (np.maximum(pos, 0) + 1.0), 0.0)
+
+
 def recall(ranked: np.ndarray, targets: np.ndarray, k: int, ctx: EvalContext) -> float:
     """With one held-out item per user, Recall@k is the hit rate."""
-    return float((hits(ranked, targets, k) >= 0).mean()) if len(targets) else 0.0
+    return float(user_recall(ranked, targets, k).mean()) if len(targets) else 0.0
 
 
 def ndcg(ranked: np.ndarray, targets: np.ndarray, k: int, ctx: EvalContext) -> float:
-    """One relevant item: DCG = 1/log2(rank+2), ideal DCG = 1."""
-    pos = hits(ranked, targets, k)
-    gains = np.where(pos >= 0, 1.0 / np.log2(pos + 2.0), 0.0)
-    return float(gains.mean()) if len(targets) else 0.0
+    return float(user_ndcg(ranked, targets, k).mean()) if len(targets) else 0.0
 
 
 def mrr(ranked: np.ndarray, targets: np.ndarray, k: int, ctx: EvalContext) -> float:
-    pos = hits(ranked, targets, k)
-    return float(np.where(pos >= 0, 1.0 / (pos + 1.0), 0.0).mean()) if len(targets) else 0.0
+    return float(user_rr(ranked, targets, k).mean()) if len(targets) else 0.0
 
 
 def coverage(ranked: np.ndarray, targets: np.ndarray, k: int, ctx: EvalContext) -> float:
@@ -69,6 +83,12 @@ def novelty(ranked: np.ndarray, targets: np.ndarray, k: int, ctx: EvalContext) -
 
 
 Metric = Callable[[np.ndarray, np.ndarray, int, EvalContext], float]
+# Metrics that are a mean over users, by their per-user values (for bootstrap intervals).
+PER_USER: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "recall": user_recall,
+    "ndcg": user_ndcg,
+    "mrr": user_rr,
+}
 METRICS: dict[str, Metric] = {
     "recall": recall,
     "ndcg": ndcg,
@@ -115,3 +135,14 @@ def make_context(n_items: int, train_item_idx: np.ndarray, head_share: float = 0
     long_tail = np.ones(n_items, dtype=bool)
     long_tail[head] = False
     return EvalContext(n_items=n_items, item_popularity=popularity, long_tail=long_tail)
+
+
+def ranking_length(ks: Sequence[int]) -> int:
+    """How many items a stored top-K list holds: enough for every reported k, and at least 20."""
+    return max([20, *ks])
+
+
+def metric_set(ks: Sequence[int]) -> tuple[tuple[str, int], ...]:
+    """The headline metrics plus recall and ndcg at every k of evaluate.ks."""
+    extra = [(name, k) for k in ks for name in ("recall", "ndcg")]
+    return tuple(dict.fromkeys([*HEADLINE, *extra]))

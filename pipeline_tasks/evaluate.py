@@ -1,0 +1,352 @@
+"""Stage `evaluate`: the trained model and every baseline, ranked and judged the same way.
+
+Reads data/split, data/baselines/topk/<Model>.parquet and models/model; ranks every
+test user's items with the trained model (history = train + valid, those items
+excluded, full ranking over the catalogue) and computes, from the top-K lists alone,
+for every model:
+- the headline metrics (metrics.compute_all),
+- slices: users by history length, cold-start targets (no training interaction),
+  popular vs long-tail targets, and every user attribute with few enough values,
+  with worst/best group NDCG@10 ratio as a fairness figure,
+- bootstrap confidence intervals of NDCG@10 and Recall@10 (users resampled, seeded),
+  and of the trained model's difference to the best baseline.
+
+Writes data/eval/topk/<Model>.parquet, reports/evaluate.md, reports/evaluate_metrics.png
+and reports/evaluate_slices.png.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline_tasks import constants as C
+from pipeline_tasks import metrics as M
+from pipeline_tasks import tracking
+from pipeline_tasks.cli import stage_main
+from pipeline_tasks.dataset import (EvalTask, SplitData, eval_task, load_split, rank_in_batches, ranked_from_frame,
+                                    ranking_frame, read_ranking, write_ranking)
+from pipeline_tasks.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+SLICE_METRICS = (("ndcg", 10), ("recall", 10))
+CI_METRICS = (("ndcg", 10), ("recall", 10))
+FAIRNESS_METRIC = "ndcg@10"
+
+
+# --- Rankings -----------------------------------------------------------------------------
+
+def baseline_rankings(split: SplitData, task: EvalTask, params: dict, root: Path, k: int) -> dict[str, np.ndarray]:
+    """The baselines' stored test top-K lists, as index arrays aligned with the task's users."""
+    folder = Path(root) / C.DATA_BASELINES / "topk"
+    return {name: ranked_from_frame(split, task, read_ranking(folder / f"{name}.parquet"), k,
+                                    source=f"{folder / name}.parquet")
+            for name in params["baselines"]["models"]}
+
+
+def model_ranking(split: SplitData, task: EvalTask, root: Path, k: int, batch_size: int) -> np.ndarray:
+    """The trained Recommender's full ranking of every test user, seen items excluded."""
+    path = Path(root) / C.MODEL_DIR
+    if not path.exists():
+        raise PipelineError(f"no trained model at {path}: run the train stage first "
+                            "(`python -m pipeline_tasks.train` or `dvc repro train`)")
+    from pipeline_tasks.model import Recommender
+
+    rec = Recommender.load(path)
+    columns = model_columns(rec.item_ids, split)
+    position = {u: j for j, u in enumerate(task.users)}
+    histories = [[split.item_ids[i] for i in seen] for seen in task.seen]
+
+    def score_users(users: np.ndarray) -> np.ndarray:
+        scores = np.asarray(rec.scores([histories[position[u]] for u in users]), dtype=np.float32)
+        return scores[:, columns]
+
+    return rank_in_batches(score_users, task, k, batch_size, desc=f"{C.MODEL_NAME} test")
+
+
+def model_columns(model_item_ids: list[str], split: SplitData) -> np.ndarray:
+    """Column of each split item (in split order) in the model's score matrix."""
+    where = {item: j for j, item in enumerate(model_item_ids)}
+    missing = [item for item in split.item_ids if item not in where]
+    if missing:
+        raise PipelineError(f"the trained model does not know {len(missing)} items of data/split/items "
+                            f"(e.g. {missing[:3]}): it was trained on another catalogue; re-run the train stage")
+    return np.array([where[item] for item in split.item_ids], dtype=np.int64)
+
+
+# --- Slices ---------------------------------------------------------------------------------
+
+def history_groups(lengths: np.ndarray, bins: list[int]) -> pd.Categorical:
+    """Label users by history length with half-open bins: '<20', '20-99', '>=100' for bins [20, 100]."""
+    edges = sorted(bins)
+    labels = [f"<{edges[0]}"] + [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])] + [f">={edges[-1]}"]
+    codes = np.searchsorted(edges, lengths, side="right")
+    return pd.Categorical.from_codes(codes, categories=labels, ordered=True)
+
+
+def attribute_groups(values: pd.Series, max_groups: int) -> pd.Categorical | None:
+    """Group labels for one user attribute, or None when it cannot be sliced (all missing, too many values).
+
+    A numeric attribute with many values (e.g. age in years) is cut into quartiles,
+    labelled by the smallest and largest value inside each ('18-25').
+    """
+    present = values.dropna()
+    if present.empty:
+        return None
+    if pd.api.types.is_numeric_dtype(values) and present.nunique() > max_groups:
+        codes = pd.qcut(values.astype(float), 4, labels=False, duplicates="drop")
+        spans = values.groupby(codes).agg(["min", "max"])
+        names = {c: f"{row['min']:g}-{row['max']:g}" for c, row in spans.iterrows()}
+        labels = codes.map(names)
+        order = [names[c] for c in sorted(names)]
+    elif present.nunique() > max_groups:
+        return None
+    else:
+        labels = values.map(lambda v: str(v) if pd.notna(v) else None)
+        order = sorted(set(labels.dropna()))
+    if labels.isna().any():
+        order.append("unknown")
+    return pd.Categorical(labels.fillna("unknown"), categories=order, ordered=True)
+
+
+def user_slices(split: SplitData, task: EvalTask, ctx: M.EvalContext, params: dict) -> dict[str, pd.Categorical]:
+    """{slice name: group label per task user}, groups in their natural order."""
+    cfg = params["evaluate"]
+    train_counts = np.bincount(split.train.items, minlength=split.n_items)
+    slices = {
+        "history_length": history_groups(np.array([len(s) for s in task.seen]), cfg["history_bins"]),
+        "cold_start": pd.Categorical.from_codes((train_counts[task.targets] > 0).astype(int), ["cold", "warm"]),
+        "popularity": pd.Categorical.from_codes(ctx.long_tail[task.targets].astype(int), ["popular", "long_tail"]),
+    }
+    users = split.users.iloc[task.users]
+    for column in users.columns:
+        groups = attribute_groups(users[column].reset_index(drop=True), cfg["max_attribute_groups"])
+        if groups is not None:
+            slices[f"user.{column}"] = groups
+    return slices
+
+
+def slice_metrics(rankings: dict[str, np.ndarray], targets: np.ndarray, groups: pd.Categorical,
+                  ctx: M.EvalContext, min_group_users: int, with_fairness: bool) -> dict:
+    """{users: {group: n}, metrics: {model: {group: {ndcg@10, recall@10}}}, [fairness: {model: ...}]}."""
+    groups = pd.Categorical(groups)
+    labels = [g for g in groups.categories if (groups == g).any()]
+    groups = np.asarray(groups, dtype=object)
+    result: dict = {"users": {g: int((groups == g).sum()) for g in labels}, "metrics": {}}
+    for name, ranked in rankings.items():
+        result["metrics"][name] = {g: M.compute_all(ranked[groups == g], targets[groups == g], ctx, SLICE_METRICS)
+                                   for g in labels}
+    if with_fairness:
+        result["fairness"] = {name: fairness(per_group, result["users"], min_group_users)
+                              for name, per_group in result["metrics"].items()}
+    return result
+
+
+def fairness(per_group: dict[str, dict], sizes: dict[str, int], min_group_users: int) -> dict:
+    """Worst/best group NDCG@10 among groups large enough to judge (1.0 = even service)."""
+    eligible = {g: m[FAIRNESS_METRIC] for g, m in per_group.items() if sizes[g] >= min_group_users}
+    if len(eligible) < 2:
+        return {"ratio": None, "worst": None, "best": None, "groups_judged": len(eligible)}
+    worst, best = min(eligible, key=eligible.get), max(eligible, key=eligible.get)
+    ratio = eligible[worst] / eligible[best] if eligible[best] > 0 else None
+    return {"ratio": ratio, "worst": worst, "best": best, "groups_judged": len(eligible)}
+
+
+# --- Intervals ------------------------------------------------------------------------------
+
+def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n_series) means of `values` (n_series, n_users) over users drawn with replacement.
+
+    Every series sees the same draws, so differences between models are paired.
+    """
+    rng = np.random.default_rng(seed)
+    n_series, n_users = values.shape
+    chunk = max(1, 4_000_000 // max(1, n_users * n_series))
+    out = []
+    for start in range(0, resamples, chunk):
+        draws = rng.integers(0, n_users, size=(min(chunk, resamples - start), n_users))
+        out.append(values[:, draws].mean(axis=2).T)
+    return np.concatenate(out) if out else np.zeros((0, n_series))
+
+
+def bootstrap_intervals(rankings: dict[str, np.ndarray], targets: np.ndarray, resamples: int, level: float,
+                        seed: int, model: str | None = None, reference: str | None = None) -> dict:
+    """{model: {metric: {mean, low, high}}}, plus the model's paired difference to `reference`."""
+    names = list(rankings)
+    series = [(name, f"{m}@{k}", M.PER_USER[m](rankings[name], targets, k)) for name in names for m, k in CI_METRICS]
+    if not len(targets):
+        return {}
+    means = bootstrap_means(np.stack([v for _, _, v in series]), resamples, seed)
+    tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+    result: dict = {name: {} for name in names}
+    result["level"], result["resamples"] = level, resamples
+    column = {}
+    for j, (name, metric, v) in enumerate(series):
+        low, high = np.percentile(means[:, j], tails)
+        result[name][metric] = {"mean": float(v.mean()), "low": float(low), "high": float(high)}
+        column[name, metric] = j
+    if model in rankings and reference in rankings:
+        result["delta_vs_best_baseline"] = {"reference": reference}
+        for m, k in CI_METRICS:
+            metric = f"{m}@{k}"
+            diff = means[:, column[model, metric]] - means[:, column[reference, metric]]
+            low, high = np.percentile(diff, tails)
+            mean = result[model][metric]["mean"] - result[reference][metric]["mean"]
+            result["delta_vs_best_baseline"][metric] = {"mean": mean, "low": float(low), "high": float(high)}
+    return result
+
+
+# --- The whole evaluation -------------------------------------------------------------------
+
+def evaluate_rankings(split: SplitData, rankings: dict[str, np.ndarray], params: dict,
+                      model: str | None = C.MODEL_NAME) -> dict:
+    """Metrics, slices and intervals of test rankings (index arrays aligned with eval_task(split, 'test'))."""
+    cfg = params["evaluate"]
+    task = eval_task(split, "test")
+    ctx = M.make_context(split.n_items, split.train.items, cfg["head_share"])
+    which = M.metric_set(cfg["ks"])
+    models = {name: M.compute_all(ranked, task.targets, ctx, which) for name, ranked in rankings.items()}
+    baselines = [name for name in rankings if name != model]
+    best_baseline = max(baselines, key=lambda n: models[n]["ndcg@10"]) if baselines else None
+    slices = {name: slice_metrics(rankings, task.targets, groups, ctx, cfg["min_group_users"],
+                                  with_fairness=name.startswith("user."))
+              for name, groups in user_slices(split, task, ctx, params).items()}
+    intervals = bootstrap_intervals(rankings, task.targets, cfg["bootstrap_resamples"], cfg["ci_level"],
+                                    params["seed"], model=model, reference=best_baseline)
+    return {"models": models, "model": model, "best_baseline": best_baseline, "users": len(task),
+            "slices": slices, "intervals": intervals}
+
+
+# --- Reports --------------------------------------------------------------------------------
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def ci_cell(ci: dict) -> str:
+    return f"{fmt(ci['mean'])} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
+
+def markdown_report(result: dict) -> str:
+    """A human summary of the returned dict: headline table with CIs, then one table per slice."""
+    models = result["models"]
+    metric_names = list(next(iter(models.values())))
+    lines = [f"# Evaluation ({result['users']} test users)", "",
+             f"Trained model: **{result['model']}**; best baseline: **{result['best_baseline']}**.", "",
+             "| model | " + " | ".join(metric_names) + " |", "|---" * (len(metric_names) + 1) + "|"]
+    for name, values in models.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(values[m]) for m in metric_names) + " |")
+    intervals = result["intervals"]
+    ci_names = [f"{m}@{k}" for m, k in CI_METRICS]
+    lines += ["", "## Bootstrap intervals", "", "| model | " + " | ".join(ci_names) + " |",
+              "|---" * (len(ci_names) + 1) + "|"]
+    for name in models:
+        cells = [ci_cell(intervals[name][m]) for m in ci_names] if name in intervals else ["-"] * len(ci_names)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    delta = intervals.get("delta_vs_best_baseline")
+    if delta:
+        cells = [ci_cell(delta[m]) for m in ci_names]
+        lines.append(f"| {result['model']} - {delta['reference']} | " + " | ".join(cells) + " |")
+    for slice_name, data in result["slices"].items():
+        groups = list(data["users"])
+        lines += ["", f"## Slice: {slice_name} ({FAIRNESS_METRIC})", "",
+                  "| model | " + " | ".join(f"{g} (n={data['users'][g]})" for g in groups)
+                  + (" | worst/best |" if "fairness" in data else " |"),
+                  "|---" * (len(groups) + 1 + ("fairness" in data)) + "|"]
+        for name, per_group in data["metrics"].items():
+            row = f"| {name} | " + " | ".join(fmt(per_group[g][FAIRNESS_METRIC]) for g in groups)
+            if "fairness" in data:
+                row += f" | {fmt(data['fairness'][name]['ratio'])}"
+            lines.append(row + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(result: dict, path: Path) -> None:
+    """Grouped bars of NDCG@10 and Recall@10 per model, bootstrap intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["models"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
+    width = 0.8 / len(CI_METRICS)
+    for j, (m, k) in enumerate(CI_METRICS):
+        metric = f"{m}@{k}"
+        heights = np.array([result["models"][n][metric] for n in names])
+        ci = result["intervals"]
+        errors = np.array([[heights[i] - ci[n][metric]["low"], ci[n][metric]["high"] - heights[i]]
+                           if n in ci else [0.0, 0.0] for i, n in enumerate(names)]).T
+        ax.bar(np.arange(len(names)) + j * width, heights, width, yerr=np.maximum(errors, 0), capsize=3, label=metric)
+    ax.set_xticks(np.arange(len(names)) + width * (len(CI_METRICS) - 1) / 2, names)
+    ax.set_ylabel("test score")
+    level = result["intervals"].get("level", 0.95)
+    ax.set_title(f"Test metrics ({result['users']} users, {100 * level:g}% bootstrap CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_slices(result: dict, path: Path) -> None:
+    """One panel per slice: NDCG@10 of every model in every group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slices = result["slices"]
+    fig, axes = plt.subplots(len(slices), 1, figsize=(9, 3 * len(slices)), squeeze=False)
+    for ax, (slice_name, data) in zip(axes[:, 0], slices.items()):
+        groups, names = list(data["users"]), list(data["metrics"])
+        width = 0.8 / max(1, len(names))
+        for j, name in enumerate(names):
+            heights = [data["metrics"][name][g][FAIRNESS_METRIC] for g in groups]
+            ax.bar(np.arange(len(groups)) + j * width, heights, width, label=name)
+        crowded = len(groups) > 6  # e.g. occupations: tilt the labels so they stay legible
+        ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2,
+                      [f"{g} (n={data['users'][g]})" if crowded else f"{g}\n(n={data['users'][g]})" for g in groups],
+                      fontsize=7 if crowded else 8, rotation=35 if crowded else 0, ha="right" if crowded else "center")
+        ax.set_title(f"{slice_name}: {FAIRNESS_METRIC}", fontsize=10)
+    axes[0, 0].legend(fontsize=8, ncol=min(5, len(result["models"])))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_reports(result: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "evaluate.md", folder / "evaluate_metrics.png", folder / "evaluate_slices.png"]
+    paths[0].write_text(markdown_report(result), encoding="utf-8")
+    plot_metrics(result, paths[1])
+    plot_slices(result, paths[2])
+    return paths
+
+
+def run(params: dict, root: Path) -> dict:
+    root = Path(root)
+    split = load_split(root)
+    task = eval_task(split, "test")
+    if not len(task):
+        raise PipelineError("the split has no test users: lower split.min_user_interactions or ingest more data")
+    k = M.ranking_length(params["evaluate"]["ks"])
+    rankings = baseline_rankings(split, task, params, root, k)
+    rankings[C.MODEL_NAME] = model_ranking(split, task, root, k, params["evaluate"]["batch_size"])
+    result = evaluate_rankings(split, rankings, params)
+    for name, ranked in rankings.items():
+        write_ranking(ranking_frame(split, task, ranked), root / C.DATA_EVAL_TOPK / f"{name}.parquet")
+    for path in write_reports(result, root / C.REPORTS_DIR):
+        tracking.log_artifact(path, artifact_path="reports")
+    log.info("evaluate: %s", {n: round(m["ndcg@10"], 4) for n, m in result["models"].items()})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("evaluate", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

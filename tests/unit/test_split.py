@@ -1,0 +1,134 @@
+"""Leave-one-out by time on a hand-made table, and the index view (dataset.load_split) of its output."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_tasks import constants as C
+from pipeline_tasks import io, split
+from pipeline_tasks.dataset import binary_matrix, eval_task, load_split
+from pipeline_tasks.errors import PipelineError
+
+
+def ts(day: int) -> pd.Timestamp:
+    return pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(days=day)
+
+
+# (user, item, day). u1: a tie on day 3 between items b and c (broken by item id: c is later);
+# u2: 2 interactions (< min 3) -> all train; u3: exactly 3; u4: items z and cold seen only in valid/test.
+ROWS = [
+    ("u1", "a", 1), ("u1", "c", 3), ("u1", "b", 3), ("u1", "d", 0), ("u1", "e", 2),
+    ("u2", "a", 5), ("u2", "b", 6),
+    ("u3", "b", 9), ("u3", "a", 7), ("u3", "d", 8),
+    ("u4", "a", 1), ("u4", "b", 2), ("u4", "z", 4), ("u4", "cold", 5),
+]
+
+
+def write_clean(root: Path, rows=ROWS, items=None) -> None:
+    df = pd.DataFrame(rows, columns=[C.USER_ID, C.ITEM_ID, "day"])
+    inter = pd.DataFrame({C.USER_ID: df[C.USER_ID], C.ITEM_ID: df[C.ITEM_ID], C.RATING: 4.0,
+                          C.TIMESTAMP: df["day"].map(ts).astype("datetime64[us, UTC]"), C.EVENT: "rating"})
+    items = items if items is not None else sorted(set(df[C.ITEM_ID]) | {"unused"})
+    io.write_table(inter, root / C.DATA_CLEAN / "interactions")
+    io.write_table(pd.DataFrame({C.ITEM_ID: items, C.TITLE: items, C.TEXT: [f"text of {i}" for i in items]}),
+                   root / C.DATA_CLEAN / "items")
+    io.write_table(pd.DataFrame({C.USER_ID: ["u1", "u2", "u3", "u4"], "gender": ["F", "M", "F", None]}),
+                   root / C.DATA_CLEAN / "users")
+
+
+@pytest.fixture
+def split_root(tmp_path: Path, params: dict) -> tuple[Path, dict]:
+    write_clean(tmp_path)
+    metrics = split.run(params, tmp_path)
+    return tmp_path, metrics
+
+
+def read(root: Path, name: str) -> pd.DataFrame:
+    return io.read_table(root / C.DATA_SPLIT / name)
+
+
+def pairs(df: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(df[C.USER_ID], df[C.ITEM_ID]))
+
+
+def test_last_interaction_is_test_and_the_one_before_is_valid(split_root):
+    root, _ = split_root
+    assert pairs(read(root, "test")) == {("u1", "c"), ("u3", "b"), ("u4", "cold")}
+    assert pairs(read(root, "valid")) == {("u1", "b"), ("u3", "d"), ("u4", "z")}
+
+
+def test_every_user_test_row_is_their_latest_interaction(split_root):
+    root, _ = split_root
+    everything = pd.concat([read(root, s) for s in C.SPLITS])
+    test = read(root, "test").set_index(C.USER_ID)
+    for user, rows in everything.groupby(C.USER_ID):
+        if user in test.index:
+            assert test.loc[user, C.TIMESTAMP] == rows[C.TIMESTAMP].max()
+
+
+def test_short_users_go_entirely_to_train(split_root):
+    root, _ = split_root
+    train = read(root, "train")
+    assert pairs(train[train[C.USER_ID] == "u2"]) == {("u2", "a"), ("u2", "b")}
+    assert "u2" not in set(read(root, "valid")[C.USER_ID]) | set(read(root, "test")[C.USER_ID])
+
+
+def test_no_row_is_lost_or_duplicated(split_root):
+    root, _ = split_root
+    sizes = [len(read(root, s)) for s in C.SPLITS]
+    assert sum(sizes) == len(ROWS)
+    assert len(pairs(pd.concat([read(root, s) for s in C.SPLITS]))) == len(ROWS)
+
+
+def test_metrics_count_rows_and_cold_start_targets(split_root):
+    _, metrics = split_root
+    # items: a b c d e z cold + unused; cold targets: "cold" and "c" (u1's only c is its test row)
+    assert metrics == {"users": 4, "items": 8, "train_rows": 8, "valid_rows": 3, "test_rows": 3,
+                       "cold_start_test_items": 2, "cold_start_test_rows": 2}
+
+
+def test_min_user_interactions_is_a_param(tmp_path, params):
+    write_clean(tmp_path)
+    params["split"]["min_user_interactions"] = 4
+    metrics = split.run(params, tmp_path)
+    assert set(read(tmp_path, "test")[C.USER_ID]) == {"u1", "u4"}  # u3's 3 interactions are now too few
+    assert metrics["test_rows"] == 2
+
+
+def test_interactions_with_unknown_items_are_refused(tmp_path, params):
+    write_clean(tmp_path, items=["a", "b"])
+    with pytest.raises(PipelineError, match="re-run the clean stage"):
+        split.run(params, tmp_path)
+
+
+def test_load_split_indexes_items_in_sorted_order_and_orders_histories_by_time(split_root):
+    root, _ = split_root
+    data = load_split(root)
+    assert data.item_ids == sorted(data.item_ids) and "unused" in data.item_ids
+    assert data.user_ids == ["u1", "u2", "u3", "u4"]
+    u1 = data.user_index["u1"]
+    assert [data.item_ids[i] for i in data.histories(("train", "valid", "test"))[u1]] == ["d", "a", "e", "b", "c"]
+    assert data.history_ids(("train",), [u1]) == [["d", "a", "e"]]
+    assert data.item_texts[data.item_index["cold"]] == "text of cold"
+    assert data.users.loc["u2", "gender"] == "M"
+
+
+def test_eval_task_excludes_the_right_history(split_root):
+    root, _ = split_root
+    data = load_split(root)
+    test = eval_task(data, "test")
+    u1 = int(np.flatnonzero(test.users == data.user_index["u1"])[0])
+    assert data.item_ids[test.targets[u1]] == "c"
+    assert [data.item_ids[i] for i in test.seen[u1]] == ["d", "a", "e", "b"]
+    valid = eval_task(data, "valid")
+    assert [data.item_ids[i] for i in valid.seen[u1]] == ["d", "a", "e"]
+
+
+def test_binary_matrix_counts_repeats_once():
+    from pipeline_tasks.dataset import Interactions
+
+    inter = Interactions(np.array([0, 0, 1]), np.array([2, 2, 0]), np.zeros(3, "datetime64[us]"))
+    assert binary_matrix(inter, 2, 3).toarray().tolist() == [[0, 0, 1], [1, 0, 0]]
