@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "ingest": {
         "source": "synthetic",  # synthetic | movielens
         "path": "",  # folder of the source files (movielens)
-        "max_bad_line_share": 0.01,
+        "max_bad_line_share": 0.01,  # unparseable lines tolerated (skipped) before ingest fails
+        "max_tags_per_item": 5,  # MovieLens tags.csv: most frequent tags appended to an item's text
         "synthetic": {
             "n_users": 300,
             "n_items": 400,
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
             "popularity_exponent": 1.0,
             "topic_affinity": 0.85,
             "drift": 0.15,
+            "messy_text_share": 0.1,  # good items with harmless markup/spacing/NFD text that clean fixes
             "dirt": {
                 "duplicate_rate": 0.01,
                 "null_id_rate": 0.003,
@@ -59,15 +61,32 @@ DEFAULTS: dict[str, Any] = {
     "validate_raw": {
         "min_rows": 1,
         "max_null_id_share": 0.05,
+        "max_bad_timestamp_share": 0.01,  # null or unparseable timestamps
+        # Per check: fail (stops the run) | warn (only reported) | off (not run).
+        "severity": {
+            "interactions_columns_present": "fail",
+            "interactions_min_rows": "fail",
+            "interactions_user_id_not_null": "fail",
+            "interactions_item_id_not_null": "fail",
+            "interactions_timestamp_parseable": "fail",
+            "items_columns_present": "fail",
+            "items_min_rows": "fail",
+            "items_item_id_not_null": "fail",
+            "users_columns_present": "fail",
+            "users_user_id_not_null": "fail",
+        },
     },
     "clean": {
-        "rating_min": 1.0,
+        "rating_min": 0.5,  # MovieLens latest/20M/25M use half stars from 0.5
         "rating_max": 5.0,
         "timestamp_floor": "1990-01-01",
         "future_slack_hours": 24,
-        "bot_max_events_per_minute": 10,
-        "bot_max_events_zscore": 6.0,
+        # MovieLens users rate in bursts (up to 30 a minute in 100K): above 60 a minute is a machine.
+        "bot_max_events_per_minute": 60,
+        # 0 = off: activity is heavy-tailed (ML-1M's busiest real user has z ~ 11), so a z-score flags people.
+        "bot_max_events_zscore": 0.0,
         "orphan_policy": "drop",  # drop | placeholder
+        "placeholder_text": "Unknown item",  # text of catalogue rows added by orphan_policy=placeholder
         "kcore_users": 5,
         "kcore_items": 3,
         "kcore_max_iterations": 20,
@@ -76,6 +95,28 @@ DEFAULTS: dict[str, Any] = {
     },
     "validate_clean": {
         "max_quarantine_share": 0.3,
+        # Per check: fail (stops the run) | warn (only reported) | off (not run).
+        "severity": {
+            "interactions_columns_present": "fail",
+            "interactions_user_id_not_null": "fail",
+            "interactions_item_id_not_null": "fail",
+            "interactions_timestamp_not_null": "fail",
+            "interactions_unique_user_item_timestamp": "fail",
+            "interactions_rating_in_range": "fail",
+            "interactions_timestamp_in_range": "fail",
+            "interactions_item_in_catalogue": "fail",
+            "interactions_user_kcore": "fail",
+            "interactions_item_kcore": "fail",
+            "items_columns_present": "fail",
+            "items_item_id_not_null": "fail",
+            "items_item_id_unique": "fail",
+            "items_text_not_null": "fail",
+            "items_text_not_empty": "fail",
+            "items_text_max_chars": "fail",
+            "users_columns_present": "fail",
+            "users_user_id_not_null": "fail",
+            "quarantine_share": "fail",
+        },
     },
     "split": {
         "min_user_interactions": 3,
@@ -84,6 +125,8 @@ DEFAULTS: dict[str, Any] = {
         "models": ["Pop", "ItemKNN", "EASE"],
         "ease_lambdas": [10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
         "itemknn_neighbors": [20, 50, 100],
+        "batch_size": 1024,  # users scored per block
+        "max_dense_items": 20000,  # EASE and ItemKNN hold item x item matrices: refuse larger catalogues
     },
     "train": {
         "encoder": "all-MiniLM-L6-v2",  # or a local Hugging Face model directory
@@ -104,9 +147,11 @@ DEFAULTS: dict[str, Any] = {
         "lr": 0.002,
         "encoder_lr": 0.0005,
         "weight_decay": 0.0,
+        "warmup_share": 0.1,  # share of all steps with a linear learning-rate warm-up (then cosine to 10%)
+        "grad_clip_norm": 1.0,
         "temperature": 0.1,
         "n_negatives": 256,
-        "text_grad_items": 32,
+        "text_grad_items": 16,  # candidates per step encoded WITH gradient (the rest read a cached table)
         "checkpoint_every": 50,
         "device": "auto",  # auto | cpu | cuda
         "use_best_params": True,
@@ -118,6 +163,8 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 3,
         "sampler_seed": 42,
         "pruner": "median",  # median | hyperband | none
+        "pruner_startup_trials": 2,  # median: trials that finish before any is pruned
+        "pruner_warmup_epochs": 1,  # median: epochs a trial always completes before it can be pruned
         "storage": "",  # "" = optuna/study.db (SQLite); or a postgresql:// URL
         "study_name": "recpipe",
         "search_space": {
@@ -127,12 +174,22 @@ DEFAULTS: dict[str, Any] = {
         },
     },
     "compress": {
-        "method": "dynamic_int8",
-        "max_ndcg_drop": 0.01,
+        "variants": ["fp32", "int8_dynamic", "item_table_fp16"],  # fp32 is always measured (the reference)
+        "max_ndcg_drop": 0.01,  # largest relative valid NDCG@10 drop vs fp32 a chosen variant may have
+        "latency_calls": 200,  # timed single-user recommendations per variant (after warm-up)
+        "warmup_calls": 10,
+        "throughput_items": 256,  # items encoded to time the item tower (capped at the catalogue)
+        "num_threads": 0,  # torch CPU threads while measuring; 0 = torch's default
     },
     "evaluate": {
         "ks": [10, 20],
         "batch_size": 256,
+        "head_share": 0.2,  # popular items = top share by training count; the rest is the long tail
+        "history_bins": [20, 100],  # user slices by history length (train+valid): <20, 20-99, >=100
+        "bootstrap_resamples": 1000,
+        "ci_level": 0.95,
+        "max_attribute_groups": 25,  # user attributes with more distinct values are not sliced (e.g. zip)
+        "min_group_users": 20,  # groups smaller than this are reported but left out of fairness ratios
     },
     "register": {
         "model_name": "recpipe",

@@ -1,0 +1,286 @@
+"""Stage clean (PySpark): every rule, exact accounting, ground truth on the synthetic data, atomic writes."""
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_tasks import clean, ingest
+from pipeline_tasks import constants as C
+from pipeline_tasks import io
+
+pytestmark = pytest.mark.spark
+
+T0 = pd.Timestamp("2026-03-01 12:00:00", tz="UTC")
+# What each injected kind of dirt must be quarantined as.
+EXPECTED_REASON = {"duplicate": "duplicate", "null_id": "invalid_id", "bad_rating": "rating_out_of_range",
+                   "future_timestamp": "future_timestamp", "orphan_item": "orphan_item", "bot": "bot"}
+
+
+def read(root: Path, folder: str, table: str) -> pd.DataFrame:
+    return pd.read_parquet(root / folder / table)
+
+
+def keys(df: pd.DataFrame) -> list[tuple]:
+    """Row identity: user, item, rating, timestamp (ns), event; nulls (and blank ids) as None."""
+    stamps = pd.to_datetime(df[C.TIMESTAMP], utc=True)
+    nanos = [None if pd.isna(t) else int(t.value) for t in stamps]
+    ids = df[[C.USER_ID, C.ITEM_ID]].replace(r"^\s*$", None, regex=True)
+    return [tuple(None if pd.isna(v) else v for v in row) for row in zip(
+        ids[C.USER_ID], ids[C.ITEM_ID], df[C.RATING], nanos, df[C.EVENT])]
+
+
+def assert_accounting(metrics: dict) -> None:
+    for table in C.TABLES:
+        m = metrics[table]
+        assert m["rows_in"] == m["rows_kept"] + m["rows_quarantined"], table
+        assert m["rows_quarantined"] == sum(m["by_rule"].values()), table
+
+
+# ---------------------------------------------------------------- the default synthetic data
+
+@pytest.fixture(scope="module")
+def synthetic_run(spark, tmp_path_factory):
+    from pipeline_tasks import params as P
+
+    params = P.defaults()
+    params["spark"]["master"], params["spark"]["shuffle_partitions"] = "local[2]", 2
+    root = tmp_path_factory.mktemp("synthetic")
+    ingest.run(params, root)
+    return root, clean.run(params, root)
+
+
+def test_cleaning_removes_every_injected_row_and_no_good_one(synthetic_run):
+    root, metrics = synthetic_run
+    raw = read(root, C.DATA_RAW, "interactions")
+    injected = read(root, C.GROUND_TRUTH, "injected")
+    kept = read(root, C.DATA_CLEAN, "interactions")
+    quarantined = read(root, C.DATA_QUARANTINE, "interactions")
+    dirty = injected[injected["table"] == "interactions"]
+    good = Counter(keys(raw)) - Counter(keys(dirty))
+
+    # Every injected row is quarantined, for the reason its defect calls for.
+    by_rule = quarantined[~quarantined[C.REASON].isin(["kcore", "item_removed"])]
+    assert Counter(zip(keys(by_rule), by_rule[C.REASON])) == \
+        Counter(zip(keys(dirty), dirty["kind"].map(EXPECTED_REASON)))
+    # Good rows are kept, except those thinned out by k-core or whose item's text was broken.
+    broken_items = set(injected.loc[injected["kind"] == "broken_text", C.ITEM_ID])
+    removed_with_item = quarantined[quarantined[C.REASON] == "item_removed"]
+    assert set(removed_with_item[C.ITEM_ID]) == broken_items
+    thinned = quarantined[quarantined[C.REASON] == "kcore"]
+    assert Counter(keys(kept)) + Counter(keys(thinned)) + Counter(keys(removed_with_item)) == good
+    assert not kept[C.ITEM_ID].isin(broken_items).any()
+    assert metrics["interactions"]["by_rule"]["kcore"] < 0.05 * len(raw)
+
+
+def test_synthetic_tables_quarantine_broken_items_and_bots(synthetic_run):
+    root, metrics = synthetic_run
+    injected = read(root, C.GROUND_TRUTH, "injected")
+    bad_items = read(root, C.DATA_QUARANTINE, "items")
+    assert set(bad_items[C.ITEM_ID]) == set(injected.loc[injected["kind"] == "broken_text", C.ITEM_ID])
+    assert set(bad_items[C.REASON]) == {"empty_text"}
+    bad_users = read(root, C.DATA_QUARANTINE, "users")
+    assert set(bad_users[C.USER_ID]) == set(injected.loc[injected["kind"] == "bot", C.USER_ID])
+    assert_accounting(metrics)
+    assert metrics["kcore"]["converged"]
+
+
+def test_clean_synthetic_data_is_still_a_real_dataset(synthetic_run):
+    root, _ = synthetic_run
+    inter = read(root, C.DATA_CLEAN, "interactions")
+    items = read(root, C.DATA_CLEAN, "items")
+    assert inter[C.USER_ID].nunique() >= 250 and items[C.ITEM_ID].nunique() >= 300
+    assert inter.groupby(C.USER_ID).size().min() >= 5 and inter.groupby(C.ITEM_ID).size().min() >= 3
+    assert str(inter[C.TIMESTAMP].dtype) == "datetime64[us, UTC]"
+    assert inter[C.ITEM_ID].isin(items[C.ITEM_ID]).all()
+    text = items[C.TEXT]
+    assert not text.str.contains(r"<|&amp;|\s\s|^\s|\s$", regex=True).any()
+    assert (text.map(lambda t: t == unicodedata.normalize("NFC", t))).all()
+
+
+# ---------------------------------------------------------------- every rule on a hand-made frame
+
+def row(user, item, rating=4.0, minutes=0.0, event="rating", at=None) -> dict:
+    stamp = at if at is not None else T0 + pd.Timedelta(minutes=minutes)
+    return {C.USER_ID: user, C.ITEM_ID: item, C.RATING: rating, C.TIMESTAMP: stamp, C.EVENT: event}
+
+
+def hand_made_rows() -> list[tuple[dict, str | None]]:
+    """(raw row, expected reason or None = kept)."""
+    cases = [
+        (row("u1", "i1"), None),
+        (row("u1", "i2", rating=None, minutes=1, event="click"), None),  # implicit: no rating is fine
+        (row(None, "i1", minutes=2), "invalid_id"),
+        (row("u1", "  ", minutes=3), "invalid_id"),
+        (row("u1", "i3", at=pd.NaT), "missing_timestamp"),
+        (row("u1", "i1", rating=6.0, minutes=4), "rating_out_of_range"),
+        (row("u1", "i1", rating=0.0, minutes=5), "rating_out_of_range"),
+        (row("u1", "i1", at=pd.Timestamp("2095-01-01", tz="UTC")), "future_timestamp"),
+        (row("u1", "i1", at=pd.Timestamp("1985-01-01", tz="UTC")), "timestamp_before_floor"),
+        (row("u2", "i1", minutes=10), None),
+        (row("u2", "i1", minutes=10), "duplicate"),
+        (row("u2", "i2", rating=5.0, minutes=11), None),
+        (row("u2", "i2", rating=3.0, minutes=11), "duplicate_key"),  # same user, item, time: the best is kept
+        (row("u2", "i999", minutes=12), "orphan_item"),
+        (row("u2", "i_broken", minutes=13), "item_removed"),
+        (row("u2", "i3", rating=1.0, minutes=14), "below_implicit_threshold"),
+    ]
+    bot_start = T0 + pd.Timedelta(minutes=20)  # 70 events within 35 seconds
+    cases += [(row("u_bot", f"i{k % 3 + 1}", at=bot_start + pd.Timedelta(seconds=k // 2)), "bot") for k in range(70)]
+    return cases
+
+
+def write_raw(root: Path, interactions: list[dict], items: pd.DataFrame, users: pd.DataFrame) -> None:
+    frame = pd.DataFrame(interactions, columns=C.INTERACTION_COLUMNS)
+    frame[C.TIMESTAMP] = pd.to_datetime(frame[C.TIMESTAMP], utc=True).astype("datetime64[us, UTC]")
+    frame[C.RATING] = frame[C.RATING].astype(float)
+    io.write_table(frame, root / C.DATA_RAW / "interactions")
+    io.write_table(items, root / C.DATA_RAW / "items")
+    io.write_table(users, root / C.DATA_RAW / "users")
+
+
+def hand_made_items() -> pd.DataFrame:
+    return pd.DataFrame({
+        C.ITEM_ID: ["i1", "i2", "i3", "i_broken", "i1", None],
+        C.TITLE: ["One", "Two", "Three", "Broken", "One (short)", "Nobody"],
+        C.TEXT: ["<p>Jazz &amp; blues,\n  late   at night.</p>", "Cafe\u0301 culture", "x" * 50,
+                 "<div>&nbsp;</div>", "Jazz", "orphaned text"],
+    })
+
+
+def hand_made_users() -> pd.DataFrame:
+    return pd.DataFrame({C.USER_ID: ["u1", "u2", "u_bot", "u1", None], "gender": ["F", "M", "M", "F", "F"]})
+
+
+@pytest.fixture
+def tiny_params(params) -> dict:
+    params["clean"].update(kcore_users=1, kcore_items=1, implicit_min_rating=2.0, text_max_chars=20)
+    return params
+
+
+def test_each_rule_quarantines_its_rows_with_its_reason(spark, tmp_path, tiny_params):
+    cases = hand_made_rows()
+    write_raw(tmp_path, [r for r, _ in cases], hand_made_items(), hand_made_users())
+    metrics = clean.run(tiny_params, tmp_path)
+
+    expected = Counter(reason for _, reason in cases if reason)
+    got = metrics["interactions"]["by_rule"]
+    assert {k: v for k, v in got.items() if v} == dict(expected)
+    quarantined = read(tmp_path, C.DATA_QUARANTINE, "interactions")
+    assert Counter(zip(keys(quarantined), quarantined[C.REASON])) == Counter(
+        zip(keys(pd.DataFrame([r for r, why in cases if why])), [why for _, why in cases if why]))
+    kept = read(tmp_path, C.DATA_CLEAN, "interactions")
+    assert sorted(keys(kept), key=str) == sorted(keys(pd.DataFrame([r for r, why in cases if not why])), key=str)
+    assert_accounting(metrics)
+
+    items = read(tmp_path, C.DATA_CLEAN, "items").set_index(C.ITEM_ID)
+    assert items.loc["i1", C.TEXT] == "Jazz & blues, late a"  # tags, entities, spaces; capped at 20
+    assert items.loc["i2", C.TEXT] == "Caf\u00e9 culture"  # NFC
+    assert items.loc["i1", C.TITLE] == "One"  # the richer duplicate wins
+    bad_items = read(tmp_path, C.DATA_QUARANTINE, "items")
+    assert Counter(bad_items[C.REASON]) == {"empty_text": 1, "duplicate_item": 1, "invalid_id": 1}
+    bad_users = read(tmp_path, C.DATA_QUARANTINE, "users")
+    assert Counter(bad_users[C.REASON]) == {"bot": 1, "duplicate_user": 1, "invalid_id": 1}
+    assert metrics["items"]["rows_in"] == 6 and metrics["users"]["rows_kept"] == 2
+
+
+def test_placeholder_policy_keeps_orphans_and_adds_catalogue_rows(spark, tmp_path, tiny_params):
+    tiny_params["clean"]["orphan_policy"] = "placeholder"
+    write_raw(tmp_path, [row("u1", "i1"), row("u1", "i999", minutes=1), row("u1", "i998", minutes=2)],
+              hand_made_items(), hand_made_users())
+    metrics = clean.run(tiny_params, tmp_path)
+    assert metrics["interactions"]["rows_kept"] == 3
+    assert metrics["items"]["rows_added"] == 2
+    items = read(tmp_path, C.DATA_CLEAN, "items").set_index(C.ITEM_ID)
+    assert items.loc["i999", C.TEXT] == "Unknown item"
+    assert len(items) == metrics["items"]["rows_kept"] + metrics["items"]["rows_added"]
+    assert_accounting(metrics)
+
+
+def frame(spark, rows: list[dict]):
+    """A flagged interactions frame (no reason yet), as the rules downstream of coercion see it."""
+    from pyspark.sql import functions as F
+
+    pdf = pd.DataFrame(rows, columns=C.INTERACTION_COLUMNS).astype({C.RATING: float})
+    pdf[C.TIMESTAMP] = pd.to_datetime(pdf[C.TIMESTAMP], utc=True)
+    return spark.createDataFrame(pdf).withColumn(C.REASON, F.lit(None).cast("string"))
+
+
+def test_kcore_iterates_until_stable(spark, params):
+    # A cascade: u3 (1 rating) goes, then i3 (now 1 rating), then u2 (now 1 rating): three passes.
+    rows = [row("u1", "i1"), row("u1", "i2", minutes=1), row("u2", "i1", minutes=2), row("u2", "i3", minutes=3),
+            row("u3", "i3", minutes=4), row("u4", "i1", minutes=5), row("u4", "i2", minutes=6)]
+    params["clean"].update(kcore_users=2, kcore_items=2)
+    flagged, stats = clean.flag_kcore(frame(spark, rows), params["clean"])
+    survivors = {(r[C.USER_ID], r[C.ITEM_ID]) for r in flagged.filter("reason is null").collect()}
+    assert survivors == {("u1", "i1"), ("u1", "i2"), ("u4", "i1"), ("u4", "i2")}
+    assert stats == {"iterations": 3, "converged": True}
+    params["clean"]["kcore_max_iterations"] = 1
+    assert clean.flag_kcore(frame(spark, rows), params["clean"])[1] == {"iterations": 1, "converged": False}
+
+
+def test_bots_by_burst_and_by_zscore(spark, params):
+    people = [row(f"u{u}", f"i{k}", minutes=u * 600 + k * 30) for u in range(30) for k in range(5)]
+    burst = [row("burst", f"i{k}", minutes=k / 100) for k in range(61)]  # 61 in one minute
+    steady = [row("steady", f"i{k}", minutes=k * 5) for k in range(300)]  # many, but slowly
+    spark_frame = frame(spark, people + burst + steady)
+    params["clean"]["bot_max_events_zscore"] = 0.0
+    assert {r[C.USER_ID] for r in clean.bot_users(spark_frame, params["clean"]).collect()} == {"burst"}
+    params["clean"]["bot_max_events_zscore"] = 4.0
+    assert {r[C.USER_ID] for r in clean.bot_users(spark_frame, params["clean"]).collect()} == {"burst", "steady"}
+
+
+def test_types_are_coerced_and_unparseable_values_quarantined(spark):
+    pdf = pd.DataFrame({
+        C.USER_ID: [1.0, 2.0, 3.0, 4.0, np.nan],
+        C.ITEM_ID: [10, 20, 30, 40, 50],
+        C.RATING: ["4", " 3.5 ", "", "five", "2"],
+        C.TIMESTAMP: ["2026-01-02 03:04:05", "881250949", "2026-01-02", "2026-01-02", "not a date"],
+    })
+    flagged = clean.coerce_interactions(spark.createDataFrame(pdf)).toPandas()
+    assert flagged[C.USER_ID].tolist()[:4] == ["1", "2", "3", "4"] and pd.isna(flagged[C.USER_ID][4])
+    assert flagged[C.ITEM_ID].tolist() == ["10", "20", "30", "40", "50"]
+    assert flagged[C.RATING].tolist()[:2] == [4.0, 3.5] and pd.isna(flagged[C.RATING][2])
+    assert flagged[clean.BAD].tolist() == [False, False, False, True, True]
+    assert flagged[C.TIMESTAMP][1] == pd.Timestamp(881250949, unit="s")
+    assert '"rating":"five"' in flagged[clean.RAW][3] and pd.isna(flagged[clean.RAW][0])
+    assert (flagged[C.EVENT] == "interaction").all()
+
+
+# ---------------------------------------------------------------- atomic output
+
+def test_a_failed_run_leaves_the_previous_clean_data_intact(spark, tmp_path, tiny_params, monkeypatch):
+    write_raw(tmp_path, [row("u1", "i1"), row("u2", "i2", minutes=1)], hand_made_items(), hand_made_users())
+    clean.run(tiny_params, tmp_path)
+    before = {t: read(tmp_path, C.DATA_CLEAN, t) for t in C.TABLES}
+
+    write_raw(tmp_path, [row("u3", "i3")], hand_made_items(), hand_made_users())
+    real_write = clean.write_parquet
+    calls = []
+
+    def crash_on_third_table(df, path, files):  # fault injection: the disk fills up mid-way
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        real_write(df, path, files)
+
+    monkeypatch.setattr(clean, "write_parquet", crash_on_third_table)
+    with pytest.raises(OSError):
+        clean.run(tiny_params, tmp_path)
+    for table in C.TABLES:
+        pd.testing.assert_frame_equal(read(tmp_path, C.DATA_CLEAN, table), before[table])
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["clean", "quarantine", "raw"]
+
+
+def test_missing_inputs_and_bad_params_fail_clearly(tmp_path, params):
+    from pipeline_tasks.errors import ParamsError, PipelineError
+
+    with pytest.raises(PipelineError, match="run the ingest stage first"):
+        clean.run(params, tmp_path)
+    params["clean"]["orphan_policy"] = "ignore"
+    with pytest.raises(ParamsError, match="orphan_policy"):
+        clean.run(params, tmp_path)
