@@ -255,6 +255,8 @@ def check_type(dotted: str, value: Any, default: Any) -> Any:
             raise ParamsError(f"'{dotted}' must be an integer, got {value!r}")
         return value
     if isinstance(default, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `--set ingest.path=2024` means the string
         if not isinstance(value, str):
             raise ParamsError(f"'{dotted}' must be a string, got {value!r}")
         return value
@@ -274,8 +276,20 @@ def apply_override(params: dict, item: str) -> None:
     if "=" not in item:
         raise ParamsError(f"override {item!r} must look like section.key=value (e.g. train.epochs=2)")
     dotted, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    set_dotted(params, dotted.strip(), value)
+    set_dotted(params, dotted.strip(), parse_value(raw))
+
+
+def parse_value(raw: str) -> Any:
+    """YAML, except that `1e-3` is a number (YAML 1.1 would read it as a string)."""
+    if raw == "":
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def set_dotted(params: dict, dotted: str, value: Any) -> None:
