@@ -363,8 +363,6 @@ def write_outputs(root: Path, interactions: DataFrame, items: DataFrame, users: 
         "items": (kept_items(items, placeholders), items.filter(~alive()).select(*item_columns)),
         "users": (users.filter(alive()).drop(C.REASON), users.filter(~alive())),
     }
-    # Microsecond timestamps marked UTC (not Spark's INT96 default): pandas reads them as datetime64[us, UTC].
-    interactions.sparkSession.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     with io.atomic_dir(root / C.DATA_CLEAN) as clean_dir, io.atomic_dir(root / C.DATA_QUARANTINE) as quarantine_dir:
         for table, (kept, quarantined) in outputs.items():
             write_parquet(kept, clean_dir / table, files)

@@ -47,15 +47,15 @@ def baseline_rankings(split: SplitData, task: EvalTask, params: dict, root: Path
             for name in params["baselines"]["models"]}
 
 
-def model_ranking(split: SplitData, task: EvalTask, root: Path, k: int, batch_size: int) -> np.ndarray:
-    """The trained Recommender's full ranking of every test user, seen items excluded."""
-    path = Path(root) / C.MODEL_DIR
-    if not path.exists():
-        raise PipelineError(f"no trained model at {path}: run the train stage first "
+def model_ranking(split: SplitData, task: EvalTask, model_dir: Path, k: int, batch_size: int) -> np.ndarray:
+    """A trained Recommender's full ranking of every task user, seen items excluded."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise PipelineError(f"no trained model at {model_dir}: run the train stage first "
                             "(`python -m pipeline_tasks.train` or `dvc repro train`)")
     from pipeline_tasks.model import Recommender
 
-    rec = Recommender.load(path)
+    rec = Recommender.load(model_dir)
     columns = model_columns(rec.item_ids, split)
     position = {u: j for j, u in enumerate(task.users)}
     histories = [[split.item_ids[i] for i in seen] for seen in task.seen]
@@ -64,7 +64,17 @@ def model_ranking(split: SplitData, task: EvalTask, root: Path, k: int, batch_si
         scores = np.asarray(rec.scores([histories[position[u]] for u in users]), dtype=np.float32)
         return scores[:, columns]
 
-    return rank_in_batches(score_users, task, k, batch_size, desc=f"{C.MODEL_NAME} test")
+    return rank_in_batches(score_users, task, k, batch_size, desc=f"{model_dir.name} {task.target_split}")
+
+
+def score_model_dir(model_dir: Path, params: dict, root: Path) -> dict[str, float]:
+    """Headline test metrics of any saved model on *this* run's split (the gate re-scores the champion so)."""
+    split = load_split(root)
+    task = eval_task(split, "test")
+    k = M.ranking_length(params["evaluate"]["ks"])
+    ranked = model_ranking(split, task, model_dir, k, params["evaluate"]["batch_size"])
+    ctx = M.make_context(split.n_items, split.train.items, params["evaluate"]["head_share"])
+    return M.compute_all(ranked, task.targets, ctx, M.metric_set(params["evaluate"]["ks"]))
 
 
 def model_columns(model_item_ids: list[str], split: SplitData) -> np.ndarray:
@@ -334,7 +344,7 @@ def run(params: dict, root: Path) -> dict:
         raise PipelineError("the split has no test users: lower split.min_user_interactions or ingest more data")
     k = M.ranking_length(params["evaluate"]["ks"])
     rankings = baseline_rankings(split, task, params, root, k)
-    rankings[C.MODEL_NAME] = model_ranking(split, task, root, k, params["evaluate"]["batch_size"])
+    rankings[C.MODEL_NAME] = model_ranking(split, task, root / C.MODEL_DIR, k, params["evaluate"]["batch_size"])
     result = evaluate_rankings(split, rankings, params)
     for name, ranked in rankings.items():
         write_ranking(ranking_frame(split, task, ranked), root / C.DATA_EVAL_TOPK / f"{name}.parquet")

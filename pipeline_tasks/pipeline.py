@@ -93,7 +93,7 @@ def run_pipeline(params: dict, root: Path) -> int:
     end_parent_run(params, root, run_id, ok=code == 0)
     if code != 0:
         print(f"\nrecpipe run FAILED (dvc repro exit code {code}); the message of the failing stage is above.\n"
-              "Nothing was registered and no alias moved. Fix the cause and run `make run` again: "
+              "No registry alias moved. Fix the cause and run `make run` again: "
               "stages that already succeeded are not recomputed.", file=sys.stderr)
         return code
     print(summary(params, root))

@@ -74,10 +74,9 @@ def dvc_versions(root: Path) -> dict[str, str]:
     return versions
 
 
-def rescore_champion(client, name: str, root: Path) -> tuple[str, float] | None:
+def rescore_champion(client, name: str, params: dict, root: Path) -> tuple[str, float] | None:
     """NDCG@10 of the current champion on *this* run's test split, or None if there is none."""
     from pipeline_tasks import evaluate
-    from pipeline_tasks.model import Recommender
 
     try:
         version = client.get_model_version_by_alias(name, C.ALIAS_CHAMPION)
@@ -87,7 +86,7 @@ def rescore_champion(client, name: str, root: Path) -> tuple[str, float] | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp)
-        score = evaluate.score_recommender(Recommender.load(Path(local) / "artifacts" / "model"), root)[HEADLINE]
+        score = evaluate.score_model_dir(Path(local) / "artifacts" / "model", params, root)[HEADLINE]
     return version.version, score
 
 
@@ -128,7 +127,6 @@ def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_
             code_paths=[str(Path(__file__).parent)],
             signature=infer_signature(example_in, example_out),
             input_example=example_in,
-            registered_model_name=params["register"]["model_name"],
             pip_requirements=pip_requirements(),
             metadata={"variant": variant},
         )
@@ -152,7 +150,7 @@ def run(params: dict, root: Path) -> dict:
     variant, model_dir = chosen_model_dir(root)
 
     client = MlflowClient()
-    champion = rescore_champion(client, name, root) if client.search_registered_models(f"name='{name}'") else None
+    champion = rescore_champion(client, name, params, root) if client.search_registered_models(f"name='{name}'") else None
     decision = decide(challenger_ndcg, champion, params)
 
     started_here = mlflow.active_run() is None
@@ -162,13 +160,12 @@ def run(params: dict, root: Path) -> dict:
     finally:
         if run_ctx is not None:
             mlflow.end_run()
-    version = str(info.registered_model_version)
     tags = {"git_commit": git_commit(root), "compression_variant": variant, "gate": decision.summary,
             **{f"dvc.{path}": md5 for path, md5 in dvc_versions(root).items()},
-            **{f"metric.{k}": f"{v:.5f}" for k, v in evaluate_metrics["models"][model_name].items()
+            **{tracking.metric_key(f"metric.{k}"): f"{v:.5f}" for k, v in evaluate_metrics["models"][model_name].items()
                if isinstance(v, (int, float))}}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+    # Registered with its tags in one call; aliases move only after everything else succeeded.
+    version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     client.set_registered_model_alias(name, C.ALIAS_CHALLENGER, version)
     if decision.promote and params["register"]["auto_promote"]:
         if decision.champion_version:

@@ -25,6 +25,8 @@ def get_spark(params: dict[str, Any]):
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.parquet.datetimeRebaseModeInWrite", "CORRECTED")
+        # Microsecond timestamps marked UTC (not Spark's INT96 default): pandas reads them as datetime64[us, UTC].
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(conf["log_level"])
