@@ -93,7 +93,8 @@ def make_project(dest: Path, encoder_dir: Path, extra_overrides: list[str] = ())
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         src = PROJECT_ROOT / name
-        if src.is_file() and not name.startswith(("tests/", "bench/", "docs/")):
+        # Only the product: no tests, and no outputs of a run in this checkout (dvc.lock, metrics/).
+        if src.is_file() and not name.startswith(("tests/", "bench/", "docs/", "metrics/", "dvc.lock")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             (dest / name).write_bytes(src.read_bytes())
     params = P.load(dest / "params.yaml", [*TINY_OVERRIDES, f"train.encoder={encoder_dir}", *extra_overrides])
