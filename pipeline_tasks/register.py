@@ -8,6 +8,7 @@ clears `register.min_ndcg`. `register.auto_promote: false` leaves promotion to a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -106,11 +107,13 @@ def decide(challenger: float, champion: tuple[str, float] | None, params: dict) 
 
 def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_metrics: dict):
     import mlflow
-    from mlflow.models import infer_signature
 
     from pipeline_tasks.serving import RecpipePyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
+        # A stable artifact name ("model"), whatever the variant's folder is called.
+        staged = Path(tmp) / "model"
+        shutil.copytree(model_dir, staged)
         serving_path = Path(tmp) / "serving.json"
         data = serving_data(root)
         serving_path.write_text(json.dumps(data), encoding="utf-8")
@@ -119,17 +122,29 @@ def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_
         import pandas as pd
 
         example_in = pd.DataFrame(example)
-        example_out = pd.DataFrame({"user_id": [user], "item_ids": [data["popular"][:10]], "scores": [[1.0] * 10]})
         return mlflow.pyfunc.log_model(
             name="recommender",
             python_model=RecpipePyfunc(),
-            artifacts={"model": str(model_dir), "serving": str(serving_path)},
+            artifacts={"model": str(staged), "serving": str(serving_path)},
             code_paths=[str(Path(__file__).parent)],
-            signature=infer_signature(example_in, example_out),
+            signature=model_signature(),
             input_example=example_in,
             pip_requirements=pip_requirements(),
             metadata={"variant": variant},
         )
+
+
+def model_signature():
+    """user_id is required; history (a new user's items) and k are optional."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(DataType.string, "user_id"),
+                     ColSpec(Array(DataType.string), "history", required=False),
+                     ColSpec(DataType.long, "k", required=False)])
+    outputs = Schema([ColSpec(DataType.string, "user_id"), ColSpec(Array(DataType.string), "item_ids"),
+                      ColSpec(Array(DataType.double), "scores")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def pip_requirements() -> list[str]:
