@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
         "artifact_root": "mlflow/artifacts",
         "experiment": "recpipe",
     },
+    "airflow": {
+        "schedule": "0 2 * * *",  # cron, UTC: the nightly run
+    },
     "ingest": {
         "source": "synthetic",  # synthetic | movielens
         "path": "",  # folder of the source files (movielens)

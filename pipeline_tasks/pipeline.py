@@ -125,3 +125,32 @@ def summary(params: dict, root: Path) -> str:
     uri = tracking.tracking_uri(params, root)
     parts += ["", f"MLflow UI:  make mlflow-ui   (or: mlflow ui --backend-store-uri {uri})", "=" * 72]
     return "\n".join(parts)
+
+
+def write_overrides(root: Path, overrides: list[str]) -> dict:
+    """Write `section.key=value` overrides into params.yaml (comments kept) so DVC sees them.
+
+    Checked first against the typed defaults: a bad value fails here, before anything runs.
+    Returns the resolved params, also recorded in reports/params_used.json.
+    """
+    from ruamel.yaml import YAML
+
+    from pipeline_tasks import params as P
+
+    path = root / C.PARAMS_FILE
+    resolved = P.load(path if path.exists() else None, overrides)
+    if overrides:
+        yaml = YAML()
+        yaml.preserve_quotes = True
+        document = yaml.load(path.read_text(encoding="utf-8")) if path.exists() else {}
+        for item in overrides:
+            dotted = item.split("=", 1)[0].strip()
+            node = document
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = P.get_dotted(resolved, dotted)
+        with open(path, "w", encoding="utf-8") as fh:
+            yaml.dump(document, fh)
+    io.write_json({"overrides": overrides, "params": resolved}, root / C.REPORTS_DIR / "params_used.json")
+    return resolved

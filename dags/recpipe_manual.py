@@ -1,0 +1,64 @@
+"""
+# recpipe_manual
+
+The nightly flow, triggered by a person from the web UI with a **form generated from
+params.yaml**: data source and path, epochs, fine-tune mode, device, Optuna trials,
+auto-promote. Each field is typed, with bounds and enums; the form refuses invalid values.
+
+Submitted values are written into `params.yaml` as overrides (comments kept) and recorded
+in `reports/params_used.json` and the MLflow parent run, so DVC re-runs exactly the stages
+they affect. **Skip the search** reuses the last `metrics/tune/best_params.json`.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from airflow.sdk import Param, dag, task
+
+from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, alert_on_failure, pipeline
+from pipeline_tasks.form import form_schema
+from pipeline_tasks.params import load as load_params
+
+
+def form() -> dict[str, Param]:
+    path = Path(DEFAULT_PROJECT_DIR) / "params.yaml"
+    fields = {name: Param(**spec) for name, spec in form_schema(load_params(path if path.exists() else None)).items()}
+    return {
+        **fields,
+        "skip_search": Param(False, type="boolean", title="Skip the search",
+                             description="Reuse the last best params instead of running Optuna."),
+        "project_dir": Param(DEFAULT_PROJECT_DIR, type="string", title="Project directory",
+                             description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in."),
+    }
+
+
+@task
+def apply_form(**context) -> list[str]:
+    """Write the form's changed values into params.yaml (validated first) and record them."""
+    from pipeline_tasks.form import overrides_from_form
+    from pipeline_tasks.pipeline import load_project_params, write_overrides
+
+    root = Path(context["params"]["project_dir"])
+    overrides = overrides_from_form(dict(context["params"]), load_project_params(root))
+    write_overrides(root, overrides)
+    print(f"overrides applied: {overrides or 'none'}")
+    return overrides
+
+
+@dag(
+    dag_id="recpipe_manual",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["recpipe"],
+    on_failure_callback=alert_on_failure,
+    params=form(),
+)
+def recpipe_manual():
+    pipeline(first=apply_form())
+
+
+recpipe_manual()
