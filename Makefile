@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast bench mlflow-ui clean-outputs lock
+.PHONY: setup run test test-fast bench mlflow-ui airflow clean-outputs lock
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (idempotent)
 
@@ -34,6 +34,17 @@ test-fast: setup  ## everything but the slow end-to-end tests
 
 mlflow-ui: setup  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(BIN)/recpipe mlflow-ui
+
+# Local Airflow: this project's DAGs, examples off, a real login (SimpleAuthManager, user admin).
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__PARALLELISM=4 \
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False \
+	RECPIPE_PROJECT_DIR=$(CURDIR)
+
+airflow: setup  ## start Airflow (api-server, scheduler, dag-processor, triggerer) on http://127.0.0.1:8080
+	@mkdir -p airflow_home
+	@echo "Airflow UI: http://127.0.0.1:8080  user: admin  password: in airflow_home/simple_auth_manager_passwords.json.generated (written at first start)"
+	$(AIRFLOW_ENV) $(BIN)/airflow standalone
 
 lock:  ## regenerate requirements.lock from requirements.in in a scratch venv
 	rm -rf /tmp/recpipe-lock && $(PYTHON) -m venv /tmp/recpipe-lock
