@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast bench mlflow-ui airflow clean-outputs lock
+.PHONY: setup run test test-fast bench mlflow-ui airflow clean-outputs lock services services-down
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (idempotent)
 
@@ -32,6 +32,10 @@ test: setup  ## the whole test suite
 test-fast: setup  ## everything but the slow end-to-end tests
 	$(BIN)/python -m pytest tests -m "not slow"
 
+# Benchmarks write JSON under bench/results/ (medians and ratios of one run; the machine is shared).
+bench: setup  ## every benchmark in bench/ (slow: minutes to tens of minutes)
+	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
 mlflow-ui: setup  ## open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(BIN)/recpipe mlflow-ui
 
@@ -45,6 +49,14 @@ airflow: setup  ## start Airflow (api-server, scheduler, dag-processor, triggere
 	@mkdir -p airflow_home
 	@echo "Airflow UI: http://127.0.0.1:8080  user: admin  password: in airflow_home/simple_auth_manager_passwords.json.generated (written at first start)"
 	$(AIRFLOW_ENV) $(BIN)/airflow standalone
+
+# Local multi-service mode (pipeline_tasks/services.py): PostgreSQL, MLflow server (basic auth) and
+# Airflow on loopback, state/logs/credentials under services/ (git-ignored).
+services: setup  ## start PostgreSQL, the MLflow server and Airflow on loopback; prints URLs and where the credentials are
+	$(BIN)/python -m pipeline_tasks.services up
+
+services-down:  ## stop everything `make services` started
+	$(BIN)/python -m pipeline_tasks.services down
 
 lock:  ## regenerate requirements.lock from requirements.in in a scratch venv
 	rm -rf /tmp/recpipe-lock && $(PYTHON) -m venv /tmp/recpipe-lock

@@ -7,7 +7,14 @@ auto-promote. Each field is typed, with bounds and enums; the form refuses inval
 
 Submitted values are written into `params.yaml` as overrides (comments kept) and recorded
 in `reports/params_used.json` and the MLflow parent run, so DVC re-runs exactly the stages
-they affect. **Skip the search** reuses the last `metrics/tune/best_params.json`.
+they affect.
+
+Operator actions:
+* **Skip the search** reuses the last `metrics/tune/best_params.json`.
+* **Data version**: retrain on the data recorded in the `dvc.lock` at a git revision (every
+  successful run commits its lock on the `recpipe-runs` branch); ingest is skipped.
+* **Backfill**: ingest the increments of a date range in order, then run the rest once.
+* **A/B share**: the challenger's share of users once the run succeeded.
 """
 from __future__ import annotations
 
@@ -16,18 +23,16 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, alert_on_failure, pipeline
-from pipeline_tasks.form import form_schema
+from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline, prepare_data
+from pipeline_tasks.form import OPERATOR_FIELDS, form_schema
 from pipeline_tasks.params import load as load_params
 
 
 def form() -> dict[str, Param]:
     path = Path(DEFAULT_PROJECT_DIR) / "params.yaml"
-    fields = {name: Param(**spec) for name, spec in form_schema(load_params(path if path.exists() else None)).items()}
+    fields = {**form_schema(load_params(path if path.exists() else None)), **OPERATOR_FIELDS}
     return {
-        **fields,
-        "skip_search": Param(False, type="boolean", title="Skip the search",
-                             description="Reuse the last best params instead of running Optuna."),
+        **{name: Param(**spec) for name, spec in fields.items()},
         "project_dir": Param(DEFAULT_PROJECT_DIR, type="string", title="Project directory",
                              description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in."),
     }
@@ -55,10 +60,11 @@ def apply_form(**context) -> list[str]:
     doc_md=__doc__,
     tags=["recpipe"],
     on_failure_callback=alert_on_failure,
+    default_args=RETRIES,
     params=form(),
 )
 def recpipe_manual():
-    pipeline(first=apply_form())
+    pipeline(first=apply_form() >> prepare_data())
 
 
 recpipe_manual()

@@ -16,12 +16,12 @@ Nightly retraining, on the schedule in params.yaml (`airflow.schedule`, default 
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from airflow.sdk import Param, dag
 
-from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, alert_on_failure, pipeline
+from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline
 from pipeline_tasks.params import load as load_params
 
 
@@ -40,7 +40,7 @@ def schedule() -> str:
     doc_md=__doc__,
     tags=["recpipe"],
     on_failure_callback=alert_on_failure,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True},
+    default_args=RETRIES,
     params={"project_dir": Param(DEFAULT_PROJECT_DIR, type="string", title="Project directory",
                                  description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in.")},
 )

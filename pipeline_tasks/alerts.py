@@ -31,6 +31,18 @@ def record(kind: str, message: str, root: Path, **details) -> dict:
     return alert
 
 
+def recorded(root: Path, kind: str, run_id: str | None) -> bool:
+    """Is there already an alert of this kind for this DAG run? (one alert per failure, not two)"""
+    path = Path(root) / C.REPORTS_DIR / "alerts.jsonl"
+    if run_id is None or not path.exists():
+        return False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        alert = json.loads(line) if line.strip() else {}
+        if alert.get("kind") == kind and alert.get("run_id") == run_id:
+            return True
+    return False
+
+
 def webhook_url() -> str | None:
     try:
         from airflow.sdk import BaseHook
@@ -54,8 +66,12 @@ def send_webhook(alert: dict) -> None:
         log.warning("alert webhook %s did not answer (%s); the alert is in reports/alerts.jsonl", url, err)
 
 
-def not_promoted_reason(root: Path) -> str | None:
-    """The gate's reason when this run's model was registered but not made champion."""
+def not_promoted(root: Path) -> dict | None:
+    """Why this run's registered model is not the champion: the failing gate checks and their numbers.
+
+    None when metrics/register.json is missing or the version is the champion. Reads the gate's
+    decision as register writes it (checks: [{name, passed, detail}], challenger/champion NDCG@10).
+    """
     path = Path(root) / C.METRICS_DIR / "register.json"
     if not path.exists():
         return None
@@ -63,4 +79,19 @@ def not_promoted_reason(root: Path) -> str | None:
     if C.ALIAS_CHAMPION in register.get("aliases", []):
         return None
     decision = register.get("decision", {})
-    return decision.get("summary") or "the gate did not promote it"
+    failed = {c["name"]: c.get("detail", "") for c in decision.get("checks", []) if not c.get("passed")}
+    if failed:
+        reason = "gate FAILED: " + "; ".join(f"{name}: {detail}" for name, detail in failed.items())
+    elif decision.get("passed"):
+        reason = ("passed the gate but register.auto_promote is false: promote it with the recpipe_promote DAG "
+                  f"or `recpipe promote {register.get('version')}`")
+    else:
+        reason = decision.get("summary") or "the gate did not promote it"
+    return {"reason": reason, "model_name": register.get("model_name"), "version": register.get("version"),
+            "failed_checks": failed, "challenger_ndcg": decision.get("challenger_ndcg"),
+            "champion_ndcg": decision.get("champion_ndcg"), "champion_version": decision.get("champion_version")}
+
+
+def not_promoted_reason(root: Path) -> str | None:
+    found = not_promoted(root)
+    return found["reason"] if found else None

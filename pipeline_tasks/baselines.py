@@ -6,6 +6,12 @@ Models (params `baselines.models`):
   n chosen on validation from `baselines.itemknn_neighbors`.
 - EASE (Steck 2019): closed-form linear item-item model; L2 strength chosen on
   validation from `baselines.ease_lambdas`.
+- ALS: Spark MLlib implicit-feedback matrix factorisation (Hu, Koren, Volinsky 2008);
+  (rank, regParam, alpha) chosen on validation from the product of `baselines.als_*` grids.
+- SASRec-ID: the trained model's own sequential architecture with text off (train params,
+  use_text=false): what the item text buys, measured. The epoch count is chosen on
+  validation (the best epoch, at most `baselines.sasrec_epochs`, stopping early after
+  `baselines.sasrec_patience` epochs without improvement).
 
 Protocol: each hyperparameter is chosen by valid NDCG@10 (fit on train, train items
 excluded); the chosen version is refit on train+valid and ranks the test items
@@ -13,15 +19,21 @@ excluded); the chosen version is refit on train+valid and ranks the test items
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
+import tempfile
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from pipeline_tasks import constants as C
 from pipeline_tasks import metrics as M
+from pipeline_tasks import tracking
 from pipeline_tasks.cli import stage_main
 from pipeline_tasks.dataset import (EvalTask, SplitData, binary_matrix, eval_task, load_split, rank_in_batches,
                                     ranking_frame, write_ranking)
@@ -29,15 +41,21 @@ from pipeline_tasks.errors import ParamsError, PipelineError
 
 log = logging.getLogger(__name__)
 
-# A scorer maps user rows of the binary history matrix to (rows, n_items) scores.
-Scorer = Callable[[sp.csr_matrix], np.ndarray]
-# Fitting is split in two: the expensive part once per matrix, then one cheap step per grid value.
-Prepared = Callable[[float], Scorer]
+SASREC = "SASRec-ID"
+MATRIX_MODELS = ("Pop", "ItemKNN", "EASE", "ALS")
+KNOWN = (*MATRIX_MODELS, SASREC)
+# Models that hold an item x item matrix (refused above baselines.max_dense_items).
+DENSE = ("ItemKNN", "EASE")
+
+# A scorer maps user indices to (len(users), n_items) scores in item index order.
+Scorer = Callable[[np.ndarray], np.ndarray]
+# Fitting is split in two: the expensive part once per matrix, then one step per grid value.
+Prepared = Callable[[Any], Scorer]
 
 
 def prepare_pop(x: sp.csr_matrix) -> Prepared:
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
-    return lambda _unused: (lambda rows: np.broadcast_to(counts, (rows.shape[0], counts.size)))
+    return lambda _unused: (lambda users: np.broadcast_to(counts, (len(users), counts.size)))
 
 
 def cosine_neighbours(x: sp.csr_matrix, max_n: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -69,42 +87,106 @@ def prepare_itemknn(x: sp.csr_matrix, max_neighbours: int) -> Prepared:
         rows = np.repeat(np.arange(n_items), min(n, idx.shape[1]))
         weights = sp.csr_matrix((sim[:, :n].ravel(), (rows, idx[:, :n].ravel())), shape=(n_items, n_items))
         # score(u, j) = sum of sim(i, j) over the user's items i that keep j as a neighbour
-        return lambda user_rows: np.asarray((user_rows @ weights).todense())
+        return lambda users: np.asarray((x[users] @ weights).todense())
 
     return with_neighbours
 
 
-def prepare_ease(x: sp.csr_matrix) -> Prepared:
-    """One eigendecomposition of the Gram matrix makes every lambda of the grid a matrix product."""
+def ease_weights(x: sp.csr_matrix) -> Callable[[float], np.ndarray]:
+    """lambda -> EASE's item x item matrix B; one eigendecomposition serves the whole grid."""
     gram = (x.T @ x).toarray().astype(np.float64)
     eigvals, eigvecs = np.linalg.eigh(gram)
 
-    def with_lambda(lam: float) -> Scorer:
+    def with_lambda(lam: float) -> np.ndarray:
         inverse = (eigvecs / (eigvals + lam)) @ eigvecs.T  # (G + lam I)^-1
         weights = inverse / -np.diag(inverse)[None, :]
         np.fill_diagonal(weights, 0.0)
-        weights = weights.astype(np.float32)
-        return lambda user_rows: np.asarray(user_rows @ weights)
+        return weights.astype(np.float32)
 
     return with_lambda
+
+
+def prepare_ease(x: sp.csr_matrix) -> Prepared:
+    weights_for = ease_weights(x)
+
+    def with_lambda(lam: float) -> Scorer:
+        weights = weights_for(lam)
+        return lambda users: np.asarray(x[users] @ weights)
+
+    return with_lambda
+
+
+def prepare_als(x: sp.csr_matrix, params: dict) -> Prepared:
+    """Spark MLlib implicit ALS on the binary matrix; scores are user factors x item factors."""
+    from pipeline_tasks.spark import get_spark
+
+    spark = get_spark(params)
+    coo = x.tocoo()
+    frame = pd.DataFrame({"user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
+                          "rating": np.ones(coo.nnz, dtype=np.float32)})
+    ratings = spark.createDataFrame(frame).cache()
+
+    def with_values(values: dict) -> Scorer:
+        users, items = als_factors(ratings, values, x.shape, params)
+        return lambda rows: users[rows] @ items.T
+
+    return with_values
+
+
+def als_factors(ratings: Any, values: dict, shape: tuple[int, int], params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(n_users, rank), (n_items, rank) factor matrices; zero rows for users/items without data."""
+    from pyspark.ml.recommendation import ALS
+
+    als = ALS(rank=int(values["rank"]), regParam=float(values["reg_param"]), alpha=float(values["alpha"]),
+              maxIter=params["baselines"]["als_max_iter"], implicitPrefs=True, userCol="user", itemCol="item",
+              ratingCol="rating", seed=params["seed"],
+              # Spark's default of 10 blocks per side is overhead on one machine; one per shuffle partition.
+              numUserBlocks=params["spark"]["shuffle_partitions"], numItemBlocks=params["spark"]["shuffle_partitions"])
+    model = als.fit(ratings)
+    return (factor_matrix(model.userFactors.toPandas(), shape[0], int(values["rank"])),
+            factor_matrix(model.itemFactors.toPandas(), shape[1], int(values["rank"])))
+
+
+def factor_matrix(frame: Any, n: int, rank: int) -> np.ndarray:
+    out = np.zeros((n, rank), dtype=np.float32)
+    if len(frame):
+        out[frame["id"].to_numpy()] = np.stack(frame["features"].to_numpy()).astype(np.float32)
+    return out
+
+
+def als_grid(cfg: dict) -> list[dict]:
+    return [{"rank": r, "reg_param": reg, "alpha": a}
+            for r, reg, a in itertools.product(cfg["als_ranks"], cfg["als_reg_params"], cfg["als_alphas"])]
 
 
 def grid_of(name: str, params: dict) -> tuple[str | None, list]:
     """The hyperparameter each model selects on validation, and its candidate values."""
     cfg = params["baselines"]
+    if name not in MATRIX_MODELS:
+        raise ParamsError(f"unknown baseline {name!r} in baselines.models; known: {list(KNOWN)}")
     grids = {"Pop": (None, [None]), "ItemKNN": ("neighbors", cfg["itemknn_neighbors"]),
-             "EASE": ("lambda", cfg["ease_lambdas"])}
-    param_key = {"ItemKNN": "baselines.itemknn_neighbors", "EASE": "baselines.ease_lambdas"}
-    if name not in grids:
-        raise ParamsError(f"unknown baseline {name!r} in baselines.models; known: {sorted(grids)}")
+             "EASE": ("lambda", cfg["ease_lambdas"]), "ALS": ("params", als_grid(cfg))}
+    param_key = {"ItemKNN": "baselines.itemknn_neighbors", "EASE": "baselines.ease_lambdas",
+                 "ALS": "baselines.als_ranks, als_reg_params and als_alphas"}
     key, values = grids[name]
     if not values:
         raise ParamsError(f"the grid for {name} is empty: give {param_key[name]} at least one value")
     return key, list(values)
 
 
+def check_models(params: dict) -> None:
+    """Refuse an unknown model or an impossible iteration count before any fitting starts."""
+    for name in params["baselines"]["models"]:
+        if name not in KNOWN:
+            raise ParamsError(f"unknown baseline {name!r} in baselines.models; known: {list(KNOWN)}")
+    cfg = params["baselines"]
+    if cfg["als_max_iter"] < 1 or cfg["sasrec_epochs"] < 0 or cfg["sasrec_patience"] < 0:
+        raise ParamsError("baselines.als_max_iter must be >= 1, baselines.sasrec_epochs >= 0 (0 = train.epochs) "
+                          "and baselines.sasrec_patience >= 0 (0 = no early stop)")
+
+
 def prepare(name: str, x: sp.csr_matrix, params: dict) -> Prepared:
-    if name in ("ItemKNN", "EASE") and x.shape[1] > params["baselines"]["max_dense_items"]:
+    if name in DENSE and x.shape[1] > params["baselines"]["max_dense_items"]:
         raise PipelineError(f"{name} needs an item x item matrix and the catalogue has {x.shape[1]} items "
                             f"(> baselines.max_dense_items={params['baselines']['max_dense_items']}): "
                             f"remove {name} from baselines.models or raise the limit if memory allows")
@@ -112,39 +194,106 @@ def prepare(name: str, x: sp.csr_matrix, params: dict) -> Prepared:
         return prepare_pop(x)
     if name == "ItemKNN":
         return prepare_itemknn(x, max(params["baselines"]["itemknn_neighbors"]))
+    if name == "ALS":
+        return prepare_als(x, params)
     return prepare_ease(x)
 
 
-def rank(scorer: Scorer, x: sp.csr_matrix, task: EvalTask, k: int, batch_size: int, desc: str) -> np.ndarray:
-    return rank_in_batches(lambda users: scorer(x[users]), task, k, batch_size, desc=desc)
+def rank(scorer: Scorer, task: EvalTask, k: int, batch_size: int, desc: str) -> np.ndarray:
+    return rank_in_batches(scorer, task, k, batch_size, desc=desc)
 
 
-def select(name: str, split: SplitData, params: dict, k: int) -> tuple[float | None, dict]:
+def select(name: str, split: SplitData, params: dict, k: int) -> tuple[Any, dict]:
     """Fit on train, rank valid for every grid value; return the best value and the record."""
     key, values = grid_of(name, params)
     task = eval_task(split, "valid")
     x = binary_matrix(split.train, split.n_users, split.n_items)
     prepared = prepare(name, x, params)
     batch = params["baselines"]["batch_size"]
-    scores = {}
+    scores = []
     for value in values:
-        ranked = rank(prepared(value), x, task, k, batch, desc=f"{name} valid {value}")
-        scores[value] = M.ndcg(ranked, task.targets, 10, M.EvalContext(split.n_items))
-    best = max(values, key=lambda v: scores[v])  # first of equals: grids are listed in a deliberate order
+        ranked = rank(prepared(value), task, k, batch, desc=f"{name} valid {value}")
+        scores.append(M.ndcg(ranked, task.targets, 10, M.EvalContext(split.n_items)))
+    best = int(np.argmax(scores))  # first of equals: grids are listed in a deliberate order
     record: dict = {"valid_ndcg@10": scores[best]}
     if key is not None:
-        record = {key: best, **record, "grid": {str(v): s for v, s in scores.items()}}
+        record = {key: values[best], **record, "grid": {grid_label(v): s for v, s in zip(values, scores)}}
+    return values[best], record
+
+
+def grid_label(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def fit_and_rank_test(name: str, value: Any, split: SplitData, params: dict, k: int) -> np.ndarray:
+    task = eval_task(split, "test")
+    x = binary_matrix(split.combined(("train", "valid")), split.n_users, split.n_items)
+    return rank(prepare(name, x, params)(value), task, k, params["baselines"]["batch_size"], desc=f"{name} test")
+
+
+# --- SASRec-ID: the sequential model without text -----------------------------------------
+
+def sasrec_params(params: dict, epochs: int | None = None) -> dict:
+    """The train params with text off; no checkpoints, no tuned params (those were tuned with text)."""
+    out = copy.deepcopy(params)
+    out["train"].update(use_text=False, use_id_embedding=True, checkpoint_every=0, use_best_params=False,
+                        epochs=epochs or params["baselines"]["sasrec_epochs"] or params["train"]["epochs"])
+    return out
+
+
+class StopEarly(Exception):
+    """Raised from train.fit's epoch hook when validation stopped improving."""
+
+
+def select_sasrec(root: Path, params: dict) -> tuple[int, dict]:
+    """Train on train, validate each epoch; the best epoch count is the selected hyperparameter.
+
+    Stops after `baselines.sasrec_patience` epochs without a better valid NDCG@10 (0: never),
+    so a generous `sasrec_epochs` costs little once the ID-only model has converged.
+    """
+    from pipeline_tasks import train
+
+    patience = params["baselines"]["sasrec_patience"]
+    per_epoch: dict[int, float] = {}
+
+    def on_epoch(epoch: int, value: float) -> None:
+        per_epoch[epoch] = value
+        if patience and epoch - max(per_epoch, key=per_epoch.get) >= patience:
+            raise StopEarly
+
+    started = time.perf_counter()
+    with tracking.child_run(f"{SASREC} valid"):  # its learning curves, apart from the stage's metrics
+        try:
+            train.fit(sasrec_params(params), root, on_epoch=on_epoch)
+        except StopEarly:
+            log.info("%s: no better valid NDCG@10 for %d epochs, stopped after epoch %d", SASREC, patience,
+                     max(per_epoch))
+    best = max(per_epoch, key=per_epoch.get)  # first of equals: fewer epochs
+    record = {"epochs": best, "valid_ndcg@10": per_epoch[best], "grid": {str(e): v for e, v in per_epoch.items()},
+              "seconds": time.perf_counter() - started}
     return best, record
 
 
-def fit_and_rank_test(name: str, value: float | None, split: SplitData, params: dict, k: int) -> np.ndarray:
-    task = eval_task(split, "test")
-    x = binary_matrix(split.combined(("train", "valid")), split.n_users, split.n_items)
-    return rank(prepare(name, x, params)(value), x, task, k, params["baselines"]["batch_size"], desc=f"{name} test")
+def fit_sasrec_and_rank_test(epochs: int, split: SplitData, root: Path, params: dict, k: int) -> np.ndarray:
+    """Refit on train+valid for the selected number of epochs, then rank test like the trained model is."""
+    from pipeline_tasks import train
+    from pipeline_tasks.evaluate import model_ranking
 
+    task = eval_task(split, "test")
+    with tempfile.TemporaryDirectory(prefix="sasrec-id-") as tmp:
+        model_dir = Path(tmp) / "model"
+        with tracking.child_run(f"{SASREC} refit"):
+            train.fit(sasrec_params(params, epochs), root, output_dir=model_dir, train_splits=("train", "valid"))
+        return model_ranking(split, task, model_dir, k, params["baselines"]["batch_size"])
+
+
+# --- the stage ------------------------------------------------------------------------------
 
 def run(params: dict, root: Path) -> dict:
     root = Path(root)
+    check_models(params)
     split = load_split(root)
     if not len(split.test):
         raise PipelineError("the split has no test users: lower split.min_user_interactions or ingest more data")
@@ -155,8 +304,12 @@ def run(params: dict, root: Path) -> dict:
     out = root / C.DATA_BASELINES / "topk"
     models, selected = {}, {}
     for name in params["baselines"]["models"]:
-        best, selected[name] = select(name, split, params, k)
-        ranked = fit_and_rank_test(name, best, split, params, k)
+        if name == SASREC:
+            best, selected[name] = select_sasrec(root, params)
+            ranked = fit_sasrec_and_rank_test(best, split, root, params, k)
+        else:
+            best, selected[name] = select(name, split, params, k)
+            ranked = fit_and_rank_test(name, best, split, params, k)
         models[name] = M.compute_all(ranked, test.targets, ctx, which)
         write_ranking(ranking_frame(split, test, ranked), out / f"{name}.parquet")
         log.info("baseline %s: %s test ndcg@10=%.4f", name, selected[name], models[name]["ndcg@10"])

@@ -13,12 +13,17 @@ rule that removed it. Rules run in this order (each configurable in params `clea
                 duplicate_item
   users         invalid_id · duplicate_user · bot
 
+Lines the ingest stage could not parse at all (data/raw/malformed) count as rows of their
+table too: they are quarantined in data/quarantine/malformed_lines with the rule
+`malformed_line`, so the accounting covers every line of the source files.
+
 Rows are never filtered away along the way: one `reason` column is filled in rule by rule,
 so rows_in == rows_kept + rows_quarantined holds by construction and is returned per table.
 Both output folders are written atomically: a failed run leaves the previous ones intact.
 """
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import unicodedata
@@ -38,11 +43,13 @@ from pipeline_tasks.spark import get_spark
 
 log = logging.getLogger(__name__)
 
-INTERACTION_RULES = ("bad_type", "invalid_id", "missing_timestamp", "rating_out_of_range", "future_timestamp",
-                     "timestamp_before_floor", "duplicate", "duplicate_key", "bot", "orphan_item", "item_removed",
-                     "below_implicit_threshold", "kcore")
-ITEM_RULES = ("invalid_id", "empty_text", "duplicate_item")
-USER_RULES = ("invalid_id", "duplicate_user", "bot")
+MALFORMED_RULE = "malformed_line"  # a source line ingest could not parse (data/raw/malformed)
+INTERACTION_RULES = (MALFORMED_RULE, "bad_type", "invalid_id", "missing_timestamp", "rating_out_of_range",
+                     "future_timestamp", "timestamp_before_floor", "duplicate", "duplicate_key", "bot",
+                     "orphan_item", "item_removed", "below_implicit_threshold", "kcore")
+ITEM_RULES = (MALFORMED_RULE, "invalid_id", "empty_text", "duplicate_item")
+USER_RULES = (MALFORMED_RULE, "invalid_id", "duplicate_user", "bot")
+MALFORMED_TABLE = "malformed_lines"  # data/quarantine/malformed_lines: table, file, line, text, error, reason
 RAW = "raw"  # quarantine: the row's original values (JSON of strings) when coercion failed
 BAD = "_bad_type"
 NORM_TEXT, NORM_TITLE = "_text_norm", "_title_norm"
@@ -59,6 +66,8 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
     paths = raw_paths(root)  # checked before Spark's ~20 s start
     spark = get_spark(params)
     raw = {name: spark.read.parquet(str(path)) for name, path in paths.items()}
+    malformed = malformed_lines(spark, root)
+    unparsed = malformed_counts(malformed)
 
     items = clean_items(raw["items"], cfg)
     interactions, bots, kcore = clean_interactions(raw["interactions"], items, cfg)
@@ -66,14 +75,14 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
     placeholders = placeholder_items(interactions, items, cfg)
 
     metrics = {
-        "interactions": account(interactions, INTERACTION_RULES),
-        "items": account(items, ITEM_RULES),
-        "users": account(users, USER_RULES),
+        "interactions": account(interactions, INTERACTION_RULES, unparsed.get("interactions", 0)),
+        "items": account(items, ITEM_RULES, unparsed.get("items", 0)),
+        "users": account(users, USER_RULES, unparsed.get("users", 0)),
         "kcore": kcore,
     }
     metrics["items"]["rows_added"] = placeholders.count() if placeholders is not None else 0
     files = max(1, metrics["interactions"]["rows_in"] // ROWS_PER_FILE)
-    write_outputs(root, interactions, items, users, placeholders, files)
+    write_outputs(root, interactions, items, users, placeholders, files, malformed)
     for table in C.TABLES:
         log.info("clean %s: %s", table, metrics[table])
     return metrics
@@ -102,6 +111,20 @@ def raw_paths(root: Path) -> dict[str, Path]:
     return paths
 
 
+def malformed_lines(spark, root: Path) -> DataFrame | None:
+    """The source lines ingest set aside (absent for data ingested before they were kept)."""
+    path = root / C.DATA_RAW / "malformed"
+    if not any(path.glob("*.parquet")):
+        return None
+    return spark.read.parquet(str(path)).withColumn(C.REASON, F.lit(MALFORMED_RULE))
+
+
+def malformed_counts(malformed: DataFrame | None) -> dict[str, int]:
+    if malformed is None:
+        return {}
+    return {row["table"]: row["count"] for row in malformed.groupBy("table").count().collect()}
+
+
 def require(df: DataFrame, columns: tuple[str, ...], table: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -128,8 +151,11 @@ def flag_repeats(df: DataFrame, keys: list[str], order: list[Column], rule: str)
     return flag(ranked, F.col("_rank") > 1, rule).drop("_rank")
 
 
-def account(flagged: DataFrame, rules: tuple[str, ...]) -> dict[str, Any]:
+def account(flagged: DataFrame, rules: tuple[str, ...], malformed: int = 0) -> dict[str, Any]:
+    """rows_in = rows_kept + rows_quarantined, by rule; `malformed` source lines never became rows."""
     counts = {row[C.REASON]: row["count"] for row in flagged.groupBy(C.REASON).count().collect()}
+    if malformed:
+        counts[MALFORMED_RULE] = malformed
     kept = counts.pop(None, 0)
     unknown = set(counts) - set(rules)
     assert not unknown, f"rules missing from the accounting list: {unknown}"
@@ -255,19 +281,37 @@ def clean_interactions(raw: DataFrame, items: DataFrame, cfg: dict[str, Any]) ->
     now = datetime.now(timezone.utc) + timedelta(hours=cfg["future_slack_hours"])
     df = flag(df, F.col(C.TIMESTAMP) > F.lit(now), "future_timestamp")
     df = flag(df, F.col(C.TIMESTAMP) < F.lit(floor_timestamp(cfg)), "timestamp_before_floor")
-    data_columns = [c for c in df.columns if c not in (RAW, C.REASON)]
-    df = flag_repeats(df, data_columns, [F.lit(1)], "duplicate")
-    df = flag_repeats(df, [C.USER_ID, C.ITEM_ID, C.TIMESTAMP],
-                      [F.col(C.RATING).desc_nulls_last(), F.col(C.EVENT).asc_nulls_last()], "duplicate_key")
-    df = df.localCheckpoint()
+    # Materialised once: the bot rule, the k-core edges and the final frame all read it.
+    deduplicated = materialised(flag_duplicates(df))
 
-    bots = bot_users(df, cfg)
-    df = flag(joined_flag(df, bots, C.USER_ID, "_bot"), F.col("_bot"), "bot").drop("_bot")
+    bots = bot_users(deduplicated, cfg)
+    df = flag(joined_flag(deduplicated, bots, C.USER_ID, "_bot"), F.col("_bot"), "bot").drop("_bot")
     df = flag_catalogue(df, items, cfg["orphan_policy"])
     if cfg["implicit_min_rating"] > 0:
         df = flag(df, rating.isNotNull() & (rating < cfg["implicit_min_rating"]), "below_implicit_threshold")
-    df, kcore = flag_kcore(df.localCheckpoint(), cfg)
-    return df, bots, kcore
+    df, kcore = flag_kcore(df, cfg)
+    # Accounting and both writes read this copy.
+    return materialised(df), bots, kcore
+
+
+def flag_duplicates(df: DataFrame) -> DataFrame:
+    """Exact duplicates, then repeated (user, item, timestamp) keeping the best row, in one sort.
+
+    Within a key, rows are ordered by rating (highest first), event, then every other column, so
+    identical rows sit next to each other: a row equal to the one before it is a `duplicate`;
+    any other row after the first is a `duplicate_key`. The same as flagging exact duplicates
+    first and then repeated keys, with one shuffle of the data instead of two.
+    """
+    key = [C.USER_ID, C.ITEM_ID, C.TIMESTAMP]
+    rest = [c for c in df.columns if c not in (*key, RAW, C.REASON, C.RATING, C.EVENT)]
+    window = Window.partitionBy(alive(), *[F.col(k) for k in key]).orderBy(
+        F.col(C.RATING).desc_nulls_last(), F.col(C.EVENT).asc_nulls_last(), *[F.col(c).asc_nulls_last() for c in rest])
+    same = F.lit(True)
+    for col in (C.RATING, C.EVENT, *rest):
+        same = same & F.lag(F.col(col)).over(window).eqNullSafe(F.col(col))
+    ranked = df.withColumn("_rank", F.row_number().over(window)).withColumn("_same", same)
+    ranked = flag(ranked, (F.col("_rank") > 1) & F.col("_same"), "duplicate")
+    return flag(ranked, F.col("_rank") > 1, "duplicate_key").drop("_rank", "_same")
 
 
 def joined_flag(df: DataFrame, keys: DataFrame, key: str, name: str) -> DataFrame:
@@ -302,19 +346,47 @@ def flag_catalogue(df: DataFrame, items: DataFrame, orphan_policy: str) -> DataF
 
 
 def flag_kcore(df: DataFrame, cfg: dict[str, Any]) -> tuple[DataFrame, dict[str, Any]]:
-    """Drop users with < kcore_users and items with < kcore_items interactions, until stable."""
+    """Drop users with < kcore_users and items with < kcore_items interactions, until stable.
+
+    The iterations run on a slim copy of the live (user, item) pairs, not on the whole frame: each
+    pass rewrites only two columns. A row is `kcore` iff its user or
+    its item was low in some pass (the same rows as flagging the frame pass by pass), so the frame
+    is joined once, at the end, with the union of the low users and the union of the low items.
+    """
     min_users, min_items, limit = cfg["kcore_users"], cfg["kcore_items"], cfg["kcore_max_iterations"]
+    edges = materialised(df.filter(alive()).select(C.USER_ID, C.ITEM_ID))
+    low_users, low_items = [], []
+    stats = {"iterations": limit, "converged": False}
     for iteration in range(1, limit + 1):
-        live = df.filter(alive())
-        low_users = live.groupBy(C.USER_ID).count().filter(F.col("count") < min_users).select(C.USER_ID)
-        low_items = live.groupBy(C.ITEM_ID).count().filter(F.col("count") < min_items).select(C.ITEM_ID)
-        if low_users.isEmpty() and low_items.isEmpty():
-            return df, {"iterations": iteration - 1, "converged": True}
-        df = joined_flag(joined_flag(df, low_users, C.USER_ID, "_low_user"), low_items, C.ITEM_ID, "_low_item")
-        df = flag(df, F.col("_low_user") | F.col("_low_item"), "kcore").drop("_low_user", "_low_item")
-        df = df.localCheckpoint()  # keeps the plan short across iterations
-    log.warning("k-core did not converge in %d iterations: raise clean.kcore_max_iterations", limit)
-    return df, {"iterations": limit, "converged": False}
+        # Checkpointed (they are small): the emptiness test, the pruning and the final flag share them.
+        users = edges.groupBy(C.USER_ID).count().filter(F.col("count") < min_users).select(C.USER_ID).localCheckpoint()
+        items = edges.groupBy(C.ITEM_ID).count().filter(F.col("count") < min_items).select(C.ITEM_ID).localCheckpoint()
+        if users.isEmpty() and items.isEmpty():
+            stats = {"iterations": iteration - 1, "converged": True}
+            break
+        low_users.append(users)
+        low_items.append(items)
+        pruned = materialised(edges.join(F.broadcast(users), on=C.USER_ID, how="left_anti")
+                              .join(F.broadcast(items), on=C.ITEM_ID, how="left_anti"))
+        edges = pruned
+    else:
+        log.warning("k-core did not converge in %d iterations: raise clean.kcore_max_iterations", limit)
+    if not low_users:
+        return df, stats
+    df = joined_flag(df, union_all(low_users), C.USER_ID, "_low_user")
+    df = joined_flag(df, union_all(low_items), C.ITEM_ID, "_low_item")
+    return flag(df, F.col("_low_user") | F.col("_low_item"), "kcore").drop("_low_user", "_low_item"), stats
+
+
+def union_all(frames: list[DataFrame]) -> DataFrame:
+    return functools.reduce(DataFrame.union, frames)
+
+
+def materialised(df: DataFrame) -> DataFrame:
+    """`df` computed now and kept as rows (memory, spilling to disk) with a short plan: later actions
+    read it instead of re-running its lineage. Not `persist()`: its compressed columnar cache could be
+    freed with `unpersist`, but the whole run took twice as long with it (5M rows, bench_clean data)."""
+    return df.localCheckpoint()
 
 
 # ---------------------------------------------------------------- users and placeholders
@@ -353,7 +425,7 @@ def kept_items(items: DataFrame, placeholders: DataFrame | None) -> DataFrame:
 
 
 def write_outputs(root: Path, interactions: DataFrame, items: DataFrame, users: DataFrame,
-                  placeholders: DataFrame | None, files: int = 1) -> None:
+                  placeholders: DataFrame | None, files: int = 1, malformed: DataFrame | None = None) -> None:
     """All six tables, or none: each output folder is swapped in only after every write succeeded."""
     interaction_columns = [c for c in interactions.columns if c not in (RAW, C.REASON)]
     item_columns = [c for c in items.columns if c not in (NORM_TEXT, NORM_TITLE)]
@@ -367,6 +439,8 @@ def write_outputs(root: Path, interactions: DataFrame, items: DataFrame, users: 
         for table, (kept, quarantined) in outputs.items():
             write_parquet(kept, clean_dir / table, files)
             write_parquet(quarantined, quarantine_dir / table, files)
+        if malformed is not None:
+            write_parquet(malformed, quarantine_dir / MALFORMED_TABLE, 1)
 
 
 def write_parquet(df: DataFrame, path: Path, files: int) -> None:

@@ -2,7 +2,7 @@
 
     split = load_split(root)
     split.item_ids[i]               # item index -> id (sorted ids, the candidate set)
-    split.train.users, .items       # interactions as index arrays, in (user, time, item) order
+    split.train.users, .items       # interactions as index arrays, in (user, time) order
     split.histories(("train", "valid"))   # per-user item indices ordered by time
     binary_matrix(split.train, split.n_users, split.n_items)   # scipy CSR, 1 = interacted
 
@@ -27,7 +27,8 @@ from pipeline_tasks.errors import PipelineError
 
 @dataclass(frozen=True)
 class Interactions:
-    """One split as parallel arrays (user index, item index, timestamp), sorted by user then time."""
+    """One split as parallel arrays (user index, item index, timestamp), sorted by user then time
+    (ties in the split table's row order)."""
 
     users: np.ndarray
     items: np.ndarray
@@ -77,11 +78,16 @@ class SplitData:
 
 
 def concat(parts: Sequence[Interactions]) -> Interactions:
-    """Concatenate splits and re-sort by (user, time, item), the order histories rely on."""
+    """Concatenate splits and re-sort by (user, time), the order histories rely on.
+
+    The sort is stable, so interactions with equal timestamps keep the order of `parts`
+    (train before valid before test), as the split decided them; re-breaking such ties by
+    item index would put a valid item before train items of the same second.
+    """
     users = np.concatenate([p.users for p in parts])
     items = np.concatenate([p.items for p in parts])
     stamps = np.concatenate([p.timestamps for p in parts])
-    order = np.lexsort((items, stamps, users))
+    order = np.lexsort((stamps, users))  # lexsort is stable
     return Interactions(users[order], items[order], stamps[order])
 
 
@@ -102,7 +108,9 @@ def index_interactions(df: pd.DataFrame, user_index: dict[str, int], item_index:
         stamps = np.zeros(len(df), "datetime64[us]")
     users_arr = users.to_numpy(dtype=np.int64)
     items_arr = items.to_numpy(dtype=np.int64)
-    order = np.lexsort((items_arr, stamps, users_arr))
+    # Stable by (user, time): ties keep the split table's row order, i.e. the split stage's
+    # tie-break, the one place that decides which of two same-second interactions came last.
+    order = np.lexsort((stamps, users_arr))
     return Interactions(users_arr[order], items_arr[order], stamps[order])
 
 

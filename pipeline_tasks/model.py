@@ -295,10 +295,19 @@ def pad_histories(histories: Sequence[Sequence[int]], max_len: int, pad: int) ->
     return out
 
 
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """Mixed precision on CUDA: bf16 where the GPU has it (Ampere+), else fp16 (which needs a
+    GradScaler, see train.Trainer); None on CPU, where bf16 matmuls are slow on most chips."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device | str):
-    """bf16 autocast on CUDA; a no-op context on CPU (bf16 matmuls are slow on most CPUs)."""
-    kind = torch.device(device).type
-    return torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=kind == "cuda")
+    """The autocast context of `autocast_dtype`; a no-op context on CPU."""
+    dtype = autocast_dtype(device)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype or torch.bfloat16,
+                          enabled=dtype is not None)
 
 
 # --- loss ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ message naming the key, and returns a plain nested dict.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,13 +32,41 @@ DEFAULTS: dict[str, Any] = {
     },
     "airflow": {
         "schedule": "0 2 * * *",  # cron, UTC: the nightly run
+        "dvc_push": True,  # after a successful DAG run: `dvc push` to the default DVC remote
+        "runs_branch": "recpipe-runs",  # each successful DAG run's dvc.lock committed here ('' = MLflow only)
     },
     "ingest": {
-        "source": "synthetic",  # synthetic | movielens
-        "path": "",  # folder of the source files (movielens)
-        "max_bad_line_share": 0.01,  # unparseable lines tolerated (skipped) before ingest fails
+        "source": "synthetic",  # synthetic | movielens | amazon | generic
+        "path": "",  # folder of the source files (movielens, amazon, generic)
+        "max_bad_line_share": 0.01,  # malformed lines per file set aside (quarantined) before ingest fails
         "max_tags_per_item": 5,  # MovieLens tags.csv: most frequent tags appended to an item's text
+        # Nightly increments: '' = a full load (replaces every batch); an id (a date, e.g. 2026-07-01)
+        # adds or replaces that batch next to the earlier ones.
+        "batch": "",
+        # data/raw = the full load + every increment whose id is <= cutoff ('' = the batch just ingested).
+        "cutoff": "",
+        # Generic CSV / Parquet: file (or folder of parts) names under `path`, and the column map.
+        "generic": {
+            "interactions": "interactions",
+            "items": "items",
+            "users": "users",  # optional: without it, users are the ids found in the interactions
+            "format": "auto",  # auto (by extension) | csv | parquet
+            "delimiter": ",",  # CSV only; .tsv files are read tab-separated
+            "encoding": "utf-8",
+            "timestamp_unit": "s",  # s | ms | us (epoch numbers) | iso (date strings)
+            "columns": {  # canonical column: the name in your files ('' = absent)
+                "user_id": "user_id",
+                "item_id": "item_id",
+                "rating": "rating",
+                "timestamp": "timestamp",
+                "event": "",
+                "title": "title",
+            },
+            "text_columns": ["description"],  # item columns appended to the title to form the item text
+        },
         "synthetic": {
+            "day": 0,  # 0 = the history; N >= 1 = only day N after it (an increment; its batch is the date)
+            "new_items_per_day": 3,  # items released on each increment day (cold start every night)
             "n_users": 300,
             "n_items": 400,
             "n_topics": 8,
@@ -120,14 +149,46 @@ DEFAULTS: dict[str, Any] = {
             "users_user_id_not_null": "fail",
             "quarantine_share": "fail",
         },
+        # Drift against the previous version that passed this gate (see pipeline_tasks/drift.py).
+        "drift": {
+            "baseline_dir": "validated",  # where passing versions' statistics are kept (not a DVC output)
+            "keep_versions": 10,  # validated versions kept in baseline_dir (the latest is the baseline)
+            "max_ids_stored": 1000000,  # user ids kept per version; above it a consistent hash sample
+            "max_row_count_change": 0.3,  # |rows / previous rows - 1|
+            "max_new_user_share": 0.3,  # users absent from the previous version / users
+            "max_lost_user_share": 0.3,  # previous users absent now / previous users
+            "max_new_item_share": 0.3,
+            "max_lost_item_share": 0.3,
+            "max_rating_mean_shift": 0.3,  # in rating units (stars)
+            "max_popularity_psi": 0.25,  # PSI > 0.25 is the usual "significant shift"
+            "popularity_bins": 10,  # previous items cut into this many popularity bins for the PSI
+            # Per check: fail (stops the run) | warn (only reported) | off (not computed).
+            "severity": {
+                "row_count_change": "fail",
+                "new_user_share": "fail",
+                "lost_user_share": "fail",
+                "new_item_share": "warn",  # a catalogue launch is normal; lost items are reported too
+                "lost_item_share": "warn",
+                "rating_mean_shift": "fail",
+                "popularity_psi": "fail",
+            },
+        },
     },
     "split": {
         "min_user_interactions": 3,
     },
     "baselines": {
-        "models": ["Pop", "ItemKNN", "EASE"],
+        "models": ["Pop", "ItemKNN", "EASE", "ALS", "SASRec-ID"],
         "ease_lambdas": [10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
         "itemknn_neighbors": [20, 50, 100],
+        "als_ranks": [32, 64],  # ALS (Spark MLlib, implicit): every (rank, reg_param, alpha) is tried on valid
+        "als_reg_params": [0.1],
+        "als_alphas": [1.0],  # each grid point is one Spark fit (on ml-100k and synthetic alpha 10 lost)
+        "als_max_iter": 10,
+        # SASRec-ID (train params, text off): most epochs, the best one chosen on valid; 0 = train.epochs.
+        # An ID-only model learns from scratch, so it gets more epochs than the pretrained text model.
+        "sasrec_epochs": 20,
+        "sasrec_patience": 3,  # stop after this many epochs without a better valid NDCG@10 (0 = never)
         "batch_size": 1024,  # users scored per block
         "max_dense_items": 20000,  # EASE and ItemKNN hold item x item matrices: refuse larger catalogues
     },
@@ -147,6 +208,7 @@ DEFAULTS: dict[str, Any] = {
         "dropout": 0.2,
         "epochs": 6,
         "batch_size": 64,
+        "cuda_batch_size": 256,  # batch size on a GPU (0 = batch_size); more sequences per step where they are cheap
         "lr": 0.002,
         "encoder_lr": 0.0005,
         "weight_decay": 0.0,
@@ -177,12 +239,22 @@ DEFAULTS: dict[str, Any] = {
         },
     },
     "compress": {
-        "variants": ["fp32", "int8_dynamic", "item_table_fp16"],  # fp32 is always measured (the reference)
+        # fp32 is always measured (the reference); see pipeline_tasks/compress.py for each variant
+        "variants": ["fp32", "int8_dynamic", "onnx_fp32", "onnx_int8", "pruned", "distilled",
+                     "item_table_fp16", "item_table_int8"],
         "max_ndcg_drop": 0.01,  # largest relative valid NDCG@10 drop vs fp32 a chosen variant may have
         "latency_calls": 200,  # timed single-user recommendations per variant (after warm-up)
         "warmup_calls": 10,
         "throughput_items": 256,  # items encoded to time the item tower (capped at the catalogue)
-        "num_threads": 0,  # torch CPU threads while measuring; 0 = torch's default
+        "timing_rounds": 3,  # throughput = median of this many timed passes (the CPU may be shared)
+        "num_threads": 0,  # torch and onnxruntime CPU threads while measuring; 0 = torch's default
+        "onnx_per_channel": True,  # onnx_int8: one scale per output channel (more accurate than per tensor)
+        "prune_amount": 0.5,  # pruned: share of every encoder Linear weight zeroed (smallest |w| first)
+        "recovery_epochs": 2,  # pruned: passes over the catalogue texts fitting the fp32 text vectors
+        "student_layers": 3,  # distilled: encoder layers of the student (fewer than the teacher's)
+        "distill_epochs": 4,  # distilled: passes over the catalogue texts fitting the teacher's text vectors
+        "distill_lr": 0.0001,  # pruned and distilled fine-tunes (AdamW)
+        "distill_batch_size": 32,
     },
     "evaluate": {
         "ks": [10, 20],
@@ -196,9 +268,22 @@ DEFAULTS: dict[str, Any] = {
     },
     "register": {
         "model_name": "recpipe",
-        "min_improvement": 0.0,
-        "min_ndcg": 0.0,
-        "auto_promote": True,
+        "min_improvement": 0.01,  # relative NDCG@10 gain over the re-scored champion needed to promote
+        "min_ndcg": 0.0,  # first champion: absolute NDCG@10 floor (it must also beat the run's best baseline)
+        "max_slice_drop": 0.1,  # largest relative NDCG@10 drop vs the champion in any guarded slice group
+        "guarded_slices": ["history_length", "cold_start", "popularity"],  # evaluate slices the gate guards
+        "max_latency_p99_ms": 50.0,  # budget: p99 single-user latency of the chosen variant (compress.json)
+        "max_size_mb": 1000.0,  # budget: size on disk of the chosen variant (compress.json)
+        "auto_promote": True,  # false: a passing challenger waits for `recpipe promote VERSION`
+        "cold_start_fresh_share": 0.3,  # share of a new user's list filled with fresh items (rest: popular)
+        "serve_poll_s": 30.0,  # `recpipe serve` re-reads aliases and the A/B config this often
+        "exposure_log": "logs/exposures.jsonl",  # append-only, one line per /recommend answer
+        "feedback_log": "logs/feedback.jsonl",  # append-only, one line per POST /feedback event
+        "ab_guardrails": ["purchase_rate", "latency_p99_ms"],  # stored by `recpipe ab` unless --guardrail
+        "ab_alpha": 0.05,  # ab-report: significance level of the two-proportion z-test
+        "ab_power": 0.8,  # ab-report: power used to size the test
+        "ab_mde": 0.1,  # ab-report: smallest relative CTR change worth detecting
+        "ab_max_latency_p99_ms": 20.0,  # ab-report guardrail: served p99 per variant
     },
 }
 
@@ -260,6 +345,8 @@ def check_type(dotted: str, value: Any, default: Any) -> Any:
     if isinstance(default, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # `--set ingest.path=2024` means the string
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()  # YAML reads `ingest.batch=2026-07-01` as a date; a batch id is text
         if not isinstance(value, str):
             raise ParamsError(f"'{dotted}' must be a string, got {value!r}")
         return value

@@ -24,7 +24,13 @@ def load_project_params(root: Path) -> dict:
     return P.load(path if path.exists() else None)
 
 
-def stage_env(root: Path, parent_run_id: str | None = None) -> dict[str, str]:
+# Set by the Airflow tasks for every stage process, so register can tag the model version
+# with the DAG run that made it (`recpipe lineage`).
+DAG_ID_ENV = "RECPIPE_DAG_ID"
+DAG_RUN_ID_ENV = "RECPIPE_DAG_RUN_ID"
+
+
+def stage_env(root: Path, parent_run_id: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for stage subprocesses: this venv first on PATH, offline, nested under the parent run."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -33,6 +39,7 @@ def stage_env(root: Path, parent_run_id: str | None = None) -> dict[str, str]:
         env.setdefault(key, value)
     if parent_run_id:
         env[C.PARENT_RUN_ENV] = parent_run_id
+    env.update(extra or {})
     return env
 
 
@@ -74,10 +81,35 @@ def end_parent_run(params: dict, root: Path, run_id: str, ok: bool) -> None:
     client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
 
-def repro(root: Path, params: dict, stage: str | None = None, parent_run_id: str | None = None) -> int:
+def repro(root: Path, params: dict, stage: str | None = None, parent_run_id: str | None = None,
+          extra_env: dict[str, str] | None = None) -> int:
     """`dvc repro` (the whole pipeline, or one stage) with stage runs nested under the parent."""
     args = ["repro"] + (["--single-item", stage] if stage else [])
-    return dvc(root, *args, env=stage_env(root, parent_run_id)).returncode
+    return dvc(root, *args, env=stage_env(root, parent_run_id, extra_env)).returncode
+
+
+def repro_stage(root: Path, stage: str, parent_run_id: str | None = None,
+                extra_env: dict[str, str] | None = None) -> tuple[int, int | None]:
+    """`dvc repro --single-item stage`, its output streamed to ours (the Airflow task log).
+
+    Returns DVC's exit code and, when the stage's command failed, that command's own exit code
+    (DVC itself always exits 255): 2 or 3 mean bad input or bad data (errors.py), which a retry
+    cannot fix.
+    """
+    import collections
+    import re
+
+    cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage]
+    proc = subprocess.Popen(cmd, cwd=root, env=stage_env(root, parent_run_id, extra_env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    for line in proc.stdout or []:
+        sys.stdout.write(line)
+        tail.append(line)
+    code = proc.wait()
+    # DVC's closing line: "ERROR: failed to reproduce '<stage>': failed to run: <cmd>, exited with N"
+    found = re.findall(r"failed to run: .*, exited with (-?\d+)", "".join(tail))
+    return code, (int(found[-1]) if code and found else None)
 
 
 def run_pipeline(params: dict, root: Path) -> int:
@@ -154,3 +186,48 @@ def write_overrides(root: Path, overrides: list[str]) -> dict:
             yaml.dump(document, fh)
     io.write_json({"overrides": overrides, "params": resolved}, root / C.REPORTS_DIR / "params_used.json")
     return resolved
+
+
+# The params.yaml key naming the increment (batch) ingest adds; its id is the day (recpipe_manual's backfill).
+BACKFILL_KEY = "ingest.batch"
+
+
+def backfill_dates(start: str | None, end: str | None) -> list[str]:
+    """Every day from start to end, inclusive, as YYYY-MM-DD (one day when only one end is given)."""
+    from datetime import date, timedelta
+
+    try:
+        first, last = date.fromisoformat(start or end), date.fromisoformat(end or start)
+    except (TypeError, ValueError) as err:
+        raise PipelineError(f"backfill dates must look like 2026-01-31, got start={start!r} end={end!r}") from err
+    if last < first:
+        raise PipelineError(f"backfill range ends ({last}) before it starts ({first}): swap the dates")
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
+def backfill(root: Path, start: str | None, end: str | None, extra_env: dict[str, str] | None = None) -> list[str]:
+    """Ingest the increments of a date range in order, one `dvc repro ingest` per day.
+
+    Each day sets `ingest.batch` to the day and `ingest.cutoff` to '' (data/raw = the full load and
+    every increment up to the batch just ingested), so data/raw ends with the whole range. Stops at
+    the first day whose ingest fails, naming it; the batches before it stay in data/batches, so
+    triggering again from that day continues the backfill.
+    """
+    from pipeline_tasks import params as P
+
+    days = backfill_dates(start, end)
+    try:
+        P.get_dotted(P.DEFAULTS, BACKFILL_KEY)
+    except Exception as err:  # noqa: BLE001 - ParamsError: this checkout's ingest has no increments
+        raise PipelineError(f"backfill needs the params key {BACKFILL_KEY} (the increment ingest reads), "
+                            "which this version of the ingest stage does not have") from err
+    done: list[str] = []
+    for day in days:
+        write_overrides(root, [f"{BACKFILL_KEY}={json.dumps(day)}", 'ingest.cutoff=""'])  # quoted: not a YAML date
+        code = repro(root, load_project_params(root), stage="ingest", extra_env=extra_env)
+        if code != 0:
+            raise PipelineError(f"backfill stopped at the increment of {day}: ingest failed (exit code {code}, "
+                                f"message above). Ingested before it: {', '.join(done) or 'none'}. Fix the "
+                                f"cause and trigger again with backfill_start={day}.")
+        done.append(day)
+    return done

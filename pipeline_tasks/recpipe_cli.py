@@ -3,6 +3,13 @@
     recpipe run [--root DIR]        the whole pipeline through `dvc repro`, then a summary
     recpipe summary                 the last run's metrics table and registered version
     recpipe mlflow-ui [--port P]    the MLflow UI on this project's store
+    recpipe promote VERSION [--reason TEXT]   make VERSION the champion (--reason required past a failed gate)
+    recpipe rollback [--reason TEXT]          champion back to previous_champion (after a load check)
+    recpipe history                 every audited alias move and A/B change, oldest first
+    recpipe ab --share 0.1 [--salt S] [--guardrail M ...]   the A/B split, stored in the registry
+    recpipe serve [--host H] [--port P]       the A/B recommendation server (FastAPI + uvicorn)
+    recpipe ab-report               CTR per variant, significance, and a promote/keep/need-more-data call
+    recpipe lineage VERSION [--restore-lock FILE]   data md5s, params, git commit and Airflow run of a version
 
 Stages themselves run as `python -m pipeline_tasks.<stage>` (see dvc.yaml).
 """
@@ -48,6 +55,120 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def registry_client(args: argparse.Namespace) -> tuple[dict, object, str]:
+    from pipeline_tasks import registry
+
+    params = load_params(args.root, getattr(args, "overrides", []))
+    return params, registry.client_for(params, args.root), params["register"]["model_name"]
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipeline_tasks import registry
+
+    _, client, name = registry_client(args)
+    event = registry.promote(client, name, args.version, reason=args.reason, who=args.actor)
+    print(f"{name}: champion v{event['from_version'] or '-'} -> v{event['to_version']} "
+          f"({'FORCED: ' if event['forced'] else ''}{event['reason']}) by {event['actor']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from pipeline_tasks import registry
+
+    _, client, name = registry_client(args)
+    event = registry.rollback(client, name, reason=args.reason, who=args.actor)
+    print(f"{name}: rolled back champion v{event['from_version']} -> v{event['to_version']} by {event['actor']}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from pipeline_tasks import registry
+
+    _, client, name = registry_client(args)
+    print(registry.format_history(registry.history(client, name), registry.aliases(client, name)))
+    print(f"A/B config: {registry.ab_config(client, name)}")
+    return 0
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from pipeline_tasks import registry
+
+    params, client, name = registry_client(args)
+    guardrails = args.guardrail if args.guardrail else None
+    if guardrails is None and not registry.ab_config(client, name).get("guardrails"):
+        guardrails = params["register"]["ab_guardrails"]
+    config = registry.set_ab_config(client, name, args.share, salt=args.salt, guardrails=guardrails,
+                                    who=args.actor, reason=args.reason)
+    print(f"{name}: A/B config stored in the registry: {config}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline_tasks.serve import serve
+
+    serve(load_params(args.root, args.overrides), args.root, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_ab_report(args: argparse.Namespace) -> int:
+    from pipeline_tasks import ab_report, registry
+
+    params, client, name = registry_client(args)
+    # The guardrails stored with the split (`recpipe ab`) win over params' defaults.
+    guardrails = registry.ab_config(client, name).get("guardrails") or params["register"]["ab_guardrails"]
+    result = ab_report.run(params, args.root, guardrails=guardrails)
+    print(ab_report.format_report(result))
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pipeline_tasks import lineage
+
+    _, client, name = registry_client(args)
+    print(lineage.format_lineage(lineage.version_lineage(client, name, args.version)))
+    if args.restore_lock:
+        path = lineage.restore_lock(client, name, args.version, args.restore_lock)
+        print(f"dvc.lock of this version written to {path}: copy it over the project's dvc.lock "
+              "(at the git commit above) and run `dvc checkout` to restore its data and model")
+    return 0
+
+
+def add_registry_commands(sub) -> None:
+    def with_actor(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--actor", default=None, help="who is acting (default: the Airflow DAG run or $USER)")
+        return p
+
+    promote = with_actor(sub.add_parser("promote", help="make VERSION the champion (audited)"))
+    promote.add_argument("version")
+    promote.add_argument("--reason", default=None, help="why; required when VERSION did not pass the gate")
+    promote.set_defaults(func=cmd_promote)
+    rollback = with_actor(sub.add_parser("rollback", help="champion back to previous_champion (audited)"))
+    rollback.add_argument("--reason", default=None)
+    rollback.set_defaults(func=cmd_rollback)
+    history = sub.add_parser("history", help="the champion's audited history")
+    history.set_defaults(func=cmd_history)
+    lineage = sub.add_parser("lineage", help="data (DVC md5s), params, git commit and Airflow run of a version")
+    lineage.add_argument("version", help="a version number or an alias (champion, challenger)")
+    lineage.add_argument("--restore-lock", type=Path, default=None, metavar="FILE",
+                         help="write the version's dvc.lock to FILE (then `dvc checkout` restores its data)")
+    lineage.set_defaults(func=cmd_lineage)
+    ab = with_actor(sub.add_parser("ab", help="set the A/B split (stored in the registry)"))
+    ab.add_argument("--share", type=float, required=True, help="challenger's share of users, 0..1")
+    ab.add_argument("--salt", default=None, help="bucketing salt (default: keep the current one)")
+    ab.add_argument("--guardrail", action="append", default=[], help="guardrail metric (repeatable)")
+    ab.add_argument("--reason", default=None)
+    ab.set_defaults(func=cmd_ab)
+    serve = sub.add_parser("serve", help="serve champion and challenger over HTTP (A/B)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+    report = sub.add_parser("ab-report", help="CTR per variant from the exposure and feedback logs")
+    report.set_defaults(func=cmd_ab_report)
+    for parser in (promote, rollback, history, lineage, ab, serve, report):
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                            help="override one parameter (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=lambda s: Path(s).resolve(), default=Path(".").resolve(),
@@ -59,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_mlflow_ui)
+    add_registry_commands(sub)
     return parser
 
 

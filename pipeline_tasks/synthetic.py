@@ -8,6 +8,8 @@ follow how well an item's topic matches the user's taste, and user attributes.
 Then it injects dirt at the configured rates (duplicates, null ids, out-of-range ratings,
 future timestamps, orphan item ids, broken item text, bot users) and records every
 injected row in `injected`, so tests and the clean stage can be checked against the truth.
+`generate_day(cfg, seed, N)` emits day N after that history (a nightly increment): the day's
+events, the items released that day, a bot and the day's dirt, recorded the same way.
 Pure numpy/pandas; the default size (params `ingest.synthetic`) takes about a second.
 """
 from __future__ import annotations
@@ -140,6 +142,24 @@ class Catalogue:
 
 def generate(cfg: dict[str, Any], seed: int) -> SyntheticData:
     """Build the clean world from `cfg` (params `ingest.synthetic`), then inject dirt."""
+    world = build_world(cfg, seed)
+    interactions = make_interactions(cfg, world.catalogue, world.preferences, world.start, world.rng)
+    return inject_dirt(cfg, interactions, world.catalogue.items, world.users, world.start, world.rng)
+
+
+@dataclass
+class World:
+    """What every day of the synthetic site shares: topics, catalogue, users and their tastes."""
+
+    rng: np.random.Generator  # positioned after the world was drawn (the history's events come next)
+    topics: list[str]
+    start: pd.Timestamp
+    catalogue: Catalogue
+    preferences: np.ndarray
+    users: pd.DataFrame
+
+
+def build_world(cfg: dict[str, Any], seed: int) -> World:
     check_config(cfg)
     rng = np.random.default_rng(seed)
     topics = sorted(rng.choice(list(TOPICS), size=cfg["n_topics"], replace=False).tolist())
@@ -147,8 +167,12 @@ def generate(cfg: dict[str, Any], seed: int) -> SyntheticData:
     catalogue = make_catalogue(cfg, topics, rng)
     preferences = user_preferences(cfg["n_users"], len(topics), rng)
     users = make_users(cfg["n_users"], rng)
-    interactions = make_interactions(cfg, catalogue, preferences, start, rng)
-    return inject_dirt(cfg, interactions, catalogue.items, users, start, rng)
+    return World(rng, topics, start, catalogue, preferences, users)
+
+
+def history_end(cfg: dict[str, Any]) -> pd.Timestamp:
+    """The first instant after the generated history: day 1 of the increments starts here."""
+    return pd.Timestamp(cfg["start_date"], tz="UTC") + pd.Timedelta(days=cfg["days"])
 
 
 def check_config(cfg: dict[str, Any]) -> None:
@@ -318,22 +342,111 @@ def pick_item(by_topic: list[np.ndarray], topic: int, t: float, cat: Catalogue, 
     return -1
 
 
+# ---------------------------------------------------------------- nightly increments ("day N")
+
+def generate_day(cfg: dict[str, Any], seed: int, day: int) -> SyntheticData:
+    """Day `day` (1, 2, ...) after the history: that day's events, the items released that day, and dirt.
+
+    The world (catalogue, users, tastes) is the one `generate` draws from `seed`; each day draws
+    from its own seed, so any day can be generated alone, in any order, with the same result.
+    """
+    world = build_world(cfg, seed)
+    day_start = history_end(cfg) + pd.Timedelta(days=day - 1)
+    released = [new_items(cfg, world.topics, seed, d) for d in range(1, day + 1)]
+    catalogue = with_new_items(world.catalogue, released)
+    rng = np.random.default_rng([seed, day, 1])
+    good = day_interactions(cfg, catalogue, world.preferences, world.start, day, seed, rng)
+    users = world.users.iloc[:0]
+    day_cfg = {**cfg, "days": 1}  # bots strike within this day
+    return inject_dirt(day_cfg, good, released[-1].items, users, day_start, rng, tag=f"d{day:04d}",
+                       catalogue=catalogue.items)
+
+
+def new_items(cfg: dict[str, Any], topics: list[str], seed: int, day: int) -> Catalogue:
+    """`new_items_per_day` items released on `day`, new to everyone (cold start every night)."""
+    rng = np.random.default_rng([seed, day, 0])
+    n = cfg["new_items_per_day"]
+    topic_of = rng.integers(0, len(topics), size=n)
+    first_seen = cfg["days"] + day - 1 + rng.uniform(0.0, 0.3, size=n)
+    weight = 5.0 * (rng.integers(1, cfg["n_items"] + 1, size=n) + 0.0) ** -cfg["popularity_exponent"]
+    titles, texts = [], []
+    for topic in topic_of:
+        title, description = item_text(TOPICS[topics[topic]], rng)
+        titles.append(title)
+        texts.append(messy(f"{title}. {description}", rng, cfg["messy_text_share"]))
+    start = pd.Timestamp(cfg["start_date"], tz="UTC")
+    items = pd.DataFrame({
+        C.ITEM_ID: [f"d{day:04d}-i{j + 1:03d}" for j in range(n)],
+        C.TITLE: titles,
+        C.TEXT: texts,
+        "genres": [topics[t] for t in topic_of],
+        "first_seen": (start + pd.to_timedelta(first_seen, unit="D")).astype("datetime64[us, UTC]"),
+    })
+    return Catalogue(items=items, topic_of=topic_of, first_seen_days=first_seen, weight=weight)
+
+
+def with_new_items(base: Catalogue, released: list[Catalogue]) -> Catalogue:
+    parts = [base, *released]
+    return Catalogue(items=pd.concat([p.items for p in parts], ignore_index=True),
+                     topic_of=np.concatenate([p.topic_of for p in parts]),
+                     first_seen_days=np.concatenate([p.first_seen_days for p in parts]),
+                     weight=np.concatenate([p.weight for p in parts]))
+
+
+def day_interactions(cfg: dict[str, Any], cat: Catalogue, prefs: np.ndarray, start: pd.Timestamp, day: int,
+                     seed: int, rng: np.random.Generator) -> pd.DataFrame:
+    """One day of events at the history's average rate, by the same taste model (at its drifted end)."""
+    n_users, n_topics = prefs.shape[0], prefs.shape[2]
+    stable = np.random.default_rng([seed, 0, 2])  # who is active and what is good does not change by day
+    activity = stable.lognormal(0.0, 0.7, size=n_users)
+    quality = np.concatenate([stable.normal(0.0, 0.4, size=cfg["n_items"]),
+                              rng.normal(0.0, 0.4, size=len(cat.topic_of) - cfg["n_items"])])
+    n_events = int(rng.poisson(n_users * cfg["mean_interactions_per_user"] / cfg["days"]))
+    by_topic = [np.flatnonzero(cat.topic_of == k) for k in range(n_topics)]
+    who = rng.choice(n_users, size=n_events, p=activity / activity.sum())
+    when = np.sort(cfg["days"] + day - 1 + rng.uniform(0.0, 1.0, size=n_events))
+    rows: list[tuple[int, int, float, float]] = []
+    for user, t in zip(who, when):
+        taste = drifted(prefs[user], 1.0, cfg["drift"])
+        topic = int(rng.choice(n_topics, p=taste)) if rng.random() < cfg["topic_affinity"] \
+            else int(rng.integers(n_topics))
+        item = pick_item(by_topic, topic, t, cat, set(), rng)
+        match = taste[cat.topic_of[item]] / taste.max()
+        rating = np.clip(np.round(1.5 + 3.0 * match + quality[item] + rng.normal(0, 0.8)), 1, 5)
+        rows.append((int(user), item, float(rating), float(t)))
+    frame = pd.DataFrame(rows, columns=["u", "i", "r", "t"])
+    seconds = np.round(frame["t"].to_numpy(dtype=float) * 86400.0)
+    return pd.DataFrame({
+        C.USER_ID: [f"u{u + 1:04d}" for u in frame["u"]],
+        C.ITEM_ID: cat.items[C.ITEM_ID].to_numpy()[frame["i"].to_numpy(dtype=int)],
+        C.RATING: frame["r"].astype(float),
+        C.TIMESTAMP: (start + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us, UTC]"),
+        C.EVENT: "rating",
+    })
+
+
 # ---------------------------------------------------------------- dirt
 
 def inject_dirt(cfg: dict[str, Any], good: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
-                start: pd.Timestamp, rng: np.random.Generator) -> SyntheticData:
-    """Append dirty rows (and break some item texts), recording each one in `injected`."""
+                start: pd.Timestamp, rng: np.random.Generator, tag: str = "",
+                catalogue: pd.DataFrame | None = None) -> SyntheticData:
+    """Append dirty rows (and break some item texts), recording each one in `injected`.
+
+    `tag` names a day's orphan and bot ids so they never meet another day's; bots pick their
+    items from `catalogue` (default: `items`, whose texts are the ones that may get broken).
+    """
     dirt = cfg["dirt"]
     n = len(good)
+    catalogue = items if catalogue is None else catalogue
     parts: list[tuple[str, pd.DataFrame]] = [
         ("duplicate", good.iloc[sample(n, dirt["duplicate_rate"], rng)].copy()),
         ("null_id", null_ids(good, sample(n, dirt["null_id_rate"], rng), rng)),
         ("bad_rating", shifted(good, sample(n, dirt["bad_rating_rate"], rng), rng)
             .assign(**{C.RATING: lambda d: rng.choice(BAD_RATINGS, size=len(d))})),
         ("future_timestamp", future(good, sample(n, dirt["future_timestamp_rate"], rng), rng)),
-        ("orphan_item", orphans(good, sample(n, dirt["orphan_item_rate"], rng), len(items), rng)),
+        ("orphan_item", orphans(good, sample(n, dirt["orphan_item_rate"], rng), len(items), rng, tag)),
     ]
-    bot_users, bot_rows = bots(dirt, items, users, start, cfg["days"], rng)
+    bot_users, bot_rows = bots(dirt, catalogue, users, start, cfg["days"], rng, tag)
     parts.append(("bot", bot_rows))
     items, broken = break_texts(items, dirt["broken_text_rate"], rng)
 
@@ -372,17 +485,19 @@ def future(good: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> pd
     return out
 
 
-def orphans(good: pd.DataFrame, rows: np.ndarray, n_items: int, rng: np.random.Generator) -> pd.DataFrame:
+def orphans(good: pd.DataFrame, rows: np.ndarray, n_items: int, rng: np.random.Generator,
+            tag: str = "") -> pd.DataFrame:
     out = shifted(good, rows, rng)
-    out[C.ITEM_ID] = [f"i{n_items + 1000 + j:05d}" for j in range(len(out))]  # never in the catalogue
+    # Never in the catalogue (a day's new items are named "<tag>-i..." and base items "i0...").
+    out[C.ITEM_ID] = [f"{tag}-x{j + 1:05d}" if tag else f"i{n_items + 1000 + j:05d}" for j in range(len(out))]
     return out
 
 
-def bots(dirt: dict[str, Any], items: pd.DataFrame, users: pd.DataFrame, start: pd.Timestamp, days: int,
-         rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+def bots(dirt: dict[str, Any], items: pd.DataFrame, users: pd.DataFrame, start: pd.Timestamp, days: float,
+         rng: np.random.Generator, tag: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Bot accounts (they register like people) that fire `bot_events` events within a few minutes."""
     n_bots, n_events = dirt["bot_users"], dirt["bot_events"]
-    ids = [f"u{len(users) + b + 1:04d}" for b in range(n_bots)]
+    ids = [f"{tag}-bot{b + 1}" if tag else f"u{len(users) + b + 1:04d}" for b in range(n_bots)]
     accounts = make_users(n_bots, rng).assign(**{C.USER_ID: ids})
     frames = []
     for bot in ids:

@@ -17,9 +17,21 @@ from pipeline_tasks import constants as C
 from pipeline_tasks.params import flatten
 
 
+# mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ (MLflow 3). Remember
+# what we set, so a second store in the same process (tests, a server switching projects) is not
+# mistaken for the user's override.
+_uri_we_set: str | None = None
+
+
+def user_tracking_uri() -> str | None:
+    """MLFLOW_TRACKING_URI as the user set it (None when it only echoes our own set_tracking_uri)."""
+    value = os.environ.get(C.TRACKING_URI_ENV) or None
+    return None if value is not None and value == _uri_we_set else value
+
+
 def tracking_uri(params: dict, root: str | Path = ".") -> str:
     """MLFLOW_TRACKING_URI wins over params; a relative SQLite path is made absolute."""
-    uri = os.environ.get(C.TRACKING_URI_ENV) or params["mlflow"]["tracking_uri"]
+    uri = user_tracking_uri() or params["mlflow"]["tracking_uri"]
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         db = (Path(root) / uri[len(prefix):]).resolve()
@@ -36,7 +48,12 @@ def setup(params: dict, root: str | Path = ".") -> str:
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(params, root))
+    global _uri_we_set
+    from_user = user_tracking_uri()
+    uri = tracking_uri(params, root)
+    mlflow.set_tracking_uri(uri)
+    if from_user is None:
+        _uri_we_set = uri  # our own choice now sits in the environment too
     name = params["mlflow"]["experiment"]
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:

@@ -29,10 +29,12 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,9 +42,9 @@ import torch
 from pipeline_tasks import constants as C
 from pipeline_tasks import dataset, io, params as P, tracking
 from pipeline_tasks.cli import stage_main
-from pipeline_tasks.errors import ParamsError, PipelineError
+from pipeline_tasks.errors import ParamsError, PipelineError, RecpipeError
 from pipeline_tasks.metrics import EvalContext, ndcg
-from pipeline_tasks.model import (TextSeqRec, autocast, build_model, sampled_softmax_loss, save)
+from pipeline_tasks.model import (TextSeqRec, autocast, autocast_dtype, build_model, sampled_softmax_loss, save)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ VALID_METRIC = "valid_ndcg@10"
 # train.* keys that change neither the trained weights nor the data order (not in the resume hash).
 NOT_TRAINING_KEYS = {"checkpoint_every", "use_best_params", "num_threads", "device"}
 CHECKPOINT_FILE = "checkpoint.pt"
+STEP_POINTS_PER_EPOCH = 10  # step-level loss points logged to MLflow per epoch (rank 0, active run only)
 BEST_FILE = "best.pt"
 
 
@@ -65,7 +68,7 @@ class TrainingData:
     targets: torch.Tensor  # (n_seq, max_seq_len) next item at each slot, -1 = none
     popularity: np.ndarray  # training interactions per item
     train_histories: list[np.ndarray]  # per user index, oldest first
-    valid: dataset.EvalTask
+    valid: dataset.EvalTask | None  # None when valid is part of the training data (a refit)
 
     @property
     def n_items(self) -> int:
@@ -74,7 +77,8 @@ class TrainingData:
     def digest(self) -> str:
         """Identifies the data a checkpoint was made from."""
         h = hashlib.sha256()
-        for array in (self.inputs.numpy(), self.targets.numpy(), self.valid.targets, self.valid.users):
+        valid = (self.valid.targets, self.valid.users) if self.valid is not None else ()
+        for array in (self.inputs.numpy(), self.targets.numpy(), *valid):
             h.update(np.ascontiguousarray(array).tobytes())
         h.update(json.dumps(self.item_ids).encode())
         h.update(json.dumps(self.item_texts).encode())
@@ -82,8 +86,10 @@ class TrainingData:
 
 
 def item_text(row: dict) -> str:
-    """What the encoder reads: the title, then the description/genres text."""
-    parts = [str(row.get(key) or "").strip() for key in (C.TITLE, C.TEXT)]
+    """What the encoder reads: the title, then the description/genres text (which MovieLens'
+    ingest already starts with the title: it is not read twice)."""
+    title, text = (str(row.get(key) or "").strip() for key in (C.TITLE, C.TEXT))
+    parts = [title, text[len(title):].lstrip(" .") if title and text.startswith(title) else text]
     return ". ".join(part for part in parts if part and part.lower() != "nan")
 
 
@@ -109,11 +115,12 @@ def window_tensors(windows: list[np.ndarray], max_seq_len: int, pad: int) -> tup
     return inputs, targets
 
 
-def load_training_data(root: Path, max_seq_len: int) -> TrainingData:
+def load_training_data(root: Path, max_seq_len: int, train_splits: tuple[str, ...] = ("train",)) -> TrainingData:
+    """Training windows of the named splits; validation on 'valid' unless it is one of them (a refit)."""
     split = dataset.load_split(root)
     if len(split.train) == 0:
         raise PipelineError(f"{root / C.DATA_SPLIT / 'train'} has no interactions: re-run ingest, clean and split")
-    histories = split.histories(("train",))
+    histories = split.histories(train_splits)
     windows = [w for h in histories for w in windows_of(h, max_seq_len)]
     if not windows:
         raise PipelineError("no user has two or more training interactions, so there is nothing to learn: "
@@ -121,8 +128,10 @@ def load_training_data(root: Path, max_seq_len: int) -> TrainingData:
     inputs, targets = window_tensors(windows, max_seq_len, pad=split.n_items)
     texts = [item_text(row) for row in split.items.to_dict(orient="records")]
     return TrainingData(item_ids=split.item_ids, item_texts=texts, inputs=inputs, targets=targets,
-                        popularity=np.bincount(split.train.items, minlength=split.n_items).astype(np.float64),
-                        train_histories=histories, valid=dataset.eval_task(split, "valid"))
+                        popularity=np.bincount(split.combined(train_splits).items,
+                                               minlength=split.n_items).astype(np.float64),
+                        train_histories=histories,
+                        valid=None if "valid" in train_splits else dataset.eval_task(split, "valid"))
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -152,11 +161,65 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def training_fingerprint(params: dict, device: str, data: TrainingData) -> str:
+def training_fingerprint(params: dict, device: str, data: TrainingData, world: int = 1) -> str:
     """Hash of everything that shapes the trained weights: a checkpoint resumes only on a match."""
     knobs = {k: v for k, v in params["train"].items() if k not in NOT_TRAINING_KEYS}
-    payload = json.dumps({"train": knobs, "seed": params["seed"], "device": device}, sort_keys=True, default=str)
+    payload = json.dumps({"train": knobs, "seed": params["seed"], "device": device, "world": world},
+                         sort_keys=True, default=str)
     return hashlib.sha256((payload + data.digest()).encode()).hexdigest()
+
+
+# --- several processes (torchrun) ------------------------------------------------------------
+
+def launched_by_torchrun() -> bool:
+    """torchrun (torch.distributed.run) sets these for every process it starts, even with one."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun; 0 when run alone."""
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
+@contextmanager
+def process_group(device: str) -> Iterator[tuple[int, int]]:
+    """(rank, world size). Under torchrun: joins the process group (NCCL on CUDA, gloo on CPU) and
+    pins this process to its local GPU; alone: (0, 1) and nothing to set up."""
+    import torch.distributed as dist
+
+    if not launched_by_torchrun():
+        yield 0, 1
+        return
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    owner = not dist.is_initialized()
+    if owner:
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        if owner:
+            dist.destroy_process_group()
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """What DDP does after backward, in one flat all-reduce.
+
+    The loss reads the towers' submodules directly (cached text table, sampled candidates), not
+    one forward() that DistributedDataParallel could hook, so the averaging is explicit. A
+    parameter without a gradient on this rank contributes zeros, so every rank reduces the same
+    tensors in the same order.
+    """
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for param, grad in zip(params, grads):
+        param.grad = flat[offset:offset + grad.numel()].view_as(grad)
+        offset += grad.numel()
 
 
 @dataclass
@@ -177,23 +240,36 @@ class Progress:
 class Trainer:
     """One training run: model, optimiser, cached text table, progress, checkpoints."""
 
-    def __init__(self, params: dict, root: Path, checkpoint_dir: Path | None):
+    def __init__(self, params: dict, root: Path, checkpoint_dir: Path | None,
+                 train_splits: tuple[str, ...] = ("train",), rank: int = 0, world: int = 1):
         self.cfg = params["train"]
         check_train_params(self.cfg)
         self.seed = params["seed"]
+        self.rank, self.world = rank, world
+        # In a process group (torchrun, even with one process) gradients and RNG states go through
+        # the collectives; a single plain process skips them.
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.device = resolve_device(self.cfg["device"])
-        self.data = load_training_data(root, self.cfg["max_seq_len"])
-        self.fingerprint = training_fingerprint(params, self.device, self.data)
+        self.batch_size = self.cfg["cuda_batch_size"] if self.device == "cuda" and self.cfg["cuda_batch_size"] else \
+            self.cfg["batch_size"]
+        self.data = load_training_data(root, self.cfg["max_seq_len"], train_splits)
+        self.select_on_valid = self.data.valid is not None
+        self.fingerprint = training_fingerprint(params, self.device, self.data, world)
         seed_everything(self.seed)
         self.model: TextSeqRec = build_model(self.cfg, self.data.item_ids, self.data.item_texts, root).to(self.device)
+        if world > 1:
+            torch.manual_seed(self.seed + rank)  # same initial weights on every rank, different dropout
         self.trains_encoder = self.model.uses_text and any(
             p.requires_grad for p in self.model.item_tower.encoder.parameters())
         self.tokens = ({k: v.to(self.device) for k, v in self.model.tokenize(self.data.item_texts).items()}
                        if self.model.uses_text else None)
         self.optimizer = self.make_optimizer()
-        self.n_batches = math.ceil(len(self.data.inputs) / self.cfg["batch_size"])
+        # fp16 autocast (GPUs without bf16) needs loss scaling; disabled it passes everything through.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(self.device) == torch.float16)
+        self.n_batches = math.ceil(math.ceil(len(self.data.inputs) / world) / self.batch_size)
         self.scheduler = self.make_scheduler(self.cfg["epochs"] * self.n_batches)
-        self.generator = torch.Generator().manual_seed(self.seed)  # negatives and grad-row choice
+        self.log_every = max(1, self.n_batches // STEP_POINTS_PER_EPOCH)
+        self.generator = torch.Generator().manual_seed(self.seed + rank)  # negatives and grad-row choice
         q = self.data.popularity / self.data.popularity.sum()
         self.sampling_p = torch.as_tensor(q, dtype=torch.float)
         # Items never seen in training are never sampled; their log q only matters if one is a
@@ -237,18 +313,27 @@ class Trainer:
     def train(self, on_epoch: OnEpoch | None) -> None:
         from tqdm.auto import tqdm
 
+        from torch.utils.data import DistributedSampler
+
         if self.cache is None:
             self.cache = self.encode_catalogue()
+        # One rank: a permutation seeded by (seed, epoch). Several: each rank's disjoint share of it.
+        sampler = DistributedSampler(range(len(self.data.inputs)), num_replicas=self.world, rank=self.rank,
+                                     shuffle=True, seed=self.seed)
         for epoch in range(self.progress.epoch, self.cfg["epochs"]):
-            order = torch.randperm(len(self.data.inputs), generator=torch.Generator().manual_seed(self.seed + epoch))
+            sampler.set_epoch(epoch)
+            order = torch.as_tensor(list(sampler), dtype=torch.long)
             bar = tqdm(range(self.progress.batch, self.n_batches), desc=f"epoch {epoch + 1}/{self.cfg['epochs']}",
-                       leave=False, mininterval=2.0)
+                       leave=False, mininterval=2.0, disable=self.rank > 0)
             for b in bar:
-                rows = order[b * self.cfg["batch_size"]:(b + 1) * self.cfg["batch_size"]]
+                rows = order[b * self.batch_size:(b + 1) * self.batch_size]
                 loss = self.step(rows)
                 self.progress.batch, self.progress.step = b + 1, self.progress.step + 1
                 self.progress.loss_sum += loss
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                if self.progress.step % self.log_every == 0:  # the step-level learning curve
+                    tracking.log_metrics({"step/loss": loss, "step/lr": self.scheduler.get_last_lr()[0]},
+                                         step=self.progress.step)
                 if self.cfg["checkpoint_every"] and self.progress.step % self.cfg["checkpoint_every"] == 0:
                     self.save_checkpoint()
             self.end_epoch(epoch + 1, on_epoch)
@@ -258,13 +343,21 @@ class Trainer:
         self.model.train()
         inputs, targets = self.data.inputs[rows], self.data.targets[rows]
         first = int((inputs != self.data.n_items).any(dim=0).float().argmax())  # drop all-padding columns
-        inputs, targets = inputs[:, first:].to(self.device), targets[:, first:].to(self.device)
+        inputs, targets = inputs[:, first:], targets[:, first:]
+        if self.device == "cuda":  # page-locked rows copy to the GPU asynchronously
+            inputs, targets = inputs.pin_memory(), targets.pin_memory()
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
         with autocast(self.device):
             loss = self.batch_loss(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        if self.distributed:
+            average_gradients(list(self.trainable().values()), self.world)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(self.trainable().values(), self.cfg["grad_clip_norm"])
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.sequences_done += len(rows)
         self.step_seconds += time.perf_counter() - started
@@ -310,20 +403,31 @@ class Trainer:
     def end_epoch(self, epoch: int, on_epoch: OnEpoch | None) -> None:
         if self.trains_encoder:
             self.cache = self.encode_catalogue()  # the encoder moved: refresh the text table
+        loss = self.progress.loss_sum / max(1, self.n_batches)
+        if not self.select_on_valid:  # a refit on train+valid: nothing to select on, the last epoch is kept
+            self.progress.history.append({"epoch": epoch, "loss": loss})
+            log.info("epoch %d: loss %.4f (refit, no validation)", epoch, loss)
+            tracking.log_metrics({"epoch/loss": loss}, step=epoch)
+            if epoch == self.cfg["epochs"]:
+                self.keep_as_best(epoch, 0.0, self.valid_table())
+            self.progress.epoch, self.progress.batch, self.progress.loss_sum = epoch, 0, 0.0
+            return
         table = self.valid_table()
         value = self.validate(table)
-        loss = self.progress.loss_sum / max(1, self.n_batches)
         self.progress.history.append({"epoch": epoch, "loss": loss, VALID_METRIC: value})
         log.info("epoch %d: loss %.4f, %s %.4f", epoch, loss, VALID_METRIC, value)
         tracking.log_metrics({"epoch/loss": loss, f"epoch/{VALID_METRIC}": value}, step=epoch)
         if value > self.progress.best_ndcg:
-            self.progress.best_epoch, self.progress.best_ndcg = epoch, value
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.trainable().items()}
-            self.best_table = table.cpu().numpy()
-            self.save_best()
+            self.keep_as_best(epoch, value, table)
         self.progress.epoch, self.progress.batch, self.progress.loss_sum = epoch, 0, 0.0
         if on_epoch is not None:
             on_epoch(epoch, value)
+
+    def keep_as_best(self, epoch: int, value: float, table: torch.Tensor) -> None:
+        self.progress.best_epoch, self.progress.best_ndcg = epoch, value
+        self.best_state = {k: v.detach().cpu().clone() for k, v in self.trainable().items()}
+        self.best_table = table.cpu().numpy()
+        self.save_best()
 
     @torch.no_grad()
     def valid_table(self) -> torch.Tensor:
@@ -334,6 +438,7 @@ class Trainer:
     def validate(self, table: torch.Tensor) -> float:
         """NDCG@10 of full-catalogue ranking for every valid user, train items excluded."""
         task = self.data.valid
+        assert task is not None, "validation needs the valid split outside the training data"
         if not len(task):
             log.warning("no validation users: %s is reported as 0", VALID_METRIC)
             return 0.0
@@ -370,8 +475,21 @@ class Trainer:
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
+    def all_rng_states(self) -> list[dict]:
+        """Every rank's RNG state (a collective call under torchrun: all ranks take part)."""
+        if not self.distributed:
+            return [self.rng_state()]
+        import torch.distributed as dist
+
+        states: list = [None] * self.world
+        dist.all_gather_object(states, self.rng_state())
+        return states
+
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is None:
+            return
+        rng = self.all_rng_states()
+        if self.rank > 0:  # one writer; the weights are the same on every rank
             return
         atomic_torch_save({
             "fingerprint": self.fingerprint,
@@ -379,12 +497,13 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.trainable().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": self.rng_state(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
             "cache": self.cache.cpu() if self.cache is not None else None,
         }, self.checkpoint_dir / CHECKPOINT_FILE)
 
     def save_best(self) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or self.rank > 0:
             return
         atomic_torch_save({"fingerprint": self.fingerprint, "epoch": self.progress.best_epoch,
                            "ndcg": self.progress.best_ndcg, "state": self.best_state, "table": self.best_table},
@@ -402,7 +521,9 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"], strict=False)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.set_rng_state(ckpt["rng"])
+        if ckpt.get("scaler"):  # empty when loss scaling is off
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.set_rng_state(ckpt["rng"][self.rank])  # one state per rank (the world size is in the fingerprint)
         self.cache = ckpt["cache"].to(self.device) if ckpt["cache"] is not None else None
         self.progress = Progress(**ckpt["progress"])
         self.resumed_from_step = self.progress.step
@@ -423,12 +544,13 @@ class Trainer:
             "epochs": len(history),
             "final_loss": history[-1]["loss"],
             "best_epoch": self.progress.best_epoch,
-            VALID_METRIC: self.progress.best_ndcg,
+            VALID_METRIC: self.progress.best_ndcg if self.select_on_valid else None,
             "seconds": seconds,
             "sequences_per_s": self.sequences_done / self.step_seconds if self.step_seconds else 0.0,
             "device": self.device,
             "n_params_trainable": int(sum(p.numel() for p in self.trainable().values())),
             "n_sequences": len(self.data.inputs),
+            "processes": self.world,
             "resumed_from_step": self.resumed_from_step,
         }
 
@@ -444,25 +566,28 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 # --- entry points ----------------------------------------------------------------------------
 
 def fit(params: dict, root: Path, on_epoch: OnEpoch | None = None, output_dir: Path | None = None,
-        checkpoint_dir: Path | None = None) -> dict:
+        checkpoint_dir: Path | None = None, train_splits: tuple[str, ...] = ("train",)) -> dict:
     """Train, validate each epoch, save the best epoch to output_dir (None: save nothing).
 
     on_epoch(epoch, valid_ndcg10) runs after each epoch; an exception from it (optuna.TrialPruned)
     propagates. checkpoint_dir None: no checkpoints (tune trials); else resume from it and
-    delete it after a successful run.
+    delete it after a successful run. train_splits ("train", "valid"): a refit on train+valid
+    for exactly train.epochs epochs, keeping the last (nothing left to validate on).
+    Under torchrun every process runs this; rank 0 alone writes files.
     """
     started = time.perf_counter()
     if params["train"]["num_threads"] > 0:
         torch.set_num_threads(params["train"]["num_threads"])
-    trainer = Trainer(params, Path(root), checkpoint_dir)
-    trainer.resume()
-    trainer.train(on_epoch)
-    best_table = trainer.restore_best()
-    if output_dir is not None:
-        save(trainer.model, output_dir, item_table=best_table)
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return trainer.summary(time.perf_counter() - started)
+    with process_group(resolve_device(params["train"]["device"])) as (rank, world):
+        trainer = Trainer(params, Path(root), checkpoint_dir, tuple(train_splits), rank, world)
+        trainer.resume()
+        trainer.train(on_epoch)
+        best_table = trainer.restore_best()
+        if output_dir is not None and rank == 0:
+            save(trainer.model, output_dir, item_table=best_table)
+        if checkpoint_dir is not None and rank == 0:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        return trainer.summary(time.perf_counter() - started)
 
 
 def with_best_params(params: dict, root: Path) -> tuple[dict, dict]:
@@ -489,7 +614,24 @@ def run(params: dict, root: Path) -> dict:
     return {**metrics, "n_tuned_params": len(applied)}
 
 
+def worker_main(argv: list[str] | None) -> int:
+    """Ranks > 0 under torchrun: the same training, but rank 0 alone logs to MLflow and writes metrics."""
+    from pipeline_tasks.cli import params_path, parse_args, quiet_environment
+
+    quiet_environment()
+    args = parse_args("train", argv)
+    root = Path(args.root).resolve()
+    try:
+        run(P.load(params_path(args.params, root), args.overrides), root)
+    except RecpipeError as err:
+        print(f"\nrecpipe train (rank {process_rank()}) FAILED: {type(err).__name__}: {err}\n", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if process_rank() > 0:
+        return worker_main(argv)
     return stage_main("train", run, argv)
 
 

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import socket
+import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,18 +147,63 @@ def make_pruner(params: dict) -> optuna.pruners.BasePruner:
 def open_study(params: dict, root: Path) -> optuna.Study:
     """Create the study or load it, so a re-run continues where the last one stopped."""
     url = storage_url(params, root)
+    storage = open_storage(url)
     name = params["tune"]["study_name"]
-    existing = existing_trials(url, name)
-    # Seeding with the trial count keeps a continued study reproducible without
-    # replaying the first run's random start-up suggestions.
-    sampler = optuna.samplers.TPESampler(seed=params["tune"]["sampler_seed"] + existing)
-    return optuna.create_study(storage=url, study_name=name, direction="maximize", sampler=sampler,
+    existing = existing_trials(storage, name)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(params, url, existing))
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                pruner=make_pruner(params), load_if_exists=True)
 
 
-def existing_trials(url: str, name: str) -> int:
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at url, its tables created on first use.
+
+    Workers that start together race to create those tables (on PostgreSQL the loser gets a
+    duplicate-key error on Optuna's enum type); retrying finds them created.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.DBAPIError as err:
+            if attempt == attempts:
+                raise PipelineError(f"cannot open the Optuna storage {redact(url)} ({type(err.orig).__name__}: "
+                                    f"{str(err.orig).strip()[:200]}); check tune.storage and that the database "
+                                    "server is running") from err
+            log.info("tune: storage not ready (%s), retry %d/%d", type(err.orig).__name__, attempt, attempts - 1)
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sampler_seed(params: dict, url: str, existing: int) -> int:
+    """tune.sampler_seed + the study's trial count, + a hash of host:pid on a shared (non-SQLite) storage.
+
+    The trial count keeps a continued study reproducible without replaying the first run's
+    random start-up suggestions. Workers that open a shared study at the same moment see the
+    same count, so with the same seed they would draw identical start-up trials: the worker's
+    name separates them (host too: containers often share pids; a parallel study is not
+    reproducible trial by trial anyway).
+    """
+    seed = int(params["tune"]["sampler_seed"]) + existing
+    return seed if url.startswith("sqlite") else (seed + zlib.crc32(worker_name().encode())) % 2**32
+
+
+def worker_name() -> str:
+    """host:pid, stored on every trial so a shared study shows who ran what."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
     try:
-        return len(optuna.load_study(study_name=name, storage=url).trials)
+        return len(optuna.load_study(study_name=name, storage=storage).trials)
     except KeyError:  # no such study yet
         return 0
 
@@ -176,6 +225,7 @@ def make_objective(params: dict, root: Path, space: dict[str, dict]) -> Callable
 
     def objective(trial: optuna.Trial) -> float:
         suggested = suggest_params(trial, space, params)
+        trial.set_user_attr("worker", worker_name())
         with tracking.child_run(f"trial-{trial.number}", tags={"optuna.trial": str(trial.number)}):
             tracking.log_params(suggested)
             try:

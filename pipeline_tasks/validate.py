@@ -53,9 +53,11 @@ class TableBatch:
 
 @dataclass(frozen=True)
 class CheckResult:
+    """The outcome of one check (a GX expectation, or a drift comparison made in drift.py)."""
+
     name: str
-    table: str
-    expectation: str
+    table: str  # the table it ran on; "drift" for the comparisons with the previous version
+    expectation: str  # the GX expectation type, or what a drift check compared with
     severity: str
     success: bool
     observed: str
@@ -64,6 +66,15 @@ class CheckResult:
     def line(self) -> str:
         return (f"{self.name} [{self.expectation} on {self.table}]: observed {self.observed}; "
                 f"threshold: {self.threshold}")
+
+
+@dataclass
+class GateRun:
+    """What the GX suites of one gate found, before the gate decides whether to stop the run."""
+
+    results: list[CheckResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # checks whose column is absent
+    pages: dict[str, Path] = field(default_factory=dict)  # table -> its Data Docs page
 
 
 # --- checks every gate uses -----------------------------------------------------------
@@ -252,8 +263,9 @@ def describe_observed(result) -> str:
     missing = detail.get("details", {}).get("mismatched", {}).get("missing")
     if missing:
         return f"missing columns {missing} (present: {detail.get('observed_value')})"
-    if "unexpected_count" not in detail:
-        return short(detail.get("observed_value"))
+    if detail.get("unexpected_count") is None:  # an aggregate (min, row count), or nothing to count
+        observed = detail.get("observed_value")
+        return "nothing to measure: no rows" if observed is None else short(observed)
     count, total = detail["unexpected_count"], detail.get("element_count") or 0
     text = f"{count} of {total} rows ({100.0 * count / max(total, 1):.2f}%)"
     examples = [short(v) for v in (detail.get("partial_unexpected_list") or []) if v is not None]
@@ -273,29 +285,42 @@ def short(value: Any, limit: int = 60) -> str:
 
 def run_gate(gate: str, batches: Iterable[TableBatch], params: dict, root: Path) -> dict:
     """Validate every batch, update and log the Data Docs, raise on a `fail`; return the metrics."""
+    return conclude(gate, run_suites(gate, batches, severities_of(params[gate], gate), root), root)
+
+
+def run_suites(gate: str, batches: Iterable[TableBatch], severities: dict[str, str], root: Path) -> GateRun:
+    """Run each table's suite and update the Data Docs; decides nothing (see `conclude`).
+
+    `severities`: check name -> fail | warn | off, for every check of `batches`.
+    """
     from tqdm import tqdm
 
     batches = list(batches)
-    severities = severities_of(params[gate], gate)
     context = open_context(root)
-    results: list[CheckResult] = []
-    skipped: list[str] = []
-    pages: dict[str, Path] = {}
+    found = GateRun()
     for batch in tqdm(batches, desc=f"{gate}: GX suites", unit="table"):
         checks, missing_columns = runnable(batch, severities)
-        skipped += missing_columns
+        found.skipped += missing_columns
         if not checks:
             continue
         table_results, page = validate_table(context, gate, batch, checks, severities)
-        results += table_results
+        found.results += table_results
         if page is not None:
-            pages[batch.table] = page
-    log_docs(root, pages)
-    metrics = summarize(results, skipped, root)
-    failures = [r for r in results if not r.success and r.severity == "fail"]
+            found.pages[batch.table] = page
+    return found
+
+
+def conclude(gate: str, found: GateRun, root: Path, hints: Iterable[str] = ()) -> dict:
+    """Log the Data Docs, summarise, and raise DataValidationError if a `fail` check failed.
+
+    `hints` are extra lines for the failure message (e.g. how to accept an expected drift).
+    """
+    log_docs(root, found.pages)
+    metrics = summarize(found.results, found.skipped, root)
+    failures = [r for r in found.results if not r.success and r.severity == "fail"]
     if failures:
         tracking.log_metrics(metrics)  # the failed run still records what it saw
-        raise DataValidationError(failure_message(gate, failures, results, pages, root))
+        raise DataValidationError(failure_message(gate, failures, found.results, found.pages, root, hints))
     return metrics
 
 
@@ -328,7 +353,7 @@ def summarize(results: list[CheckResult], skipped: list[str], root: Path) -> dic
 
 
 def failure_message(gate: str, failures: list[CheckResult], results: list[CheckResult],
-                    pages: dict[str, Path], root: Path) -> str:
+                    pages: dict[str, Path], root: Path, hints: Iterable[str] = ()) -> str:
     lines = [f"{len(failures)} of {len(results)} expectations of the {gate} gate failed:"]
     lines += [f"  - {r.line()}" for r in failures]
     warned = [r for r in results if not r.success and r.severity == "warn"]
@@ -340,6 +365,7 @@ def failure_message(gate: str, failures: list[CheckResult], results: list[CheckR
                  + f" (index: {docs_dir(root) / 'index.html'})")
     lines.append(f"Fix the data upstream, or, if a threshold is wrong, change it in params.yaml; "
                  f"`{gate}.severity.<check>: warn` only reports a check.")
+    lines += list(hints)
     return "\n".join(lines)
 
 

@@ -54,8 +54,24 @@ def synthetic_run(spark, tmp_path_factory):
     return root, clean.run(params, root)
 
 
-def test_cleaning_removes_every_injected_row_and_no_good_one(synthetic_run):
-    root, metrics = synthetic_run
+@pytest.fixture(scope="module")
+def incremental_run(spark, tmp_path_factory):
+    """The history, then two nightly increments (days 1 and 2: new items, events, a bot each)."""
+    from pipeline_tasks import params as P
+
+    params = P.defaults()
+    params["spark"]["master"], params["spark"]["shuffle_partitions"] = "local[2]", 2
+    root = tmp_path_factory.mktemp("increments")
+    ingest.run(params, root)
+    for day in (1, 2):
+        params["ingest"]["synthetic"]["day"] = day
+        assert ingest.run(params, root)["batches"][-1] == str((pd.Timestamp("2026-06-29") + pd.Timedelta(days=day)).date())
+    return root, clean.run(params, root)
+
+
+@pytest.mark.parametrize("run_name", ["synthetic_run", "incremental_run"])
+def test_cleaning_removes_every_injected_row_and_no_good_one(run_name, request):
+    root, metrics = request.getfixturevalue(run_name)
     raw = read(root, C.DATA_RAW, "interactions")
     injected = read(root, C.GROUND_TRUTH, "injected")
     kept = read(root, C.DATA_CLEAN, "interactions")
@@ -77,8 +93,9 @@ def test_cleaning_removes_every_injected_row_and_no_good_one(synthetic_run):
     assert metrics["interactions"]["by_rule"]["kcore"] < 0.05 * len(raw)
 
 
-def test_synthetic_tables_quarantine_broken_items_and_bots(synthetic_run):
-    root, metrics = synthetic_run
+@pytest.mark.parametrize("run_name", ["synthetic_run", "incremental_run"])
+def test_synthetic_tables_quarantine_broken_items_and_bots(run_name, request):
+    root, metrics = request.getfixturevalue(run_name)
     injected = read(root, C.GROUND_TRUTH, "injected")
     bad_items = read(root, C.DATA_QUARANTINE, "items")
     assert set(bad_items[C.ITEM_ID]) == set(injected.loc[injected["kind"] == "broken_text", C.ITEM_ID])
@@ -251,6 +268,25 @@ def test_types_are_coerced_and_unparseable_values_quarantined(spark):
     assert (flagged[C.EVENT] == "interaction").all()
 
 
+def test_malformed_source_lines_are_quarantined_and_counted(spark, tmp_path, params):
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    rows = [f"u{i % 20},i{i % 7},4,{1700000000 + i}\n" for i in range(300)]
+    (folder / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(rows[:10])
+                                             + "u9,i1,four,1700000000\nu9,i1\n" + "".join(rows[10:]))
+    (folder / "items.csv").write_text("item_id,title,description\n" + "".join(f"i{k},T{k},D\n" for k in range(7))
+                                      + "i7,broken\n")
+    params["ingest"].update(source="generic", path=str(folder), max_bad_line_share=0.2)
+    ingest.run(params, tmp_path)
+    metrics = clean.run(params, tmp_path)
+    assert metrics["interactions"]["by_rule"]["malformed_line"] == 2
+    assert metrics["interactions"]["rows_in"] == 302 and metrics["items"]["by_rule"]["malformed_line"] == 1
+    assert_accounting(metrics)
+    lines = read(tmp_path, C.DATA_QUARANTINE, clean.MALFORMED_TABLE).sort_values(["table", "line"])
+    assert lines[["table", "line"]].values.tolist() == [["interactions", 12], ["interactions", 13], ["items", 9]]
+    assert set(lines[C.REASON]) == {"malformed_line"} and lines["file"].str.endswith(".csv").all()
+
+
 # ---------------------------------------------------------------- atomic output
 
 def test_a_failed_run_leaves_the_previous_clean_data_intact(spark, tmp_path, tiny_params, monkeypatch):
@@ -284,3 +320,14 @@ def test_missing_inputs_and_bad_params_fail_clearly(tmp_path, params):
     params["clean"]["orphan_policy"] = "ignore"
     with pytest.raises(ParamsError, match="orphan_policy"):
         clean.run(params, tmp_path)
+
+
+def test_spark_settings_come_from_params_and_suit_a_cluster(params):
+    from pipeline_tasks.spark import spark_conf
+
+    params["spark"].update(master="spark://head:7077", driver_memory="6g", shuffle_partitions=64)
+    conf = spark_conf(params["spark"])
+    assert (conf["spark.master"], conf["spark.driver.memory"], conf["spark.sql.shuffle.partitions"]) == \
+        ("spark://head:7077", "6g", "64")
+    assert "spark.driver.host" not in conf, "a cluster's executors must be able to reach the driver"
+    assert spark_conf({**params["spark"], "master": "local[*]"})["spark.driver.host"] == "127.0.0.1"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import pandas as pd
@@ -46,10 +45,9 @@ def test_same_seed_same_data_other_seed_other_data(cfg, data):
     assert not other.items[C.TEXT].equals(data.items[C.TEXT])
 
 
-def test_default_size_is_quick_and_about_ten_thousand_rows(cfg):
-    started = time.perf_counter()
+def test_default_size_is_about_ten_thousand_rows(cfg):
+    # Its speed is measured by bench/, not here (team rule: no timed unit tests).
     out = generate(cfg, seed=1)
-    assert time.perf_counter() - started < 5.0
     assert 9_000 <= len(out.interactions) <= 10_500
     assert len(out.items) == cfg["n_items"]
     assert len(out.users) == cfg["n_users"] + cfg["dirt"]["bot_users"]

@@ -164,3 +164,27 @@ def test_warn_severity_reports_without_stopping(spark, params, tmp_path):
 def test_unknown_severity_is_a_params_error():
     with pytest.raises(ParamsError, match="validate_raw.severity.items_min_rows"):
         validate.severities_of({"severity": {"items_min_rows": "panic"}}, "validate_raw")
+
+
+@pytest.mark.slow
+def test_movielens_100k_passes_every_gate(spark, params, tmp_path, ml100k_path):
+    """The real thing: ingest -> validate_raw -> clean -> validate_clean (twice: the drift gate too)."""
+    from pipeline_tasks import clean, ingest
+
+    params["ingest"].update(source="movielens", path=str(ml100k_path))
+    ingest.run(params, tmp_path)
+
+    raw = validate_raw.run(params, tmp_path)
+    cleaned = clean.run(params, tmp_path)
+    first = validate_clean.run(params, tmp_path)
+    again = validate_clean.run(params, tmp_path)  # the next night, same data: compared with the first
+
+    assert raw["success"] and raw["n_failed"] == raw["n_warned"] == raw["n_skipped"] == 0, raw["checks"]
+    assert cleaned["interactions"]["rows_in"] == 100_000
+    for gate in (first, again):
+        assert gate["success"] and gate["n_failed"] == gate["n_warned"] == gate["n_skipped"] == 0, gate["checks"]
+    assert first["drift"]["status"] == "no baseline yet"
+    drift_checks = again["drift"]["checks"]
+    assert set(drift_checks) == set(params["validate_clean"]["drift"]["severity"])
+    assert all(c["success"] and c["value"] == pytest.approx(0.0, abs=1e-9) for c in drift_checks.values())
+    assert again["drift"]["current"]["rows"] == cleaned["interactions"]["rows_kept"]

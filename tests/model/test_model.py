@@ -177,3 +177,15 @@ def test_id_only_model_needs_no_encoder(tiny_params, tiny_split, tmp_path):
     with pytest.raises(PipelineError, match="item_idx"):
         rec.encode_items(["some text"])
     assert len(rec.recommend([[rec.item_ids[0]]], k=5)[0]) == 5
+
+
+def test_mixed_precision_choice(monkeypatch):
+    """bf16 where the GPU supports it, fp16 (with loss scaling in train) otherwise, nothing on CPU.
+    FAKE GPU: no CUDA device here, so torch.cuda.is_bf16_supported is replaced to answer both ways."""
+    assert M.autocast_dtype("cpu") is None
+    with M.autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert M.autocast_dtype("cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert M.autocast_dtype("cuda") == torch.float16

@@ -96,3 +96,29 @@ def test_real_minilm_trains_a_few_steps(tiny_params, tiny_split):
     params["train"].update(encoder="all-MiniLM-L6-v2", epochs=1, dim=32)
     metrics = train.fit(params, tiny_split)
     assert metrics["n_params_trainable"] > 0 and 0.0 <= metrics["valid_ndcg@10"] <= 1.0
+
+
+def test_learning_curves_go_to_mlflow(tiny_params, tiny_split, tmp_path):
+    """A real SQLite MLflow store: per-epoch loss and valid NDCG@10, plus a step-level loss curve."""
+    import mlflow
+
+    from pipeline_tasks import tracking
+
+    tiny_params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.stage_run("train", tiny_params, tmp_path) as run:
+        summary = train.fit(tiny_params, tiny_split)
+    client = mlflow.MlflowClient(tracking.tracking_uri(tiny_params, tmp_path))
+    history = {key: client.get_metric_history(run.info.run_id, key)
+               for key in ("epoch/loss", "epoch/valid_ndcg_at_10", "step/loss", "step/lr")}
+    assert [m.step for m in history["epoch/loss"]] == [1, 2]
+    assert max(m.value for m in history["epoch/valid_ndcg_at_10"]) == pytest.approx(summary["valid_ndcg@10"])
+    n_steps = 2 * 3  # 24 one-window users in batches of 8, two epochs; under 10 batches: every step
+    assert [m.step for m in history["step/loss"]] == list(range(1, n_steps + 1))
+    assert all(m.value > 0 for m in history["step/lr"])
+
+
+def test_item_text_does_not_repeat_the_title():
+    assert train.item_text({C.TITLE: "Heat (1995)", C.TEXT: "Heat (1995). Genres: Crime."}) == \
+        "Heat (1995). Genres: Crime."
+    assert train.item_text({C.TITLE: "Heat", C.TEXT: "a heist"}) == "Heat. a heist"
+    assert train.item_text({C.TITLE: "Heat", C.TEXT: None}) == "Heat"

@@ -165,3 +165,106 @@ def test_a_trial_worse_than_its_predecessors_is_pruned_inside_run(tiny_split, ti
     (child,) = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                                   output_format="list")
     assert child.data.tags["optuna.state"] == "PRUNED" and child.info.status == "FINISHED"
+
+
+# --- several workers on one PostgreSQL study ---------------------------------------------------
+
+# Each worker is the real stage (`tune.main`, as `python -m pipeline_tasks.tune` runs it), started
+# after its heavy imports and a barrier, so the two really run their trials at the same time.
+WORKER = """
+import sys, time
+from pathlib import Path
+from pipeline_tasks import train, tune  # torch, transformers, optuna: imported before the barrier
+ready, other = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+deadline = time.monotonic() + 300
+while not other.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(tune.main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL 15 cluster (pipeline_tasks.postgres), stopped and removed afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pipeline_tasks import postgres
+
+    try:
+        postgres.find_binaries()
+    except postgres.PostgresError as err:
+        pytest.skip(str(err))
+    base = Path(tempfile.mkdtemp(prefix="recpipe-tune-pg-"))
+    base.chmod(0o755)  # the server runs as `postgres`, which must traverse it (pytest's tmp_path is 0700)
+    try:
+        with postgres.postgres_server(base / "cluster", database="optuna", user="optuna") as server:
+            yield server.url
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_worker_processes_share_one_postgres_study(postgres_url, split_writer, tiny_params, tmp_path,
+                                                       monkeypatch):
+    import subprocess
+    import sys
+
+    from pipeline_tasks import params as P
+    from tests.conftest import PROJECT_ROOT
+
+    per_worker = 3
+    tiny_params["tune"].update(storage=postgres_url, study_name="shared", n_trials=per_worker, epochs=2,
+                               pruner="median", pruner_startup_trials=2, pruner_warmup_epochs=1,
+                               search_space={"train.lr": SPACE["train.lr"], "train.dropout": SPACE["train.dropout"]})
+    params_file = tmp_path / "params.yaml"
+    P.dump(tiny_params, params_file)
+    roots = [split_writer(tmp_path / f"worker{i}") for i in range(2)]  # as on two hosts: own disk, one study
+    flags = [tmp_path / f"ready{i}" for i in range(2)]
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(flags[i]), str(flags[1 - i]),
+                                 "--params", str(params_file), "--root", str(roots[i]), "--no-mlflow"],
+                                cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-3000:]
+
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    trials = study.trials
+    # None lost, none duplicated: exactly the trials both asked for, numbered 0..n-1, all finished.
+    assert sorted(t.number for t in trials) == list(range(2 * per_worker))
+    assert len({t._trial_id for t in trials}) == 2 * per_worker
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 2 * per_worker  # no suggestion twice
+    by_worker: dict[str, list] = {}
+    for t in trials:
+        by_worker.setdefault(t.user_attrs["worker"], []).append(t)
+    assert sorted(len(ts) for ts in by_worker.values()) == [per_worker, per_worker]
+    # They really ran side by side: each worker started a trial before the other had finished.
+    spans = [(min(t.datetime_start for t in ts), max(t.datetime_complete for t in ts)) for ts in by_worker.values()]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
+
+    reports = [json.loads((root / "metrics" / "tune.json").read_text()) for root in roots]
+    assert max(r["n_trials"] for r in reports) == 2 * per_worker  # the last to finish saw every trial
+    assert all(r["best_value"] <= study.best_value for r in reports)
+    assert max(r["best_value"] for r in reports) == study.best_value
+
+
+def test_shared_storage_workers_draw_different_start_up_trials(params, monkeypatch):
+    url = "postgresql+psycopg2://u@h/db"
+    assert tune.sampler_seed(params, "sqlite:///x.db", 3) == params["tune"]["sampler_seed"] + 3  # reproducible
+    monkeypatch.setattr(tune, "worker_name", lambda: "host-a:7")
+    first = tune.sampler_seed(params, url, 0)
+    monkeypatch.setattr(tune, "worker_name", lambda: "host-b:7")  # another container, same pid
+    assert tune.sampler_seed(params, url, 0) != first
+    assert 0 <= first < 2**32
+
+
+def test_an_unreachable_storage_fails_with_a_clear_message(tmp_path):
+    from pipeline_tasks.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=r"(?s)u:\*\*\*@127.0.0.1:1/db.*check tune.storage") as err:
+        tune.open_storage("postgresql+psycopg2://u:secret@127.0.0.1:1/db", attempts=2)
+    assert "secret" not in str(err.value)  # the password never reaches a log

@@ -1,7 +1,8 @@
 """Baselines on a tiny catalogue with a clear structure: users stay inside one item cluster.
 
 Cluster 0 has the most users, so Pop ranks its items first and fails everyone else;
-item-item models (ItemKNN, EASE) recommend the unseen items of the user's own cluster.
+item-item models (ItemKNN, EASE), ALS and the ID-only sequential model (SASRec-ID) learn
+to recommend the unseen items of the user's own cluster.
 """
 from __future__ import annotations
 
@@ -45,14 +46,18 @@ def write_clustered_clean(root: Path, seed: int = 0) -> None:
 
 
 def tiny_params(params: dict) -> dict:
-    params["baselines"]["itemknn_neighbors"] = [2, 8]
-    params["baselines"]["ease_lambdas"] = [0.5, 5.0, 50.0]
-    params["baselines"]["batch_size"] = 16  # several blocks, so batching is exercised
+    params["baselines"].update(itemknn_neighbors=[2, 8], ease_lambdas=[0.5, 5.0, 50.0],
+                               batch_size=16,  # several blocks, so batching is exercised
+                               als_ranks=[8], als_reg_params=[0.01, 1.0], als_alphas=[10.0], als_max_iter=8,
+                               sasrec_epochs=6, sasrec_patience=0)
+    params["spark"].update(master="local[2]", shuffle_partitions=2)
+    params["train"].update(dim=16, user_layers=1, max_seq_len=8, batch_size=4, n_negatives=16, lr=0.01,
+                           dropout=0.0, device="cpu")
     return params
 
 
 @pytest.fixture(scope="module")
-def baseline_run(tmp_path_factory) -> tuple[Path, dict, dict]:
+def baseline_run(tmp_path_factory, spark) -> tuple[Path, dict, dict]:
     from pipeline_tasks import params as P
 
     root = tmp_path_factory.mktemp("baselines")
@@ -65,10 +70,12 @@ def baseline_run(tmp_path_factory) -> tuple[Path, dict, dict]:
 def test_item_models_beat_popularity_on_clustered_data(baseline_run):
     _, _, metrics = baseline_run
     models = metrics["models"]
-    assert set(models) == {"Pop", "ItemKNN", "EASE"}
-    for name in ("ItemKNN", "EASE"):
-        assert models[name]["ndcg@10"] > models["Pop"]["ndcg@10"] + 0.2
-        assert models[name]["recall@10"] > 0.9  # the 4 unseen items of the own cluster fill the top
+    assert set(models) == {"Pop", "ItemKNN", "EASE", "ALS", "SASRec-ID"}
+    for name in ("ItemKNN", "EASE", "ALS"):
+        assert models[name]["ndcg@10"] > models["Pop"]["ndcg@10"] + 0.2, name
+        assert models[name]["recall@10"] > 0.9, name  # the 4 unseen items of the own cluster fill the top
+    # SASRec-ID learns the clusters from 4 items per user and six epochs: clearly, if less cleanly.
+    assert models["SASRec-ID"]["ndcg@10"] > models["Pop"]["ndcg@10"] + 0.1
     assert models["Pop"]["recall@10"] < 0.6
 
 
@@ -77,6 +84,11 @@ def test_selection_picks_a_value_from_each_grid(baseline_run):
     selected = metrics["selected"]
     assert selected["ItemKNN"]["neighbors"] in params["baselines"]["itemknn_neighbors"]
     assert selected["EASE"]["lambda"] in params["baselines"]["ease_lambdas"]
+    assert selected["ALS"]["params"] in baselines.als_grid(params["baselines"])
+    assert len(selected["ALS"]["grid"]) == 2
+    # SASRec-ID's hyperparameter is its epoch count, the best of the validated epochs.
+    assert set(selected["SASRec-ID"]["grid"]) == {str(e) for e in range(1, 7)}
+    assert selected["SASRec-ID"]["grid"][str(selected["SASRec-ID"]["epochs"])] == selected["SASRec-ID"]["valid_ndcg@10"]
     for name, record in selected.items():
         assert 0.0 <= record["valid_ndcg@10"] <= 1.0
         if "grid" in record:
@@ -110,7 +122,7 @@ def test_ease_matches_the_closed_form_with_an_explicit_inverse():
     lam = 2.0
     p = np.linalg.inv(x.T.toarray() @ x.toarray() + lam * np.eye(4))
     expected = np.eye(4) - p / np.diag(p)
-    weights = baselines.prepare_ease(x)(lam)(sp.identity(4, format="csr"))  # identity rows read B back
+    weights = baselines.ease_weights(x)(lam)
     assert np.allclose(weights, expected, atol=1e-5)
     assert np.allclose(np.diag(weights), 0.0)
 
@@ -122,7 +134,35 @@ def test_cosine_neighbours_by_hand():
     assert idx[0].tolist() == [1, 2]
     assert sim[0].tolist() == pytest.approx([1.0, 1 / np.sqrt(2)])
     scorer = baselines.prepare_itemknn(x, 2)(1)  # one neighbour each: 0->1, 1->0, 2->0
-    assert scorer(sp.csr_matrix(np.array([[1, 0, 0]], dtype=np.float32)))[0].tolist() == pytest.approx([0, 1.0, 0])
+    assert scorer(np.array([0]))[0].tolist() == pytest.approx([1.0, 1.0, 0])  # user 0 holds items 0, 1
+    assert scorer(np.array([1]))[0].tolist() == pytest.approx([1.0 + 1 / np.sqrt(2), 1.0, 0])  # items 0, 1, 2
+
+
+def test_sasrec_id_stops_when_validation_stops_improving(baseline_run):
+    root, params, _ = baseline_run
+    params = {**params, "baselines": {**params["baselines"], "sasrec_epochs": 40, "sasrec_patience": 1}}
+    best, record = baselines.select_sasrec(root, params)
+    epochs = [int(e) for e in record["grid"]]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 40, "stopped early"
+    assert epochs[-1] == best + 1, "one epoch without gain (patience 1), then stop"
+    assert record["grid"][str(best)] == record["valid_ndcg@10"] == max(record["grid"].values())
+
+
+def test_als_factors_fill_missing_users_and_items_with_zeros():
+    import pandas as pd
+
+    frame = pd.DataFrame({"id": [2, 0], "features": [[1.0, 2.0], [3.0, 4.0]]})
+    factors = baselines.factor_matrix(frame, 4, 2)
+    assert factors.tolist() == [[3.0, 4.0], [0.0, 0.0], [1.0, 2.0], [0.0, 0.0]]
+
+
+def test_als_grid_is_the_product_of_its_lists(params):
+    params["baselines"].update(als_ranks=[8, 16], als_reg_params=[0.1], als_alphas=[1.0, 5.0])
+    grid = baselines.als_grid(params["baselines"])
+    assert len(grid) == 4 and {"rank": 16, "reg_param": 0.1, "alpha": 5.0} in grid
+    params["baselines"]["als_alphas"] = []
+    with pytest.raises(ParamsError, match="als_alphas"):
+        baselines.grid_of("ALS", params)
 
 
 def test_unknown_model_is_refused(tmp_path, params):

@@ -60,3 +60,9 @@ def test_stage_cli_rejects_an_unknown_key_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "unknown key 'split.min_user_interactionz'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_date_like_override_is_text_where_text_is_expected():
+    # YAML reads 2026-07-01 as a date; a batch id (a string knob) must still accept it.
+    params = P.load(overrides=["ingest.batch=2026-07-01"])
+    assert params["ingest"]["batch"] == "2026-07-01"

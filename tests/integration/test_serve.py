@@ -1,0 +1,236 @@
+"""`recpipe serve` on a real registry: two trained tiny models (v1 champion, v2 challenger) in SQLite.
+
+In-process through FastAPI's TestClient (every endpoint, the A/B split, the logs, reload),
+then once as a real `recpipe serve` process on a loopback port.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline_tasks import constants as C
+from pipeline_tasks import io, registry
+from pipeline_tasks import params as P
+from pipeline_tasks.serve import assign, bucket
+
+TESTS = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = TESTS.parent
+
+
+def registry_helpers():
+    spec = importlib.util.spec_from_file_location("registry_fixtures", TESTS / "unit" / "test_registry.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def served_project(tmp_path_factory, tiny_encoder_dir):
+    root, params, _ = registry_helpers().build_registry_project(tmp_path_factory.mktemp("serve") / "project",
+                                                                tiny_encoder_dir)
+    return root, params
+
+
+@pytest.fixture
+def project(served_project, tmp_path, monkeypatch):
+    """A private copy of the store; the exposure/feedback logs go under tmp_path."""
+    root, params = served_project
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    shutil.copy(root / "mlflow" / "mlflow.db", tmp_path / "mlflow.db")
+    params = {**params, "mlflow": {**params["mlflow"], "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+              "register": {**params["register"], "serve_poll_s": 0.2}}
+    client = registry.client_for(params, root)
+    client.set_registered_model_alias("recpipe", C.ALIAS_CHAMPION, "1")
+    client.set_registered_model_alias("recpipe", C.ALIAS_CHALLENGER, "2")
+    return tmp_path, params, client, root
+
+
+@pytest.fixture
+def api(project):
+    from fastapi.testclient import TestClient
+
+    from pipeline_tasks.serve import create_app
+
+    tmp, params, client, _ = project
+    with TestClient(create_app(params, tmp, client=client, poll=False)) as http:
+        yield http, client, tmp, params
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def known_history(root: Path, user: str) -> set[str]:
+    frames = [io.read_table(root / C.DATA_SPLIT / s) for s in C.SPLITS]
+    return {i for f in frames for i in f.loc[f[C.USER_ID] == user, C.ITEM_ID]}
+
+
+def test_recommend_answers_a_known_user_without_seen_items(api, project):
+    http, _, tmp, _ = api
+    root = project[3]
+    answer = http.get("/recommend", params={"user_id": "u005", "k": 5})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["user_id"] == "u005" and body["variant"] == "champion" and body["model_version"] == "1"
+    assert len(body["items"]) == 5 and not body["cold_start"]
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    seen = known_history(root, "u005")
+    assert seen and not seen & {item["item_id"] for item in body["items"]}
+    exposure = read_lines(tmp / "logs" / "exposures.jsonl")[-1]
+    assert exposure["exposure_id"] == body["exposure_id"] and exposure["items"] == [i["item_id"] for i in body["items"]]
+    assert exposure["variant"] == "champion" and exposure["latency_ms"] > 0
+
+
+def test_unknown_user_gets_cold_start_popular_and_fresh_items(api):
+    http, _, _, _ = api
+    body = http.get("/recommend", params={"user_id": "never-seen-before", "k": 10}).json()
+    model = http.app.state.router.served.models["champion"][1]
+    items = [i["item_id"] for i in body["items"]]
+    assert body["cold_start"] and len(items) == len(set(items)) == 10
+    assert set(items) & set(model.popular) and set(items) & set(model.fresh)
+    # A new user with an explicit history gets personal recommendations that exclude it.
+    body = http.get("/recommend", params={"user_id": "new-user", "history": "i00,i01", "k": 5}).json()
+    assert not body["cold_start"] and not {"i00", "i01"} & {i["item_id"] for i in body["items"]}
+
+
+@pytest.mark.parametrize("query, hint", [
+    ({"user_id": "u001", "k": 0}, "k must be a positive integer"),
+    ({"user_id": "u001", "k": -3}, "k must be a positive integer"),
+    ({"user_id": "u001", "k": "ten"}, "k must be a positive integer"),
+    ({"user_id": "u001", "k": 2.5}, "k must be a positive integer"),
+    ({"k": 10}, "user_id is required"),
+    ({"user_id": "", "k": 10}, "user_id is required"),
+])
+def test_invalid_requests_get_422_with_a_clear_message(api, query, hint):
+    http, _, tmp, _ = api
+    answer = http.get("/recommend", params=query)
+    assert answer.status_code == 422 and hint in answer.json()["error"]
+    assert not (tmp / "logs" / "exposures.jsonl").read_text()  # nothing was served, nothing exposed
+
+
+def test_ab_split_is_stable_follows_the_share_and_reloads_when_aliases_move(api):
+    http, client, tmp, _ = api
+    router = http.app.state.router
+    registry.set_ab_config(client, "recpipe", 0.5, salt="s1", who="test")
+    assert router.refresh()
+    users = [f"u{u:03d}" for u in range(24)] + [f"visitor{v}" for v in range(40)]
+    first = {u: http.get("/recommend", params={"user_id": u}).json() for u in users}
+    again = {u: http.get("/recommend", params={"user_id": u}).json()["variant"] for u in users}
+    assert {u: a["variant"] for u, a in first.items()} == again  # sticky
+    assert {u: a["variant"] for u, a in first.items()} == {u: assign(u, 0.5, "s1") for u in users}
+    versions = {a["variant"]: a["model_version"] for a in first.values()}
+    assert versions == {"champion": "1", "challenger": "2"}
+    share = sum(a["variant"] == "challenger" for a in first.values()) / len(users)
+    assert 0.3 < share < 0.7
+    # Raising the share only moves users to the challenger.
+    registry.set_ab_config(client, "recpipe", 0.8)
+    router.refresh()
+    moved = {u: http.get("/recommend", params={"user_id": u}).json()["variant"] for u in users}
+    assert all(moved[u] == "challenger" for u in users if again[u] == "challenger")
+    # Promotion moves the aliases; the next refresh serves v2 as champion, and v2 == challenger means no split.
+    registry.promote(client, "recpipe", "2", reason="test promotion", who="test")
+    assert router.refresh()
+    health = http.get("/healthz").json()
+    assert health["versions"] == {"champion": "2"} and health["ab"]["share"] == 0.0
+    assert {http.get("/recommend", params={"user_id": u}).json()["model_version"] for u in users[:10]} == {"2"}
+    exposures = read_lines(tmp / "logs" / "exposures.jsonl")
+    assert len(exposures) == 3 * len(users) + 10 and len({e["exposure_id"] for e in exposures}) == len(exposures)
+
+
+def test_feedback_is_appended_and_validated(api):
+    http, _, tmp, _ = api
+    exposure = http.get("/recommend", params={"user_id": "u003", "k": 3}).json()
+    item = exposure["items"][0]["item_id"]
+    for event in ("click", "purchase"):
+        answer = http.post("/feedback", json={"user_id": "u003", "item_id": item, "event": event,
+                                              "exposure_id": exposure["exposure_id"]})
+        assert answer.status_code == 200 and answer.json()["variant"] == exposure["variant"]
+    bad = http.post("/feedback", json={"user_id": "u003", "item_id": item, "event": "like"})
+    assert bad.status_code == 422 and "event must be 'click' or 'purchase'" in bad.json()["error"]
+    assert http.post("/feedback", json={"item_id": item, "event": "click"}).status_code == 422
+    logged = read_lines(tmp / "logs" / "feedback.jsonl")
+    assert [e["event"] for e in logged] == ["click", "purchase"]
+    assert all(e["exposure_id"] == exposure["exposure_id"] and e["item_id"] == item for e in logged)
+
+
+def test_a_model_error_falls_back_to_cold_start_instead_of_a_500(api):
+    http, _, _, _ = api
+    model = http.app.state.router.served.models["champion"][1]
+    # Real failure: the model's item table loses its rows (a corrupted artifact), so scoring raises.
+    table = model.recommender.item_table
+    model.recommender.item_table = table[:, :1]
+    try:
+        answer = http.get("/recommend", params={"user_id": "u002", "k": 4})
+    finally:
+        model.recommender.item_table = table
+    assert answer.status_code == 200 and answer.json()["cold_start"] and len(answer.json()["items"]) == 4
+
+
+def test_serve_refuses_to_start_without_a_champion(project):
+    from pipeline_tasks.serve import create_app
+
+    tmp, params, client, _ = project
+    client.delete_registered_model_alias("recpipe", C.ALIAS_CHAMPION)
+    with pytest.raises(registry.RegistryError, match="no champion to serve"):
+        create_app(params, tmp, client=client, poll=False)
+
+
+def test_bucket_is_uniform_and_salted():
+    values = [bucket(f"user{i}", "salt") for i in range(20000)]
+    assert all(0 <= v < 1 for v in values)
+    assert abs(sum(v < 0.1 for v in values) / len(values) - 0.1) < 0.01
+    assert [assign(f"user{i}", 0.5, "a") for i in range(200)] != [assign(f"user{i}", 0.5, "b") for i in range(200)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_recpipe_serve_process_answers_and_reloads_on_alias_move(project):
+    import httpx
+
+    tmp, params, client, _ = project
+    P.dump(params, tmp / "params.yaml")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != C.TRACKING_URI_ENV}
+    server = subprocess.Popen([sys.executable, "-m", "pipeline_tasks.recpipe_cli", "--root", str(tmp), "serve",
+                               "--port", str(port)], cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start in 120 s"
+            time.sleep(0.5)
+        assert httpx.get(f"{url}/healthz").json()["versions"] == {"champion": "1", "challenger": "2"}
+        body = httpx.get(f"{url}/recommend", params={"user_id": "u001", "k": 3}).json()
+        assert body["model_version"] == "1" and len(body["items"]) == 3
+        assert httpx.get(f"{url}/recommend", params={"user_id": "u001", "k": "x"}).status_code == 422
+        registry.promote(client, "recpipe", "2", reason="test promotion", who="test")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/healthz").json()["versions"].get("champion") != "2":
+            assert time.monotonic() < deadline, "the server did not pick up the alias move"
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/recommend", params={"user_id": "u001"}).json()["model_version"] == "2"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert len(read_lines(tmp / "logs" / "exposures.jsonl")) >= 2

@@ -1,0 +1,149 @@
+"""`recpipe ab-report` on simulated traffic with known true CTRs.
+
+Users are bucketed with the server's own hash, each user has a personal click propensity
+around the variant's true CTR (so exposures of one user are correlated, as in real
+traffic), and the logs are written in the server's format by its own EventLog.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_tasks import ab_report
+from pipeline_tasks import params as P
+from pipeline_tasks.serve import EventLog, assign
+
+
+@pytest.fixture
+def cfg() -> dict:
+    return P.defaults()["register"]
+
+
+def simulate(n_users: int, true_ctr: dict, seed: int, share: float = 0.5, per_user: int = 3,
+             purchase_given_click: dict | None = None, latency_ms: dict | None = None,
+             heterogeneity: float = 20.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exposure and feedback logs of n_users; a user's CTR ~ Beta around the variant's true CTR."""
+    rng = np.random.default_rng(seed)
+    purchase_given_click = purchase_given_click or {"champion": 0.2, "challenger": 0.2}
+    latency_ms = latency_ms or {"champion": 5.0, "challenger": 5.0}
+    users = np.array([f"user{u}" for u in range(n_users)])
+    variants = np.array([assign(user, share, "sim") for user in users])
+    p = np.where(variants == "challenger", true_ctr["challenger"], true_ctr["champion"])
+    propensity = rng.beta(p * heterogeneity, (1 - p) * heterogeneity)
+    counts = rng.integers(1, 2 * per_user, size=n_users)  # 1 .. 2*per_user-1 exposures per user
+    row_user = np.repeat(np.arange(n_users), counts)
+    nth = np.arange(len(row_user)) - np.repeat(np.cumsum(counts) - counts, counts)
+    start = pd.Timestamp("2026-11-01", tz="UTC")
+    ts = start + pd.to_timedelta(row_user * 60 + nth * 10, unit="s")
+    row_variant = variants[row_user]
+    exposures = pd.DataFrame({
+        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S+00:00"), "exposure_id": [f"e{u}-{j}" for u, j in zip(row_user, nth)],
+        "user_id": users[row_user], "variant": row_variant,
+        "model_version": np.where(row_variant == "champion", "1", "2"), "k": 10, "cold_start": False,
+        "latency_ms": rng.gamma(4, np.where(row_variant == "champion", latency_ms["champion"],
+                                            latency_ms["challenger"]) / 4)})
+    clicked = rng.random(len(exposures)) < propensity[row_user]
+    buy_p = np.where(row_variant == "champion", purchase_given_click["champion"], purchase_given_click["challenger"])
+    bought = clicked & (rng.random(len(exposures)) < buy_p)
+    click_ts = (ts + pd.Timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    frames = [pd.DataFrame({"ts": click_ts[mask], "user_id": exposures["user_id"][mask], "item_id": "i1",
+                            "event": event, "exposure_id": exposures["exposure_id"][mask],
+                            "variant": exposures["variant"][mask]})
+              for event, mask in (("click", clicked), ("purchase", bought))]
+    return exposures, pd.concat(frames, ignore_index=True)
+
+
+def write_logs(root: Path, cfg: dict, exposures: pd.DataFrame, feedback: pd.DataFrame) -> None:
+    for frame, key in ((exposures, "exposure_log"), (feedback, "feedback_log")):
+        log = EventLog(root / cfg[key])
+        for record in frame.to_dict(orient="records"):
+            log.append(record)
+        log.close()
+
+
+def test_a_better_challenger_is_detected_and_promoted(tmp_path, cfg):
+    exposures, feedback = simulate(4000, {"champion": 0.10, "challenger": 0.13}, seed=1)
+    write_logs(tmp_path, cfg, exposures, feedback)
+    result = ab_report.run({"register": cfg}, tmp_path)
+    assert result["decision"] == ab_report.PROMOTE and result["significant"]
+    champ, chall = result["variants"]["champion"], result["variants"]["challenger"]
+    assert abs(champ["ctr"] - 0.10) < 3 * champ["ctr_se"] and abs(chall["ctr"] - 0.13) < 3 * chall["ctr_se"]
+    assert result["test"]["diff_ci"][0] > 0 and all(c["passed"] for c in result["guardrails"])
+    assert "PROMOTE" in ab_report.format_report(result)
+
+
+def test_an_a_a_test_claims_no_difference(tmp_path, cfg):
+    exposures, feedback = simulate(30000, {"champion": 0.10, "challenger": 0.10}, seed=2)
+    write_logs(tmp_path, cfg, exposures, feedback)
+    result = ab_report.run({"register": cfg}, tmp_path)
+    assert not result["significant"] and result["decision"] == ab_report.KEEP
+    assert result["test"]["diff_ci"][0] < 0 < result["test"]["diff_ci"][1]
+    assert min(v["exposures"] for v in result["variants"].values()) >= result["required_exposures"]
+    assert "no significant difference" in result["reason"]
+
+
+def test_a_a_false_positive_rate_stays_at_alpha_with_correlated_exposures(cfg):
+    """Many A/A experiments: the user-clustered test is wrong about 5% of the time, not more."""
+    false_positives = covered = 0
+    runs = 200
+    for seed in range(runs):
+        exposures, feedback = simulate(600, {"champion": 0.2, "challenger": 0.2}, seed=100 + seed, heterogeneity=2.0)
+        result = ab_report.analyse(exposures, feedback, cfg, [])
+        false_positives += result["significant"]
+        low, high = result["variants"]["champion"]["ctr_ci"]
+        covered += low <= 0.2 <= high
+    # alpha = 0.05; 3 binomial standard deviations above it over 200 runs is 0.096.
+    assert false_positives / runs <= 0.096, false_positives
+    assert covered / runs >= 0.90, covered  # the 95% interval holds the true CTR (3 sd below 0.95: 0.904)
+
+
+def test_too_little_traffic_needs_more_data(cfg):
+    exposures, feedback = simulate(300, {"champion": 0.10, "challenger": 0.11}, seed=3)
+    result = ab_report.analyse(exposures, feedback, cfg, [])
+    assert result["decision"] == ab_report.MORE_DATA and not result["significant"]
+    assert result["required_exposures"] > max(v["exposures"] for v in result["variants"].values())
+
+
+def test_a_broken_guardrail_keeps_the_champion(cfg):
+    exposures, feedback = simulate(4000, {"champion": 0.10, "challenger": 0.13}, seed=4,
+                                   purchase_given_click={"champion": 0.5, "challenger": 0.05},
+                                   latency_ms={"champion": 5.0, "challenger": 40.0})
+    result = ab_report.analyse(exposures, feedback, cfg, ["purchase_rate", "latency_p99_ms"])
+    assert result["significant"] and result["decision"] == ab_report.KEEP
+    assert {c["name"] for c in result["guardrails"] if not c["passed"]} == {"purchase_rate", "latency_p99_ms"}
+
+
+def test_feedback_without_exposure_id_goes_to_the_users_latest_exposure():
+    ts = ["2026-11-01T00:00:00+00:00", "2026-11-01T00:01:00+00:00", "2026-11-01T00:05:00+00:00"]
+    exposures = pd.DataFrame({"ts": ts, "exposure_id": ["a", "b", "c"], "user_id": ["u1", "u1", "u2"],
+                              "variant": ["champion"] * 3, "model_version": ["1"] * 3})
+    feedback = pd.DataFrame({"ts": ["2026-11-01T00:02:00+00:00", "2026-11-01T00:06:00+00:00"],
+                             "user_id": ["u1", "u2"], "item_id": ["x", "y"], "event": ["click", "purchase"]})
+    out = ab_report.attribute(exposures, feedback).set_index("exposure_id")
+    assert out["click"].to_dict() == {"a": False, "b": True, "c": False}
+    assert out["purchase"].to_dict() == {"a": False, "b": False, "c": True}
+
+
+def test_sample_size_matches_the_textbook_formula():
+    # Baseline 10%, +10% relative, alpha 0.05 two-sided, power 0.8: about 14,750 per arm.
+    assert 14700 < ab_report.required_exposures(0.10, 0.10, 0.05, 0.8) < 14800
+    assert ab_report.required_exposures(0.10, 0.10, 0.05, 0.8, design_effect=2.0) > 29000
+    assert ab_report.required_exposures(0.0, 0.10, 0.05, 0.8) is None
+
+
+def test_cli_reports_and_refuses_an_empty_log(tmp_path, capsys):
+    from pipeline_tasks.recpipe_cli import main
+
+    params = P.defaults()
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    P.dump(params, tmp_path / "params.yaml")
+    assert main(["--root", str(tmp_path), "ab-report"]) == 2
+    assert "no exposures" in capsys.readouterr().err
+    exposures, feedback = simulate(4000, {"champion": 0.10, "challenger": 0.13}, seed=5)
+    write_logs(tmp_path, params["register"], exposures, feedback)
+    assert main(["--root", str(tmp_path), "ab-report"]) == 0
+    out = capsys.readouterr().out
+    assert "decision: PROMOTE" in out and "two-proportion z-test" in out and "exposures per arm" in out

@@ -1,0 +1,413 @@
+"""The gate, audited alias moves, rollback and the A/B config, on a real MLflow registry.
+
+A tiny project (topic split, tiny encoder) is trained twice and registered twice (v1, v2)
+once per module; each test works on its own copy of the SQLite store.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline_tasks import baselines, compress, evaluate, register, registry, train
+from pipeline_tasks import constants as C
+from pipeline_tasks import params as P
+from pipeline_tasks.cli import run_stage
+from pipeline_tasks.register import decide
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def write_split(root: Path) -> Path:
+    """The model tests' tiny topic split (tests/model/conftest.py), imported by path."""
+    spec = importlib.util.spec_from_file_location("model_fixtures", TESTS / "model" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_split(root)
+
+
+def tiny_registry_params(encoder_dir: Path) -> dict:
+    params = P.defaults()
+    params["train"].update(encoder=str(encoder_dir), dim=16, user_layers=1, user_heads=2, max_seq_len=8,
+                           max_text_len=12, epochs=2, batch_size=8, n_negatives=8, text_grad_items=4,
+                           checkpoint_every=0, device="cpu", dropout=0.0, lr=0.01, encoder_lr=0.001)
+    params["baselines"]["models"] = ["Pop"]
+    params["compress"].update(variants=["fp32"], latency_calls=10, warmup_calls=1, throughput_items=8)
+    params["evaluate"].update(bootstrap_resamples=50, min_group_users=5)
+    return params
+
+
+def train_and_register(params: dict, root: Path) -> dict:
+    for name, module in (("train", train), ("compress", compress), ("evaluate", evaluate)):
+        run_stage(name, module.run, params, root, use_mlflow=False)
+    return register.run(params, root)
+
+
+# The shape `dvc repro` writes; the md5s are what register must copy into the version's tags.
+DVC_LOCK = """schema: '2.0'
+stages:
+  split:
+    cmd: python -m pipeline_tasks.split
+    outs:
+    - path: data/split
+      hash: md5
+      md5: 0123456789abcdef0123456789abcdef.dir
+  train:
+    cmd: python -m pipeline_tasks.train
+    outs:
+    - path: models/model
+      hash: md5
+      md5: fedcba9876543210fedcba9876543210.dir
+"""
+AIRFLOW_RUN = {"RECPIPE_DAG_ID": "recpipe_nightly", "RECPIPE_DAG_RUN_ID": "scheduled__2026-11-25T02:00:00+00:00"}
+
+
+def build_registry_project(root: Path, encoder_dir: Path) -> tuple[Path, dict, list[dict]]:
+    """Split, baselines, then two trainings (different seeds) registered as v1 and v2 (v2 "from Airflow")."""
+    write_split(root)
+    (root / "dvc.lock").write_text(DVC_LOCK)
+    params = tiny_registry_params(encoder_dir)
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    os.environ.pop(C.TRACKING_URI_ENV, None)  # mlflow.set_tracking_uri exports it: another test's store
+    run_stage("baselines", baselines.run, params, root, use_mlflow=False)
+    first = train_and_register(params, root)
+    client = registry.client_for(params, root)
+    if registry.aliases(client, "recpipe").get(C.ALIAS_CHAMPION) != "1":
+        registry.promote(client, "recpipe", "1", reason="test fixture: v1 must be champion", who="fixture")
+    os.environ.update(AIRFLOW_RUN)
+    try:
+        second = train_and_register({**params, "seed": 7}, root)
+    finally:
+        for key in AIRFLOW_RUN:
+            os.environ.pop(key, None)
+    return root, params, [first, second]
+
+
+@pytest.fixture(scope="module")
+def registry_project(tmp_path_factory, tiny_encoder_dir):
+    return build_registry_project(tmp_path_factory.mktemp("registry") / "project", tiny_encoder_dir)
+
+
+@pytest.fixture
+def store(registry_project, tmp_path, monkeypatch):
+    """(params, client, results) on a private copy of the store (artifacts stay shared, read-only)."""
+    root, params, results = registry_project
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which tracking.tracking_uri lets win over
+    # params: without this the CLI would talk to the previous test's store.
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    shutil.copy(root / "mlflow" / "mlflow.db", tmp_path / "mlflow.db")
+    params = {**params, "mlflow": {**params["mlflow"], "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+    P.dump(params, tmp_path / "params.yaml")
+    return params, registry.client_for(params, root), results, tmp_path
+
+
+def champion(client) -> str | None:
+    return registry.aliases(client, "recpipe").get(C.ALIAS_CHAMPION)
+
+
+# --- the gate as a function ----------------------------------------------------------------------
+
+def scores(ndcg: float, slices: dict | None = None) -> dict:
+    return {"metrics": {"ndcg@10": ndcg}, "slices": slices or {}}
+
+
+def slice_of(**groups) -> dict:
+    return {"history_length": {g: {"users": n, "ndcg@10": v} for g, (n, v) in groups.items()}}
+
+
+@pytest.fixture
+def gate_params() -> dict:
+    params = P.defaults()
+    params["register"].update(min_improvement=0.05, max_slice_drop=0.1, max_latency_p99_ms=20.0, max_size_mb=100.0)
+    params["evaluate"]["min_group_users"] = 20
+    return params
+
+
+BUDGET_OK = {"latency_p99_ms": 5.0, "size_mb": 50.0}
+
+
+def test_gate_promotes_a_clear_improvement_and_keeps_a_small_one(gate_params):
+    good = decide(scores(0.21), ("3", scores(0.20 / 1.06)), gate_params, BUDGET_OK, None)
+    assert good.passed and good.promote and good.kind == "compare" and good.champion_version == "3"
+    small = decide(scores(0.201), ("3", scores(0.20)), gate_params, BUDGET_OK, None)
+    assert not small.passed and "ndcg_improvement" in small.summary and "champion kept" in small.summary
+
+
+def test_gate_fails_on_a_guarded_slice_drop_but_ignores_tiny_groups(gate_params):
+    champ = scores(0.20, slice_of(short=(100, 0.30), long=(5, 0.50)))
+    dropped = decide(scores(0.30, slice_of(short=(100, 0.25), long=(5, 0.50))), ("1", champ), gate_params, BUDGET_OK, None)
+    assert not dropped.passed
+    assert [c.name for c in dropped.checks if not c.passed] == ["guarded_slices"]
+    assert dropped.slice_deltas["history_length"]["short"]["drop_rel"] == pytest.approx(1 / 6)
+    tiny_group = decide(scores(0.30, slice_of(short=(100, 0.30), long=(5, 0.0))), ("1", champ), gate_params, BUDGET_OK, None)
+    assert tiny_group.passed  # 5 users < evaluate.min_group_users: too noisy to judge
+
+
+def test_gate_enforces_latency_and_size_budgets(gate_params):
+    slow = decide(scores(0.3), ("1", scores(0.1)), gate_params, {"latency_p99_ms": 25.0, "size_mb": 50.0}, None)
+    big = decide(scores(0.3), ("1", scores(0.1)), gate_params, {"latency_p99_ms": 5.0, "size_mb": 500.0}, None)
+    assert [c.name for c in slow.checks if not c.passed] == ["latency_budget"]
+    assert [c.name for c in big.checks if not c.passed] == ["size_budget"]
+
+
+def test_first_champion_needs_the_floor_and_the_best_baseline(gate_params):
+    gate_params["register"]["min_ndcg"] = 0.1
+    ok = decide(scores(0.2), None, gate_params, BUDGET_OK, ("EASE", 0.15))
+    assert ok.passed and ok.kind == "first" and "first champion" in ok.summary
+    below_baseline = decide(scores(0.2), None, gate_params, BUDGET_OK, ("EASE", 0.25))
+    below_floor = decide(scores(0.05), None, gate_params, BUDGET_OK, ("EASE", 0.01))
+    assert [c.name for c in below_baseline.checks if not c.passed] == ["beats_best_baseline"]
+    assert [c.name for c in below_floor.checks if not c.passed] == ["ndcg_floor"]
+    gate_params["register"]["auto_promote"] = False
+    manual = decide(scores(0.2), None, gate_params, BUDGET_OK, ("EASE", 0.15))
+    assert manual.passed and not manual.promote and "recpipe promote" in manual.summary
+
+
+# --- the registered pipeline runs ------------------------------------------------------------------
+
+def test_pipeline_registrations_are_gated_and_the_champion_is_rescored(store):
+    params, client, (first, second), _ = store
+    assert first["version"] == "1" and second["version"] == "2"
+    assert first["decision"]["kind"] == "first"
+    assert {c["name"] for c in first["decision"]["checks"]} >= {"ndcg_floor", "beats_best_baseline", "latency_budget"}
+    # The second run re-scored v1 (downloaded from the registry) on the same split: same number as v1's own gate.
+    assert second["decision"]["kind"] == "compare" and second["decision"]["champion_version"] == "1"
+    assert second["decision"]["champion_ndcg"] == pytest.approx(first["decision"]["challenger_ndcg"], abs=1e-9)
+    assert registry.aliases(client, "recpipe")[C.ALIAS_CHALLENGER] == "2"
+    assert champion(client) == ("2" if second["decision"]["promote"] else "1")
+    v2 = client.get_model_version("recpipe", "2")
+    assert v2.tags["gate.passed"] == str(second["decision"]["passed"]).lower()
+    assert v2.tags["gate.champion_version"] == "1"
+    actions = [(e["action"], e["to_version"]) for e in registry.history(client, "recpipe")]
+    assert actions[0] == ("register", "1") and ("first_champion", "1") in actions and ("register", "2") in actions
+
+
+def force_state(client, champion_version: str, previous: str | None) -> None:
+    client.set_registered_model_alias("recpipe", C.ALIAS_CHAMPION, champion_version)
+    registry.set_or_delete_alias(client, "recpipe", C.ALIAS_PREVIOUS_CHAMPION, previous)
+
+
+def test_promotion_past_a_failed_gate_needs_a_reason_which_is_recorded(store):
+    _, client, _, _ = store
+    force_state(client, "1", None)
+    client.set_model_version_tag("recpipe", "2", "gate.passed", "false")
+    with pytest.raises(registry.RegistryError, match="--reason"):
+        registry.promote(client, "recpipe", "2")
+    assert champion(client) == "1"
+    event = registry.promote(client, "recpipe", "2", reason="hotfix for the holiday catalogue", who="alice")
+    assert event["forced"] and event["from_version"] == "1" and event["to_version"] == "2"
+    assert {C.ALIAS_CHAMPION: "2", C.ALIAS_PREVIOUS_CHAMPION: "1"}.items() <= registry.aliases(client, "recpipe").items()
+    last = registry.history(client, "recpipe")[-1]
+    assert last["actor"] == "alice" and last["reason"] == "hotfix for the holiday catalogue" and last["forced"]
+    assert last["metrics"]["ndcg@10"]["from"] is not None and last["metrics"]["ndcg@10"]["delta"] is not None
+    tags = client.get_model_version("recpipe", "2").tags
+    assert tags["champion.promoted_by"] == "alice" and "champion.retired_at" in client.get_model_version("recpipe", "1").tags
+
+
+def test_a_version_that_passed_the_gate_against_the_current_champion_needs_no_reason(store):
+    _, client, _, _ = store
+    force_state(client, "1", None)
+    for key, value in {"gate.passed": "true", "gate.champion_version": "1"}.items():
+        client.set_model_version_tag("recpipe", "2", key, value)
+    assert not registry.promote(client, "recpipe", "2", who="bob")["forced"]
+    with pytest.raises(registry.RegistryError, match="already the champion"):
+        registry.promote(client, "recpipe", "2")
+    force_state(client, "1", None)
+    client.set_model_version_tag("recpipe", "2", "gate.champion_version", "99")  # gated against another champion
+    with pytest.raises(registry.RegistryError, match="--reason"):
+        registry.promote(client, "recpipe", "2")
+
+
+def test_rollback_goes_back_after_a_load_check_and_refuses_a_broken_version(store):
+    _, client, _, _ = store
+    force_state(client, "2", "1")
+    event = registry.rollback(client, "recpipe", reason="CTR fell", who="carol")
+    assert (event["from_version"], event["to_version"]) == ("2", "1") and champion(client) == "1"
+    assert registry.history(client, "recpipe")[-1]["action"] == "rollback"
+    # A version whose artifacts cannot load is never made champion.
+    broken = client.create_model_version("recpipe", source=str(Path("/nonexistent/recpipe-model").as_posix()))
+    force_state(client, "1", str(broken.version))
+    with pytest.raises(registry.RegistryError, match="load check"):
+        registry.rollback(client, "recpipe")
+    assert champion(client) == "1"
+    with pytest.raises(registry.RegistryError, match="no previous_champion"):
+        force_state(client, "1", None)
+        registry.rollback(client, "recpipe")
+
+
+class FlakyClient:
+    """The real MlflowClient, except that the n-th registry write raises (a crash midway)."""
+
+    WRITES = {"set_registered_model_alias", "delete_registered_model_alias", "set_model_version_tag",
+              "set_registered_model_tag"}
+
+    def __init__(self, client, fail_at: int):
+        self.client, self.fail_at, self.writes = client, fail_at, 0
+
+    def __getattr__(self, attr):
+        method = getattr(self.client, attr)
+        if attr not in self.WRITES:
+            return method
+
+        def write(*args, **kwargs):
+            self.writes += 1
+            if self.writes == self.fail_at:
+                raise ConnectionError(f"injected failure at write {self.writes} ({attr})")
+            return method(*args, **kwargs)
+        return write
+
+
+def test_a_failure_at_any_step_of_a_promotion_leaves_one_consistent_champion(store):
+    _, client, _, _ = store
+    force_state(client, "1", None)
+    n_events = len(registry.history(client, "recpipe"))
+    fail_at = 1
+    while True:
+        flaky = FlakyClient(client, fail_at)
+        try:
+            registry.promote(flaky, "recpipe", "2", reason="failure injection", who="chaos")
+        except registry.RegistryError as err:
+            assert "failed midway" in str(err)
+            now = registry.aliases(client, "recpipe")
+            # Nothing happened: still exactly the old state, and nothing audited.
+            assert now.get(C.ALIAS_CHAMPION) == "1" and C.ALIAS_PREVIOUS_CHAMPION not in now, (fail_at, now)
+            assert len(registry.history(client, "recpipe")) == n_events
+            assert "champion.promoted_at" not in client.get_model_version("recpipe", "2").tags
+            fail_at += 1
+            continue
+        break
+    assert fail_at > 5  # every write of the move was made to fail once
+    assert registry.aliases(client, "recpipe")[C.ALIAS_CHAMPION] == "2"
+    assert registry.history(client, "recpipe")[-1]["reason"] == "failure injection"
+
+
+def test_ab_config_lives_in_the_registry_and_keeps_its_salt(store):
+    _, client, _, _ = store
+    assert registry.ab_config(client, "recpipe")["share"] == 0.0
+    first = registry.set_ab_config(client, "recpipe", 0.1, guardrails=["purchase_rate"], who="dana")
+    second = registry.set_ab_config(client, "recpipe", 0.25)
+    assert second["salt"] == first["salt"] and second["guardrails"] == ["purchase_rate"]
+    assert registry.ab_config(client, "recpipe")["share"] == 0.25
+    assert registry.set_ab_config(client, "recpipe", 0.25, salt="s2")["salt"] == "s2"
+    with pytest.raises(registry.RegistryError, match="between 0 and 1"):
+        registry.set_ab_config(client, "recpipe", 1.5)
+    assert registry.history(client, "recpipe")[-1]["action"] == "ab_config"
+
+
+def test_cli_promote_history_and_ab(store, capsys):
+    from pipeline_tasks.recpipe_cli import main
+
+    params, client, _, root = store
+    force_state(client, "1", None)
+    client.set_model_version_tag("recpipe", "2", "gate.passed", "false")
+    assert main(["--root", str(root), "promote", "2"]) == 2
+    assert "--reason" in capsys.readouterr().err
+    assert main(["--root", str(root), "promote", "2", "--reason", "manual test", "--actor", "erin"]) == 0
+    assert main(["--root", str(root), "ab", "--share", "0.2", "--salt", "xyz"]) == 0
+    assert main(["--root", str(root), "history"]) == 0
+    out = capsys.readouterr().out
+    assert "[FORCED] manual test" in out and "erin" in out and "champion=v2" in out and "'salt': 'xyz'" in out
+    assert registry.ab_config(client, "recpipe")["guardrails"] == params["register"]["ab_guardrails"]
+
+
+# --- model card, version tags and lineage ----------------------------------------------------------
+
+def test_version_carries_lineage_tags_and_a_model_card(store):
+    params, client, _, _ = store
+    v1, v2 = (client.get_model_version("recpipe", v) for v in ("1", "2"))
+    for v in (v1, v2):
+        assert v.tags["dvc.dataset"] == "0123456789abcdef0123456789abcdef.dir"
+        assert v.tags["dvc.checkpoint"] == "fedcba9876543210fedcba9876543210.dir"
+        assert v.tags["git_commit"] and v.tags["compression_variant"] == "fp32"
+        assert v.tags["params.train.dim"] == "16" and len(v.tags["params.sha256"]) == 64
+        assert float(v.tags["metric.ndcg_at_10"]) >= 0
+    assert v1.tags["params.seed"] == "42" and v2.tags["params.seed"] == "7"
+    assert (v1.tags["airflow.dag_id"], v1.tags["airflow.dag_run_id"]) == ("none", "none")
+    assert (v2.tags["airflow.dag_id"], v2.tags["airflow.dag_run_id"]) == tuple(AIRFLOW_RUN.values())
+    # The card: the version's description and an artifact of its run, with the sections the issue asks for.
+    for section in ("## Data", "## Metrics", "bootstrap interval", "## Slices and fairness", "## Compression",
+                    "## Gate (compare)", "## Known limits", "recpipe_nightly"):
+        assert section in v2.description, section
+    import mlflow
+
+    card = mlflow.artifacts.load_text(f"runs:/{v2.run_id}/model_card.md")
+    assert card == v2.description and "fedcba9876543210fedcba9876543210.dir" in card
+
+
+def test_lineage_prints_data_params_commit_and_airflow_run_and_restores_dvc_lock(store, capsys):
+    from pipeline_tasks import lineage
+    from pipeline_tasks.recpipe_cli import main
+
+    params, client, _, root = store
+    info = lineage.version_lineage(client, "recpipe", "2")
+    assert info["airflow"] == {"dag_id": AIRFLOW_RUN["RECPIPE_DAG_ID"], "dag_run_id": AIRFLOW_RUN["RECPIPE_DAG_RUN_ID"]}
+    assert info["data"]["data/split"] == info["data"]["dataset"] and info["params"]["train.epochs"] == "2"
+    assert lineage.full_params(client, "recpipe", "2")["seed"] == 7
+    assert main(["--root", str(root), "lineage", "2", "--restore-lock", str(root / "restored" / "dvc.lock")]) == 0
+    out = capsys.readouterr().out
+    assert "0123456789abcdef0123456789abcdef.dir" in out and "recpipe_nightly" in out and "train.dim = 16" in out
+    assert (root / "restored" / "dvc.lock").read_text() == DVC_LOCK
+    assert main(["--root", str(root), "lineage", "champion"]) == 0
+    assert main(["--root", str(root), "lineage", "42"]) == 2
+    assert "no version '42'" in capsys.readouterr().err
+
+
+def test_auto_promote_false_leaves_a_passing_first_champion_to_a_person(store, registry_project, tmp_path):
+    """No champion yet and the gate passes, but register.auto_promote=false: only `challenger` moves."""
+    params, client, _, _ = store
+    project_root = registry_project[0]
+    copy = tmp_path / "project"
+    for part in ("data", "models", "metrics", "dvc.lock"):
+        src = project_root / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / part)
+    evaluate_json = copy / C.METRICS_DIR / "evaluate.json"
+    metrics = json.loads(evaluate_json.read_text())
+    metrics["best_baseline"] = None  # a run configured with no baselines
+    evaluate_json.write_text(json.dumps(metrics))
+    client.delete_registered_model_alias("recpipe", C.ALIAS_CHAMPION)
+    # This test is about auto_promote, not the budgets (compress measured a loaded 2-core box).
+    params = {**params, "register": {**params["register"], "auto_promote": False, "min_ndcg": 0.0,
+                                     "max_latency_p99_ms": 1e6}}
+    result = register.run(params, copy)
+    assert result["decision"]["kind"] == "first" and result["decision"]["passed"]
+    assert not result["decision"]["promote"] and "awaiting `recpipe promote`" in result["decision"]["summary"]
+    assert result["aliases"] == [C.ALIAS_CHALLENGER] and champion(client) is None
+    # A person promotes it: it passed against "no champion", so no --reason is needed.
+    event = registry.promote(client, "recpipe", result["version"], who="frank")
+    assert not event["forced"] and event["action"] == "first_champion" and champion(client) == result["version"]
+
+
+def test_registered_pyfunc_loads_in_a_fresh_process_elsewhere_and_excludes_seen_items(store):
+    """models:/recpipe@champion from / in a new interpreter: a known user, and a new user's explicit history."""
+    import subprocess
+    import sys
+
+    params, client, _, _ = store
+    force_state(client, "2", "1")
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "m = mlflow.pyfunc.load_model('models:/recpipe@champion')\n"
+        "out = m.predict(pd.DataFrame({'user_id': ['u001', 'brand-new'], 'history': [None, ['i00', 'i01']], 'k': [5, 4]}))\n"
+        "print(json.dumps({'items': [list(x) for x in out['item_ids']], 'scores': [list(x) for x in out['scores']]}))\n")
+    env = {k: v for k, v in os.environ.items() if k != C.TRACKING_URI_ENV}
+    done = subprocess.run([sys.executable, "-c", script, params["mlflow"]["tracking_uri"]], cwd="/", env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    known, new = out["items"]
+    seen = set(_history_of("u001"))
+    assert len(known) == 5 and not seen & set(known)
+    assert len(new) == 4 and not {"i00", "i01"} & set(new)
+    assert out["scores"][0] == sorted(out["scores"][0], reverse=True)
+
+
+def _history_of(user: str) -> list[str]:
+    spec = importlib.util.spec_from_file_location("model_fixtures", TESTS / "model" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.topic_histories(24, 8)[user]
