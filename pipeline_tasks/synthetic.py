@@ -212,15 +212,22 @@ def make_catalogue(cfg: dict[str, Any], topics: list[str], rng: np.random.Genera
         text = messy(f"{title}. {description}", rng, cfg["messy_text_share"])
         titles.append(title)
         texts.append(text)
+    ids = [f"i{i + 1:05d}" for i in range(n)]
+    items = catalogue_frame(cfg, ids, titles, texts, [topics[t] for t in topic_of], first_seen)
+    return Catalogue(items=items, topic_of=topic_of, first_seen_days=first_seen, weight=weight)
+
+
+def catalogue_frame(cfg: dict, ids: list[str], titles: list[str], texts: list[str], genres: list[str],
+                    first_seen_days: np.ndarray) -> pd.DataFrame:
+    """The items table; first_seen is counted in days from ingest.synthetic.start_date."""
     start = pd.Timestamp(cfg["start_date"], tz="UTC")
-    items = pd.DataFrame({
-        C.ITEM_ID: [f"i{i + 1:05d}" for i in range(n)],
+    return pd.DataFrame({
+        C.ITEM_ID: ids,
         C.TITLE: titles,
         C.TEXT: texts,
-        "genres": [topics[t] for t in topic_of],
-        "first_seen": (start + pd.to_timedelta(first_seen, unit="D")).astype("datetime64[us, UTC]"),
+        "genres": genres,
+        "first_seen": (start + pd.to_timedelta(first_seen_days, unit="D")).astype("datetime64[us, UTC]"),
     })
-    return Catalogue(items=items, topic_of=topic_of, first_seen_days=first_seen, weight=weight)
 
 
 def item_text(vocab: dict[str, list[str]], rng: np.random.Generator) -> tuple[str, str]:
@@ -374,14 +381,8 @@ def new_items(cfg: dict[str, Any], topics: list[str], seed: int, day: int) -> Ca
         title, description = item_text(TOPICS[topics[topic]], rng)
         titles.append(title)
         texts.append(messy(f"{title}. {description}", rng, cfg["messy_text_share"]))
-    start = pd.Timestamp(cfg["start_date"], tz="UTC")
-    items = pd.DataFrame({
-        C.ITEM_ID: [f"d{day:04d}-i{j + 1:03d}" for j in range(n)],
-        C.TITLE: titles,
-        C.TEXT: texts,
-        "genres": [topics[t] for t in topic_of],
-        "first_seen": (start + pd.to_timedelta(first_seen, unit="D")).astype("datetime64[us, UTC]"),
-    })
+    ids = [f"d{day:04d}-i{j + 1:03d}" for j in range(n)]
+    items = catalogue_frame(cfg, ids, titles, texts, [topics[t] for t in topic_of], first_seen)
     return Catalogue(items=items, topic_of=topic_of, first_seen_days=first_seen, weight=weight)
 
 

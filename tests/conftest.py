@@ -1,7 +1,6 @@
 """Shared fixtures: one SparkSession for the whole test session, quiet offline env."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -108,3 +107,24 @@ def make_project(dest: Path, encoder_dir: Path, extra_overrides: list[str] = ())
 @pytest.fixture
 def tiny_project(tmp_path, tiny_encoder_dir) -> Path:
     return make_project(tmp_path / "project", tiny_encoder_dir)
+
+
+@pytest.fixture
+def postgres_parent_dir():
+    """A folder the `postgres` user can traverse (pytest's tmp_path is 0700, private to root).
+
+    Skips with the install hint when PostgreSQL 15 is missing (.ci/run installs it). Removed afterwards.
+    """
+    import shutil
+    import tempfile
+
+    from pipeline_tasks import postgres
+
+    try:
+        postgres.find_binaries()
+    except postgres.PostgresError as exc:
+        pytest.skip(str(exc))
+    parent = Path(tempfile.mkdtemp(prefix="recpipe-pg-"))
+    parent.chmod(0o755)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)

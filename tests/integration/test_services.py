@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +15,7 @@ import pandas as pd
 import pytest
 
 from pipeline_tasks import constants as C
-from pipeline_tasks import postgres, services
+from pipeline_tasks import services
 from tests.conftest import make_project
 
 BIN = Path(sys.executable).parent
@@ -30,17 +28,9 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def services_dir():
-    try:
-        postgres.find_binaries()
-    except postgres.PostgresError as exc:
-        pytest.skip(str(exc))
-    # Not tmp_path: pytest makes it private to root (0700) and PostgreSQL runs as `postgres`.
-    parent = Path(tempfile.mkdtemp(prefix="recpipe-services-test-"))
-    parent.chmod(0o755)
-    yield parent / "services"
-    services.down(parent / "services")
-    shutil.rmtree(parent, ignore_errors=True)
+def services_dir(postgres_parent_dir):
+    yield postgres_parent_dir / "services"
+    services.down(postgres_parent_dir / "services")
 
 
 def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tmp_path, tiny_encoder_dir,

@@ -185,25 +185,12 @@ sys.exit(tune.main(sys.argv[3:]))
 
 
 @pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL 15 cluster (pipeline_tasks.postgres), stopped and removed afterwards."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
+def postgres_url(postgres_parent_dir):
+    """A throwaway PostgreSQL 15 cluster (pipeline_tasks.postgres), stopped afterwards."""
     from pipeline_tasks import postgres
 
-    try:
-        postgres.find_binaries()
-    except postgres.PostgresError as err:
-        pytest.skip(str(err))
-    base = Path(tempfile.mkdtemp(prefix="recpipe-tune-pg-"))
-    base.chmod(0o755)  # the server runs as `postgres`, which must traverse it (pytest's tmp_path is 0700)
-    try:
-        with postgres.postgres_server(base / "cluster", database="optuna", user="optuna") as server:
-            yield server.url
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres.postgres_server(postgres_parent_dir / "cluster", database="optuna", user="optuna") as server:
+        yield server.url
 
 
 def test_two_worker_processes_share_one_postgres_study(postgres_url, split_writer, tiny_params, tmp_path,

@@ -15,7 +15,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -296,37 +295,29 @@ def test_shell_scripts_parse():
 # --- the scripts, for real ------------------------------------------------------------------------
 
 
-def test_init_databases_script_creates_the_databases_on_real_postgres():
+def test_init_databases_script_creates_the_databases_on_real_postgres(postgres_parent_dir):
     from pipeline_tasks import postgres
 
-    try:
-        postgres.find_binaries()
-    except postgres.PostgresError as exc:
-        pytest.skip(str(exc))
-    parent = Path(tempfile.mkdtemp(prefix="recpipe-docker-test-"))
-    parent.chmod(0o755)
-    try:
-        with postgres.postgres_server(parent / "pg") as server:
-            script = parent / "init-databases.sh"  # a copy the `postgres` user can read
-            shutil.copy(DOCKER / "postgres" / "init-databases.sh", script)
-            script.chmod(0o755)
-            passwords = {"AIRFLOW_DB_PASSWORD": "a-pass-123", "MLFLOW_DB_PASSWORD": "m-pass-123",
-                         "OPTUNA_DB_PASSWORD": "o-pass-123"}
-            env = {**os.environ, **passwords, "POSTGRES_USER": "postgres", "PGHOST": str(server.run_dir),
-                   "PGPORT": str(server.port), "PATH": f"{server.bin_dir}:{os.environ['PATH']}"}
-            runner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-            for _ in range(2):  # idempotent: a second run changes nothing and does not fail
-                result = subprocess.run([*runner, "bash", str(script)], env=env, cwd=parent,
-                                        capture_output=True, text=True)
-                assert result.returncode == 0, result.stderr
-            for db, user, pw in (("airflow", "airflow", "a-pass-123"), ("mlflow", "mlflow", "m-pass-123"),
-                                 ("mlflow_auth", "mlflow", "m-pass-123"), ("optuna", "optuna", "o-pass-123")):
-                engine = sa.create_engine(postgres.make_url(user, pw, server.port, db))
-                with engine.connect() as conn:
-                    assert conn.execute(sa.text("select current_database()")).scalar() == db
-                engine.dispose()
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
+    parent = postgres_parent_dir
+    with postgres.postgres_server(parent / "pg") as server:
+        script = parent / "init-databases.sh"  # a copy the `postgres` user can read
+        shutil.copy(DOCKER / "postgres" / "init-databases.sh", script)
+        script.chmod(0o755)
+        passwords = {"AIRFLOW_DB_PASSWORD": "a-pass-123", "MLFLOW_DB_PASSWORD": "m-pass-123",
+                     "OPTUNA_DB_PASSWORD": "o-pass-123"}
+        env = {**os.environ, **passwords, "POSTGRES_USER": "postgres", "PGHOST": str(server.run_dir),
+               "PGPORT": str(server.port), "PATH": f"{server.bin_dir}:{os.environ['PATH']}"}
+        runner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        for _ in range(2):  # idempotent: a second run changes nothing and does not fail
+            result = subprocess.run([*runner, "bash", str(script)], env=env, cwd=parent,
+                                    capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+        for db, user, pw in (("airflow", "airflow", "a-pass-123"), ("mlflow", "mlflow", "m-pass-123"),
+                             ("mlflow_auth", "mlflow", "m-pass-123"), ("optuna", "optuna", "o-pass-123")):
+            engine = sa.create_engine(postgres.make_url(user, pw, server.port, db))
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("select current_database()")).scalar() == db
+            engine.dispose()
 
 
 def test_healthcheck_script_against_a_real_http_server():

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,15 +20,10 @@ def _binaries_or_skip() -> Path:
 
 
 @pytest.fixture
-def pg_dir():
-    """A folder the `postgres` user can traverse (pytest's tmp_path is private to root: mode 0700)."""
-    _binaries_or_skip()
-    path = Path(tempfile.mkdtemp(prefix="recpipe-pg-test-"))
-    path.chmod(0o755)
-    yield path / "cluster"
-    if is_running(path / "cluster"):
-        stop_postgres(path / "cluster")
-    shutil.rmtree(path, ignore_errors=True)
+def pg_dir(postgres_parent_dir):
+    yield postgres_parent_dir / "cluster"
+    if is_running(postgres_parent_dir / "cluster"):
+        stop_postgres(postgres_parent_dir / "cluster")
 
 
 def _scalar(url: str, sql: str):
