@@ -62,3 +62,6 @@ ALIAS_PREVIOUS_CHAMPION = "previous_champion"
 
 # The trained model's name in metrics/evaluate.json.
 MODEL_NAME = "TextSeqRec"
+
+# ingest.source values (the data-source readers live in pipeline_tasks/ingest.py and sources.py).
+INGEST_SOURCES = ("synthetic", "movielens", "amazon", "generic")

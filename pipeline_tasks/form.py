@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline_tasks import constants as C
 from pipeline_tasks import params as P
 
 # dotted key -> (title, description, extra JSON-schema keywords)
 FIELDS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "ingest.source": ("Data source", "synthetic: the built-in generator; movielens: MovieLens files at the data path.",
-                      {"enum": ["synthetic", "movielens"]}),
+    "ingest.source": ("Data source", "synthetic: the built-in generator; movielens: MovieLens files at the data "
+                      "path; amazon: Amazon reviews JSON Lines (2018 or 2023 layout); generic: CSV or Parquet "
+                      "mapped by ingest.generic.", {"enum": list(C.INGEST_SOURCES)}),
     "ingest.path": ("Data path", "Folder of the source files (for movielens: the folder holding u.data, "
                                  "ratings.dat or ratings.csv). Ignored for synthetic.", {}),
     "train.epochs": ("Training epochs", "Passes over the training sequences.", {"minimum": 1, "maximum": 200}),

@@ -55,7 +55,7 @@ ML1M_OCCUPATIONS = ["other", "academic/educator", "artist", "clerical/admin", "c
                     "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
                     "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer"]
 DOWNLOAD_HINT = "download and unpack a MovieLens archive from https://grouplens.org/datasets/movielens/"
-SOURCES = ("synthetic", "movielens", "amazon", "generic")
+SOURCES = C.INGEST_SOURCES
 BATCHES = "data/batches"  # one folder per ingested batch; data/raw is assembled from them
 BASE_BATCH = "base"  # the full load every increment builds on
 MALFORMED = "malformed"  # data/raw/malformed: lines that could not be parsed, for the quarantine

@@ -77,7 +77,7 @@ def test_manual_form_comes_from_params_yaml_and_refuses_invalid_values():
     form = json.loads(out.split("FORM ", 1)[1].splitlines()[0])
     defaults = P.load(PROJECT_ROOT / "params.yaml")
     assert form["train__epochs"]["type"] == "integer" and form["train__epochs"]["minimum"] == 1
-    assert form["ingest__source"]["enum"] == ["synthetic", "movielens"]
+    assert form["ingest__source"]["enum"] == ["synthetic", "movielens", "amazon", "generic"]
     assert form["train__finetune"]["enum"] == ["lora", "full", "top_layers", "frozen"]
     assert form["register__auto_promote"]["type"] == "boolean"
     assert "ACCEPTED" not in out and out.count("REFUSED") == 8
