@@ -100,7 +100,7 @@ def ablation_run(mode: str, params: dict, root: Path, epochs: int | None) -> dic
         p["train"]["epochs"] = epochs
     out = root / "models" / f"ablation-{mode}"
     started = time.perf_counter()
-    summary = train.fit(p, root, output_dir=out)
+    summary = train.fit_final(p, root, output_dir=out, checkpoint_dir=None)  # as the train stage: select, refit
     seconds = time.perf_counter() - started
     split_data = load_split(root)
     task = eval_task(split_data, "test")

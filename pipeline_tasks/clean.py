@@ -300,12 +300,15 @@ def flag_duplicates(df: DataFrame) -> DataFrame:
     Within a key, rows are ordered by rating (highest first), event, then every other column, so
     identical rows sit next to each other: a row equal to the one before it is a `duplicate`;
     any other row after the first is a `duplicate_key`. The same as flagging exact duplicates
-    first and then repeated keys, with one shuffle of the data instead of two.
+    first and then repeated keys, with one shuffle of the data instead of two. A row's position
+    in the source is not part of its content: of identical rows, the first in the source is kept.
     """
     key = [C.USER_ID, C.ITEM_ID, C.TIMESTAMP]
-    rest = [c for c in df.columns if c not in (*key, RAW, C.REASON, C.RATING, C.EVENT)]
+    rest = [c for c in df.columns if c not in (*key, RAW, C.REASON, C.RATING, C.EVENT, C.SOURCE_ROW)]
+    position = [F.col(C.SOURCE_ROW).asc_nulls_last()] if C.SOURCE_ROW in df.columns else []
     window = Window.partitionBy(alive(), *[F.col(k) for k in key]).orderBy(
-        F.col(C.RATING).desc_nulls_last(), F.col(C.EVENT).asc_nulls_last(), *[F.col(c).asc_nulls_last() for c in rest])
+        F.col(C.RATING).desc_nulls_last(), F.col(C.EVENT).asc_nulls_last(), *[F.col(c).asc_nulls_last() for c in rest],
+        *position)
     same = F.lit(True)
     for col in (C.RATING, C.EVENT, *rest):
         same = same & F.lag(F.col(col)).over(window).eqNullSafe(F.col(col))

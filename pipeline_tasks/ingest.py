@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -228,8 +229,10 @@ def table_rows(path: Path) -> int:
 
 
 def standard_interactions(df: pd.DataFrame) -> pd.DataFrame:
-    """The contract's column order and types: string ids, float rating, UTC microsecond timestamps."""
+    """The contract's column order and types: string ids, float rating, UTC microsecond timestamps,
+    plus each row's position in the source (the tie-break of equal timestamps, see constants)."""
     out = df[C.INTERACTION_COLUMNS].copy()
+    out[C.SOURCE_ROW] = np.arange(len(out), dtype=np.int64)
     for col in (C.USER_ID, C.ITEM_ID, C.EVENT):
         out[col] = out[col].astype(object).where(out[col].notna(), None)
     out[C.RATING] = out[C.RATING].astype(float)

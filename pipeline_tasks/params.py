@@ -207,6 +207,7 @@ DEFAULTS: dict[str, Any] = {
         "use_text": True,
         "dropout": 0.2,
         "epochs": 6,
+        "refit": True,  # after picking the best epoch count on valid, fit again on train + valid (as baselines do)
         "batch_size": 64,
         "cuda_batch_size": 256,  # batch size on a GPU (0 = batch_size); more sequences per step where they are cheap
         "lr": 0.002,

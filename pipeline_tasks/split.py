@@ -1,7 +1,8 @@
 """Stage `split`: leave-one-out by time, the evaluation protocol every model shares.
 
-Each user's interactions are ordered by (timestamp, item_id) so ties resolve the same
-way on every run; the last one goes to test, the one before to valid, the rest to train.
+Each user's interactions are ordered by timestamp; events stamped with the same second keep
+their order in the source (`source_row`, from ingest), then item id, so ties resolve the same
+way on every run. The last one goes to test, the one before to valid, the rest to train.
 Users with fewer than `split.min_user_interactions` interactions have too little history
 to be judged: all their rows go to train (they still help the models learn).
 
@@ -22,9 +23,15 @@ from pipeline_tasks.errors import ParamsError, PipelineError
 log = logging.getLogger(__name__)
 
 
+def time_order(interactions: pd.DataFrame) -> list[str]:
+    """Sort key of a user's history: time, then source position (when ingest recorded it), then item."""
+    position = [C.SOURCE_ROW] if C.SOURCE_ROW in interactions else []
+    return [C.USER_ID, C.TIMESTAMP, *position, C.ITEM_ID]
+
+
 def assign_splits(interactions: pd.DataFrame, min_user_interactions: int) -> pd.Series:
     """Per row: 'train', 'valid' or 'test' (index aligned with `interactions`)."""
-    ordered = interactions.sort_values([C.USER_ID, C.TIMESTAMP, C.ITEM_ID], kind="stable")
+    ordered = interactions.sort_values(time_order(interactions), kind="stable")
     grouped = ordered.groupby(C.USER_ID, sort=False)
     from_end = grouped.cumcount(ascending=False)  # 0 = the user's last interaction
     long_enough = grouped[C.ITEM_ID].transform("size") >= min_user_interactions
@@ -77,7 +84,7 @@ def run(params: dict, root: Path) -> dict:
     parts = {}
     for name in C.SPLITS:
         part = interactions[which == name]
-        parts[name] = part.sort_values([C.USER_ID, C.TIMESTAMP, C.ITEM_ID], kind="stable").reset_index(drop=True)
+        parts[name] = part.sort_values(time_order(part), kind="stable").reset_index(drop=True)
 
     out = root / C.DATA_SPLIT
     for name, part in parts.items():

@@ -3,8 +3,8 @@
     python -m pipeline_tasks.train --root DIR
 
 `run` applies metrics/tune/best_params.json (when train.use_best_params), trains with
-resumable checkpoints under models/checkpoints, and saves the best validation epoch to
-models/model. `fit` is the same training for the tune stage: it reports each epoch's
+resumable checkpoints under models/checkpoints, picks the best validation epoch and (train.refit,
+as every baseline does) fits again on train + valid for that many epochs into models/model. `fit` is the same training for the tune stage: it reports each epoch's
 validation NDCG@10 to `on_epoch` (which may raise optuna.TrialPruned) and saves nothing
 unless asked.
 
@@ -52,7 +52,7 @@ OnEpoch = Callable[[int, float], None]
 VALID_K = 10
 VALID_METRIC = "valid_ndcg@10"
 # train.* keys that change neither the trained weights nor the data order (not in the resume hash).
-NOT_TRAINING_KEYS = {"checkpoint_every", "use_best_params", "num_threads", "device"}
+NOT_TRAINING_KEYS = {"checkpoint_every", "use_best_params", "num_threads", "device", "refit"}
 CHECKPOINT_FILE = "checkpoint.pt"
 STEP_POINTS_PER_EPOCH = 10  # step-level loss points logged to MLflow per epoch (rank 0, active run only)
 BEST_FILE = "best.pt"
@@ -547,6 +547,7 @@ class Trainer:
             VALID_METRIC: self.progress.best_ndcg if self.select_on_valid else None,
             "seconds": seconds,
             "sequences_per_s": self.sequences_done / self.step_seconds if self.step_seconds else 0.0,
+            "sequences_done": self.sequences_done, "step_seconds": self.step_seconds,
             "device": self.device,
             "n_params_trainable": int(sum(p.numel() for p in self.trainable().values())),
             "n_sequences": len(self.data.inputs),
@@ -566,13 +567,15 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 # --- entry points ----------------------------------------------------------------------------
 
 def fit(params: dict, root: Path, on_epoch: OnEpoch | None = None, output_dir: Path | None = None,
-        checkpoint_dir: Path | None = None, train_splits: tuple[str, ...] = ("train",)) -> dict:
+        checkpoint_dir: Path | None = None, train_splits: tuple[str, ...] = ("train",),
+        keep_checkpoint: bool = False) -> dict:
     """Train, validate each epoch, save the best epoch to output_dir (None: save nothing).
 
     on_epoch(epoch, valid_ndcg10) runs after each epoch; an exception from it (optuna.TrialPruned)
     propagates. checkpoint_dir None: no checkpoints (tune trials); else resume from it and
-    delete it after a successful run. train_splits ("train", "valid"): a refit on train+valid
-    for exactly train.epochs epochs, keeping the last (nothing left to validate on).
+    delete it after a successful run — or, keep_checkpoint, leave the finished state there, so a
+    restart of a later phase finds this one done. train_splits ("train", "valid"): a refit on
+    train+valid for exactly train.epochs epochs, keeping the last (nothing left to validate on).
     Under torchrun every process runs this; rank 0 alone writes files.
     """
     started = time.perf_counter()
@@ -582,12 +585,48 @@ def fit(params: dict, root: Path, on_epoch: OnEpoch | None = None, output_dir: P
         trainer = Trainer(params, Path(root), checkpoint_dir, tuple(train_splits), rank, world)
         trainer.resume()
         trainer.train(on_epoch)
+        if keep_checkpoint:
+            trainer.save_checkpoint()
         best_table = trainer.restore_best()
         if output_dir is not None and rank == 0:
             save(trainer.model, output_dir, item_table=best_table)
-        if checkpoint_dir is not None and rank == 0:
+        if checkpoint_dir is not None and rank == 0 and not keep_checkpoint:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return trainer.summary(time.perf_counter() - started)
+
+
+def fit_final(params: dict, root: Path, output_dir: Path, checkpoint_dir: Path | None) -> dict:
+    """The train stage's model: the best epoch count on valid, then (train.refit) a fit from scratch on
+    train + valid for that many epochs — the protocol every baseline follows, so the final model has
+    learnt from each user's latest interactions before it ranks their test item.
+
+    Each phase checkpoints in its own sub-folder of checkpoint_dir; the selection keeps its finished
+    state until the refit is done, so a run killed during the refit resumes there.
+    """
+    if not params["train"]["refit"]:
+        return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir)
+    folder = (lambda phase: checkpoint_dir / phase) if checkpoint_dir is not None else (lambda phase: None)
+    selected = fit(params, root, checkpoint_dir=folder("select"), keep_checkpoint=True)
+    refit_params = copy.deepcopy(params)
+    refit_params["train"]["epochs"] = selected["best_epoch"]
+    log.info("refit on train + valid for the best epoch count, %d", selected["best_epoch"])
+    with tracking.child_run(f"{C.MODEL_NAME} refit"):
+        final = fit(refit_params, root, output_dir=output_dir, checkpoint_dir=folder("refit"),
+                    train_splits=("train", "valid"))
+    if checkpoint_dir is not None and process_rank() == 0:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return refit_summary(selected, final)
+
+
+def refit_summary(selected: dict, final: dict) -> dict:
+    """The selection's validation figures, the refit's loss, time and throughput over both phases."""
+    done = selected["sequences_done"] + final["sequences_done"]
+    busy = selected["step_seconds"] + final["step_seconds"]
+    return {**selected, "final_loss": final["final_loss"], "refit_epochs": final["epochs"],
+            "selection_seconds": selected["seconds"], "refit_seconds": final["seconds"],
+            "seconds": selected["seconds"] + final["seconds"], "sequences_done": done, "step_seconds": busy,
+            "sequences_per_s": done / busy if busy else 0.0, "refit_n_sequences": final["n_sequences"],
+            "resumed_from_step": selected["resumed_from_step"] + final["resumed_from_step"]}
 
 
 def with_best_params(params: dict, root: Path) -> tuple[dict, dict]:
@@ -610,7 +649,7 @@ def run(params: dict, root: Path) -> dict:
     params, applied = with_best_params(params, root)
     if applied:
         tracking.log_params({"tuned": applied})
-    metrics = fit(params, root, output_dir=root / C.MODEL_DIR, checkpoint_dir=root / C.CHECKPOINT_DIR)
+    metrics = fit_final(params, root, output_dir=root / C.MODEL_DIR, checkpoint_dir=root / C.CHECKPOINT_DIR)
     return {**metrics, "n_tuned_params": len(applied)}
 
 

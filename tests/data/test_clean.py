@@ -205,6 +205,21 @@ def test_each_rule_quarantines_its_rows_with_its_reason(spark, tmp_path, tiny_pa
     assert metrics["items"]["rows_in"] == 6 and metrics["users"]["rows_kept"] == 2
 
 
+def test_source_position_is_kept_and_is_not_part_of_a_duplicate(spark, tmp_path, tiny_params):
+    """Rows identical but for their source position are exact duplicates; the first in the source stays."""
+    rows = [row("u1", "i1"), row("u1", "i2", minutes=1), row("u1", "i1"), row("u1", "i3", minutes=2)]
+    write_raw(tmp_path, rows, hand_made_items(), hand_made_users())
+    raw = io.read_table(tmp_path / C.DATA_RAW / "interactions")
+    raw[C.SOURCE_ROW] = [7, 8, 5, 9]  # the repeated (u1, i1) came first in the source as row 5
+    io.write_table(raw, tmp_path / C.DATA_RAW / "interactions")
+    metrics = clean.run(tiny_params, tmp_path)
+    assert metrics["interactions"]["by_rule"]["duplicate"] == 1
+    assert metrics["interactions"]["by_rule"]["duplicate_key"] == 0
+    kept = read(tmp_path, C.DATA_CLEAN, "interactions")
+    assert sorted(kept[C.SOURCE_ROW]) == [5, 8, 9]
+    assert read(tmp_path, C.DATA_QUARANTINE, "interactions")[C.SOURCE_ROW].tolist() == [7]
+
+
 def test_placeholder_policy_keeps_orphans_and_adds_catalogue_rows(spark, tmp_path, tiny_params):
     tiny_params["clean"]["orphan_policy"] = "placeholder"
     write_raw(tmp_path, [row("u1", "i1"), row("u1", "i999", minutes=1), row("u1", "i998", minutes=2)],

@@ -42,7 +42,8 @@ def test_synthetic_source_writes_raw_tables_and_ground_truth(tmp_path, params):
     assert metrics["source"] == "synthetic"
     assert metrics["rows"] == {t: len(raw[t]) for t in C.TABLES}
     inter = raw["interactions"]
-    assert list(inter.columns) == C.INTERACTION_COLUMNS
+    assert list(inter.columns) == [*C.INTERACTION_COLUMNS, C.SOURCE_ROW]
+    assert inter[C.SOURCE_ROW].tolist() == list(range(len(inter)))  # one part file: the source order
     assert str(inter[C.TIMESTAMP].dtype) == "datetime64[us, UTC]"
     assert inter[C.USER_ID].dropna().map(type).eq(str).all()
     injected = pd.read_parquet(tmp_path / C.GROUND_TRUTH / "injected")
@@ -59,6 +60,8 @@ def test_movielens_100k(tmp_path, params, ml100k_path):
     assert str(inter[C.TIMESTAMP].dtype) == "datetime64[us, UTC]"
     assert inter[C.TIMESTAMP].min().year == 1997 and inter[C.TIMESTAMP].max().year == 1998
     assert set(inter[C.RATING].unique()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    first = inter.loc[inter[C.SOURCE_ROW] == 0].iloc[0]  # u.data's first line: 196 242 3 881250949
+    assert (first[C.USER_ID], first[C.ITEM_ID], first[C.RATING]) == ("196", "242", 3.0)
     assert inter[C.USER_ID].nunique() == 943 and items[C.ITEM_ID].is_unique
     toy_story = items.set_index(C.ITEM_ID).loc["1"]
     assert toy_story[C.TEXT] == "Toy Story (1995). Genres: Animation, Children's, Comedy."

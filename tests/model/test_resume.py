@@ -33,9 +33,10 @@ def run_to_completion(root: Path) -> dict:
     return io.read_json(root / C.METRICS_DIR / "train.json")
 
 
-def kill_after_first_checkpoint(root: Path) -> None:
-    """Start training, wait for a checkpoint file, SIGKILL the process (no cleanup can run)."""
-    checkpoint = root / C.CHECKPOINT_DIR / train.CHECKPOINT_FILE
+def kill_after_first_checkpoint(root: Path, phase: str) -> None:
+    """Start training, wait for a checkpoint file of `phase` (the epoch selection on valid, or the
+    refit on train + valid after it), SIGKILL the process (no cleanup can run)."""
+    checkpoint = root / C.CHECKPOINT_DIR / phase / train.CHECKPOINT_FILE
     proc = subprocess.Popen(train_command(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:
@@ -56,20 +57,21 @@ def project(split_writer, tmp_path: Path, name: str, params: dict) -> Path:
     return root
 
 
-def test_sigkilled_training_resumes_to_the_uninterrupted_result(tiny_params, split_writer, tmp_path):
+@pytest.mark.parametrize("phase", ["select", "refit"])
+def test_sigkilled_training_resumes_to_the_uninterrupted_result(tiny_params, split_writer, tmp_path, phase):
     params = tiny_params
     # 3 batches per epoch x 6 epochs, a checkpoint after every step; dropout exercises the RNG restore.
-    params["train"].update(epochs=6, checkpoint_every=1, dropout=0.2, num_threads=1)
+    params["train"].update(epochs=6, checkpoint_every=1, dropout=0.2, num_threads=1, refit=True)
     reference_root = project(split_writer, tmp_path, "reference", params)
     killed_root = project(split_writer, tmp_path, "killed", params)
 
-    kill_after_first_checkpoint(killed_root)
+    kill_after_first_checkpoint(killed_root, phase)
     assert not (killed_root / C.MODEL_DIR).exists() and not (killed_root / C.METRICS_DIR / "train.json").exists()
     resumed = run_to_completion(killed_root)
     reference = run_to_completion(reference_root)
 
     assert resumed["resumed_from_step"] >= 1 and reference["resumed_from_step"] == 0
-    for key in ("final_loss", "valid_ndcg@10", "best_epoch", "epochs"):
+    for key in ("final_loss", "valid_ndcg@10", "best_epoch", "epochs", "refit_epochs"):
         assert resumed[key] == reference[key], key
     weights = [torch.load(r / C.MODEL_DIR / "weights.pt", weights_only=True) for r in (killed_root, reference_root)]
     assert weights[0].keys() == weights[1].keys()

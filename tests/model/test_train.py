@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import optuna
+import torch
 import pytest
 
 from pipeline_tasks import constants as C
@@ -33,6 +34,25 @@ def test_stage_cli_writes_model_and_metrics(tiny_params, tiny_split):
     assert not (tiny_split / C.CHECKPOINT_DIR).exists(), "checkpoints are deleted after a successful run"
     rec = Recommender.load(tiny_split / C.MODEL_DIR)
     assert len(rec.item_ids) == 24 and len(rec.recommend([[rec.item_ids[0]]], k=3)[0]) == 3
+
+
+def test_refit_trains_on_train_and_valid_for_the_selected_epochs(tiny_params, tiny_split):
+    """The final model is fit again on train + valid for the best epoch count, as every baseline is.
+    One epoch: the refit and the selection then differ only in their data (the valid interactions)."""
+    tiny_params["train"].update(epochs=1, checkpoint_every=1, refit=True)
+    refit = train.run(tiny_params, tiny_split)
+    refit_weights = torch.load(tiny_split / C.MODEL_DIR / "weights.pt", weights_only=True)
+    assert refit["refit_epochs"] == refit["best_epoch"] == 1
+    assert refit["refit_n_sequences"] >= refit["n_sequences"]
+    assert refit["seconds"] == pytest.approx(refit["selection_seconds"] + refit["refit_seconds"])
+    assert not (tiny_split / C.CHECKPOINT_DIR).exists(), "both phases' checkpoints are deleted at the end"
+
+    tiny_params["train"]["refit"] = False
+    selected = train.run(tiny_params, tiny_split)
+    assert "refit_epochs" not in selected
+    assert (selected["best_epoch"], selected["valid_ndcg@10"]) == (refit["best_epoch"], refit["valid_ndcg@10"])
+    weights = torch.load(tiny_split / C.MODEL_DIR / "weights.pt", weights_only=True)
+    assert any(not torch.equal(weights[k], refit_weights[k]) for k in weights), "the refit saw the valid items"
 
 
 def test_tuned_params_are_applied(tiny_params, tiny_split):

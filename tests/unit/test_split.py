@@ -132,3 +132,16 @@ def test_binary_matrix_counts_repeats_once():
 
     inter = Interactions(np.array([0, 0, 1]), np.array([2, 2, 0]), np.zeros(3, "datetime64[us]"))
     assert binary_matrix(inter, 2, 3).toarray().tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_same_second_ties_follow_the_source_order(tmp_path: Path, params: dict):
+    """Ingest records each row's source position: of two events in the same second, the one later in
+    the source is the later event (the item id only decides when no position was recorded)."""
+    write_clean(tmp_path, rows=[("u1", "a", 1), ("u1", "c", 2), ("u1", "b", 3), ("u1", "z", 3)])
+    inter = io.read_table(tmp_path / C.DATA_CLEAN / "interactions")
+    inter[C.SOURCE_ROW] = [0, 1, 3, 2]  # 'z' came before 'b' in the source, with the same second
+    io.write_table(inter, tmp_path / C.DATA_CLEAN / "interactions")
+    split.run(params, tmp_path)
+    assert pairs(read(tmp_path, "test")) == {("u1", "b")}
+    assert pairs(read(tmp_path, "valid")) == {("u1", "z")}
+    assert list(read(tmp_path, "train")[C.ITEM_ID]) == ["a", "c"]
