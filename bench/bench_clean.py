@@ -5,11 +5,15 @@
 Generates `--rows` synthetic interactions (vectorised; with items, users and the same kinds of
 dirt as the built-in generator: duplicates, null ids, bad ratings, future timestamps, orphans,
 bots, broken and messy item text) under a scratch folder, then cleans them with
-`pipeline_tasks.clean.run` (Spark, params from params.py with the spark section overridden by the
-flags) and with `pandas_clean` below, each in its own subprocess. For each run it records wall
-time, rows/s and the peak resident memory of the whole process tree (Python + JVM + Python UDF
-workers), sampled every 0.2 s. Both engines must agree on every rule's count (`counts_agree`).
-A pandas run that dies (e.g. out of memory) is recorded as failed, with its size.
+`pipeline_tasks.clean.run` (Spark, params from params.py; --driver-memory and
+--shuffle-partitions default to the product's params, so the bench measures what the pipeline
+runs) and with `pandas_clean` below, each in its own subprocess. For each run it records wall
+time, rows/s, the CPU seconds and the peak resident memory of the whole process tree (Python +
+JVM + Python UDF workers; also each role's own peak), sampled every 0.2 s, and the duration of
+each step of the Spark stage (`phases_s`, from clean.py's `clean phase` log lines). CPU seconds
+matter on a shared machine: they do not grow with other people's load the way wall time does.
+Both engines must agree on every rule's count (`counts_agree`). A pandas run that dies (e.g. out
+of memory) is recorded as failed, with its size.
 
 Writes bench/results/clean_<rows>.json (medians over --repeats).
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import logging
 import os
 import platform
 import re
@@ -122,7 +127,8 @@ def generate(n_rows: int, root: Path, seed: int = 0) -> dict:
         stamps = (START.value // 1000) + cols["sec"][sl].astype(np.int64) * 1_000_000 + micros[sl]
         table = pa.table({C.USER_ID: user_ids, C.ITEM_ID: item_ids, C.RATING: pa.array(cols["rating"][sl]),
                           C.TIMESTAMP: pa.array(stamps, pa.timestamp("us", tz="UTC")),
-                          C.EVENT: pa.array(["rating"] * (sl.stop - sl.start), pa.string())})
+                          C.EVENT: pa.array(["rating"] * (sl.stop - sl.start), pa.string()),
+                          C.SOURCE_ROW: pa.array(np.arange(sl.start, sl.stop, dtype=np.int64))})
         pq.write_table(table, raw / "interactions" / f"part-{n:04d}.parquet")
 
     texts = [f"The {rng.choice(WORDS)} {rng.choice(WORDS)} {i}. A {rng.choice(WORDS)} about {rng.choice(WORDS)} "
@@ -260,10 +266,26 @@ def counts(reason: pd.Series) -> dict:
 
 # ---------------------------------------------------------------- workers and measurement
 
+class PhaseLog(logging.Handler):
+    """Collects clean.py's `clean phase <label>: <s> s` lines (where Spark's time goes)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("clean phase"):
+            label, took = record.args
+            self.seconds[label] = round(self.seconds.get(label, 0.0) + took, 1)
+
+
 def worker(engine: str, root: Path, args: argparse.Namespace) -> None:
     params = P.defaults()
     params["spark"].update(master=args.master, driver_memory=args.driver_memory,
                            shuffle_partitions=args.shuffle_partitions)
+    phases = PhaseLog()
+    logging.getLogger("pipeline_tasks.clean").addHandler(phases)
+    logging.getLogger("pipeline_tasks.clean").setLevel(logging.INFO)
     started = time.perf_counter()
     if engine == "spark":
         from pipeline_tasks import clean
@@ -272,22 +294,32 @@ def worker(engine: str, root: Path, args: argparse.Namespace) -> None:
     else:
         metrics = pandas_clean(root, params["clean"])
     metrics["seconds"] = time.perf_counter() - started
+    metrics["phases_s"] = phases.seconds
     (root / f"result-{engine}.json").write_text(json.dumps(metrics))
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants (the JVM and Python workers of Spark)."""
+def tree_usage(proc: psutil.Process, cpu_s: dict[int, float]) -> dict[str, int]:
+    """Resident memory of a process and all its descendants, by role: the Python process that
+    runs the stage (`driver_python`), Spark's JVM (`jvm`) and the Python UDF workers it forks.
+    Also updates `cpu_s` (pid -> user+system seconds so far): CPU time is what a run costs
+    regardless of how many other jobs share the cores, so it compares runs on a busy machine."""
     try:
         family = [proc, *proc.children(recursive=True)]
     except psutil.Error:  # it just exited
-        return 0
-    total = 0
+        return {}
+    rss: dict[str, int] = {}
     for p in family:
         try:
-            total += p.memory_info().rss
+            role = "driver_python" if p.pid == proc.pid else "jvm" if p.name() == "java" else "python_workers"
+            memory = p.memory_info()
+            rss[role] = rss.get(role, 0) + memory.rss
+            # Of which file-backed (mapped jars, memory-mapped blocks): the kernel can drop those pages.
+            rss["file_backed"] = rss.get("file_backed", 0) + memory.shared
+            times = p.cpu_times()
+            cpu_s[p.pid] = times.user + times.system
         except psutil.Error:
             pass
-    return total
+    return rss
 
 
 def measure(engine: str, root: Path, args: argparse.Namespace) -> dict:
@@ -297,11 +329,16 @@ def measure(engine: str, root: Path, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watched, peak, done = psutil.Process(proc.pid), 0, threading.Event()
+    peak_by_role: dict[str, int] = {}  # each role's own peak (they need not peak at the same moment)
+    cpu_s: dict[int, float] = {}
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_rss(watched))
+            rss = tree_usage(watched, cpu_s)
+            peak = max(peak, sum(size for role, size in rss.items() if role != "file_backed"))
+            for role, size in rss.items():
+                peak_by_role[role] = max(peak_by_role.get(role, 0), size)
             done.wait(0.2)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -317,8 +354,10 @@ def measure(engine: str, root: Path, args: argparse.Namespace) -> dict:
     metrics = json.loads(result_file.read_text())
     result_file.unlink()
     return {"ok": True, "wall_s": wall, "clean_s": metrics["seconds"], "peak_rss_gb": peak / 2**30,
+            "peak_rss_gb_by_role": {role: round(size / 2**30, 2) for role, size in peak_by_role.items()},
+            "cpu_s": round(sum(cpu_s.values()), 1),
             "by_rule": {t: {k: v for k, v in metrics[t]["by_rule"].items() if v} for t in C.TABLES},
-            "rows_kept": metrics["interactions"]["rows_kept"]}
+            "rows_kept": metrics["interactions"]["rows_kept"], "phases_s": metrics["phases_s"]}
 
 
 def summarise(runs: list[dict], rows: int) -> dict:
@@ -330,7 +369,11 @@ def summarise(runs: list[dict], rows: int) -> dict:
             "wall_s_all": [round(r["wall_s"], 1) for r in good],
             "clean_s_median": round(statistics.median(r["clean_s"] for r in good), 1),
             "rows_per_s": round(rows / wall), "peak_rss_gb_max": round(max(r["peak_rss_gb"] for r in good), 2),
-            "by_rule": good[0]["by_rule"], "rows_kept": good[0]["rows_kept"]}
+            "peak_rss_gb_by_role": good[0]["peak_rss_gb_by_role"],
+            "cpu_s_median": round(statistics.median(r["cpu_s"] for r in good), 1),
+            "by_rule": good[0]["by_rule"], "rows_kept": good[0]["rows_kept"],
+            "phases_s_median": {label: round(statistics.median(r["phases_s"].get(label, 0.0) for r in good), 1)
+                                for label in good[0]["phases_s"]}}
 
 
 def main() -> None:
@@ -339,8 +382,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--engines", default="spark,pandas")
     parser.add_argument("--master", default="local[*]")
-    parser.add_argument("--driver-memory", default="4g")
-    parser.add_argument("--shuffle-partitions", type=int, default=8)
+    product = P.defaults()["spark"]  # by default the bench measures the product's settings
+    parser.add_argument("--driver-memory", default=product["driver_memory"])
+    parser.add_argument("--shuffle-partitions", type=int, default=product["shuffle_partitions"])
     parser.add_argument("--scratch", default=None, help="folder for the generated data (default: a temp dir)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)

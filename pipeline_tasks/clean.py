@@ -19,19 +19,25 @@ table too: they are quarantined in data/quarantine/malformed_lines with the rule
 
 Rows are never filtered away along the way: one `reason` column is filled in rule by rule,
 so rows_in == rows_kept + rows_quarantined holds by construction and is returned per table.
+Interactions are counted in the files written, and a run whose files do not add up to the raw
+row count fails before it replaces the previous outputs. Each step logs its duration
+(`clean phase <step>: <s> s`, INFO), which is how bench/bench_clean.py shows where time goes.
 Both output folders are written atomically: a failed run leaves the previous ones intact.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import logging
+import time
 import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -53,6 +59,7 @@ MALFORMED_TABLE = "malformed_lines"  # data/quarantine/malformed_lines: table, f
 RAW = "raw"  # quarantine: the row's original values (JSON of strings) when coercion failed
 BAD = "_bad_type"
 NORM_TEXT, NORM_TITLE = "_text_norm", "_title_norm"
+PER_MINUTE = "_user_events_in_minute"
 NULL_ID_STRINGS = ("", "nan", "none", "null")
 ROWS_PER_FILE = 2_000_000  # Parquet files per output table: one at MovieLens-1M scale, more beyond
 INTEGRAL = ("tinyint", "smallint", "int", "bigint")
@@ -64,25 +71,41 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
     cfg = params["clean"]
     check_config(cfg)
     paths = raw_paths(root)  # checked before Spark's ~20 s start
-    spark = get_spark(params)
+    with phase("spark session"):
+        spark = get_spark(params)
     raw = {name: spark.read.parquet(str(path)) for name, path in paths.items()}
     malformed = malformed_lines(spark, root)
     unparsed = malformed_counts(malformed)
 
-    items = clean_items(raw["items"], cfg)
+    with phase("items"):
+        items = clean_items(raw["items"], cfg)
     interactions, bots, kcore = clean_interactions(raw["interactions"], items, cfg)
-    users = clean_users(raw["users"], bots)
-    placeholders = placeholder_items(interactions, items, cfg)
+    with phase("users"):
+        users = clean_users(raw["users"], bots)
+        placeholders = placeholder_items(interactions, items, cfg)
 
-    metrics = {
-        "interactions": account(interactions, INTERACTION_RULES, unparsed.get("interactions", 0)),
-        "items": account(items, ITEM_RULES, unparsed.get("items", 0)),
-        "users": account(users, USER_RULES, unparsed.get("users", 0)),
-        "kcore": kcore,
-    }
-    metrics["items"]["rows_added"] = placeholders.count() if placeholders is not None else 0
-    files = max(1, metrics["interactions"]["rows_in"] // ROWS_PER_FILE)
-    write_outputs(root, interactions, items, users, placeholders, files, malformed)
+    with phase("accounting (items, users)"):
+        metrics = {
+            "items": account(items, ITEM_RULES, unparsed.get("items", 0)),
+            "users": account(users, USER_RULES, unparsed.get("users", 0)),
+            "kcore": kcore,
+        }
+        metrics["items"]["rows_added"] = placeholders.count() if placeholders is not None else 0
+    rows_in = raw["interactions"].count() + unparsed.get("interactions", 0)  # from the Parquet footers
+
+    def count_written_interactions(clean_dir: Path, quarantine_dir: Path) -> None:
+        # Interactions are counted in what was written (no extra pass over the big frame), and the
+        # new folders replace the old ones only if no row went missing on the way.
+        written = account_written(spark, clean_dir / "interactions", quarantine_dir / "interactions",
+                                  INTERACTION_RULES, unparsed.get("interactions", 0))
+        if written["rows_in"] != rows_in:
+            raise PipelineError(f"clean wrote {written['rows_in']} interactions for {rows_in} raw ones: "
+                                f"rows were lost or duplicated; this is a bug in pipeline_tasks/clean.py")
+        metrics["interactions"] = written
+
+    write_outputs(root, interactions, items, users, placeholders, max(1, rows_in // ROWS_PER_FILE), malformed,
+                  before_swap=count_written_interactions)
+    metrics = {"interactions": metrics.pop("interactions"), **metrics}
     for table in C.TABLES:
         log.info("clean %s: %s", table, metrics[table])
     return metrics
@@ -132,6 +155,15 @@ def require(df: DataFrame, columns: tuple[str, ...], table: str) -> None:
                             f"column mapping in ingest and re-run it")
 
 
+@contextlib.contextmanager
+def phase(label: str):
+    """Log how long a step took (`clean phase <label>: <s> s`); the steps that materialise a frame
+    are where Spark's time goes, so this is where a slow run shows what dominates."""
+    started = time.perf_counter()
+    yield
+    log.info("clean phase %s: %.1f s", label, time.perf_counter() - started)
+
+
 # ---------------------------------------------------------------- flagging
 
 def alive() -> Column:
@@ -154,6 +186,21 @@ def flag_repeats(df: DataFrame, keys: list[str], order: list[Column], rule: str)
 def account(flagged: DataFrame, rules: tuple[str, ...], malformed: int = 0) -> dict[str, Any]:
     """rows_in = rows_kept + rows_quarantined, by rule; `malformed` source lines never became rows."""
     counts = {row[C.REASON]: row["count"] for row in flagged.groupBy(C.REASON).count().collect()}
+    return tally(counts, rules, malformed)
+
+
+def account_written(spark, kept: Path, quarantined: Path, rules: tuple[str, ...],
+                    malformed: int = 0) -> dict[str, Any]:
+    """account() of a table already written: kept rows from the Parquet footers (no scan), the
+    quarantined ones (few) by their `reason` column."""
+    table = spark.read.parquet(str(quarantined)).groupBy(C.REASON).count().collect()
+    counts = {row[C.REASON]: row["count"] for row in table}
+    counts[None] = spark.read.parquet(str(kept)).count()
+    return tally(counts, rules, malformed)
+
+
+def tally(counts: dict[str | None, int], rules: tuple[str, ...], malformed: int) -> dict[str, Any]:
+    """Rows per rule (None: kept) into the metrics layout."""
     if malformed:
         counts[MALFORMED_RULE] = malformed
     kept = counts.pop(None, 0)
@@ -282,39 +329,60 @@ def clean_interactions(raw: DataFrame, items: DataFrame, cfg: dict[str, Any]) ->
     df = flag(df, F.col(C.TIMESTAMP) > F.lit(now), "future_timestamp")
     df = flag(df, F.col(C.TIMESTAMP) < F.lit(floor_timestamp(cfg)), "timestamp_before_floor")
     # Materialised once: the bot rule, the k-core edges and the final frame all read it.
-    deduplicated = materialised(flag_duplicates(df))
+    with phase("interactions: coerce, range rules, duplicates"):
+        deduplicated = materialised(with_minute_counts(flag_duplicates(df)))
 
-    bots = bot_users(deduplicated, cfg)
-    df = flag(joined_flag(deduplicated, bots, C.USER_ID, "_bot"), F.col("_bot"), "bot").drop("_bot")
+    with phase("interactions: bot users"):
+        bots = bot_users(deduplicated, cfg)
+    df = flag(joined_flag(deduplicated, bots, C.USER_ID, "_bot"), F.col("_bot"), "bot").drop("_bot", PER_MINUTE)
     df = flag_catalogue(df, items, cfg["orphan_policy"])
     if cfg["implicit_min_rating"] > 0:
         df = flag(df, rating.isNotNull() & (rating < cfg["implicit_min_rating"]), "below_implicit_threshold")
     df, kcore = flag_kcore(df, cfg)
-    # Accounting and both writes read this copy.
-    return materialised(df), bots, kcore
+    # Not materialised: the two writes each re-read `deduplicated` through the small broadcast joins
+    # above, which cost no more CPU than storing a second full copy did (5M rows, bench_clean
+    # phases_s) and keeps that copy off the disk and out of the JVM.
+    return df, bots, kcore
 
 
 def flag_duplicates(df: DataFrame) -> DataFrame:
     """Exact duplicates, then repeated (user, item, timestamp) keeping the best row, in one sort.
 
-    Within a key, rows are ordered by rating (highest first), event, then every other column, so
-    identical rows sit next to each other: a row equal to the one before it is a `duplicate`;
-    any other row after the first is a `duplicate_key`. The same as flagging exact duplicates
-    first and then repeated keys, with one shuffle of the data instead of two. A row's position
-    in the source is not part of its content: of identical rows, the first in the source is kept.
+    Each user's rows are sorted by (alive, item, timestamp), then within a key by rating (highest
+    first), event, every other column and the row's position in the source. A key's rows are thus
+    adjacent, best first: an alive row whose predecessor is alive with the same key is not its
+    key's first (`duplicate_key`), and if the predecessor also has the same content it is a
+    `duplicate`. The same as flagging exact duplicates first and then repeated keys, with one
+    shuffle (by user, which with_minute_counts reuses) instead of two. A row's position in the source
+    is not part of its content: of identical rows, the first in the source is kept.
     """
-    key = [C.USER_ID, C.ITEM_ID, C.TIMESTAMP]
-    rest = [c for c in df.columns if c not in (*key, RAW, C.REASON, C.RATING, C.EVENT, C.SOURCE_ROW)]
+    rest = [c for c in df.columns
+            if c not in (C.USER_ID, C.ITEM_ID, C.TIMESTAMP, RAW, C.REASON, C.RATING, C.EVENT, C.SOURCE_ROW)]
     position = [F.col(C.SOURCE_ROW).asc_nulls_last()] if C.SOURCE_ROW in df.columns else []
-    window = Window.partitionBy(alive(), *[F.col(k) for k in key]).orderBy(
-        F.col(C.RATING).desc_nulls_last(), F.col(C.EVENT).asc_nulls_last(), *[F.col(c).asc_nulls_last() for c in rest],
-        *position)
-    same = F.lit(True)
+    window = Window.partitionBy(C.USER_ID).orderBy(
+        alive(), F.col(C.ITEM_ID), F.col(C.TIMESTAMP), F.col(C.RATING).desc_nulls_last(),
+        F.col(C.EVENT).asc_nulls_last(), *[F.col(c).asc_nulls_last() for c in rest], *position)
+
+    def as_before(col: Column) -> Column:
+        return F.lag(col).over(window).eqNullSafe(col)
+
+    same_key = as_before(alive()) & as_before(F.col(C.ITEM_ID)) & as_before(F.col(C.TIMESTAMP))
+    same_row = same_key
     for col in (C.RATING, C.EVENT, *rest):
-        same = same & F.lag(F.col(col)).over(window).eqNullSafe(F.col(col))
-    ranked = df.withColumn("_rank", F.row_number().over(window)).withColumn("_same", same)
-    ranked = flag(ranked, (F.col("_rank") > 1) & F.col("_same"), "duplicate")
-    return flag(ranked, F.col("_rank") > 1, "duplicate_key").drop("_rank", "_same")
+        same_row = same_row & as_before(F.col(col))
+    ranked = df.withColumn("_same_key", same_key).withColumn("_same_row", same_row)
+    ranked = flag(ranked, F.col("_same_row"), "duplicate")
+    return flag(ranked, F.col("_same_key"), "duplicate_key").drop("_same_key", "_same_row")
+
+
+def with_minute_counts(df: DataFrame) -> DataFrame:
+    """Each row's count of alive rows of its user in its minute (`PER_MINUTE`, the bot rule's input).
+
+    A window by (user, minute) needs no shuffle after flag_duplicates' window by user, where a
+    groupBy of the stored frame would shuffle every (user, minute) pair again.
+    """
+    minute = F.floor(F.unix_micros(F.col(C.TIMESTAMP)) / 60_000_000)  # whole minutes (UTC), like date_trunc
+    return df.withColumn(PER_MINUTE, F.sum(alive().cast("int")).over(Window.partitionBy(C.USER_ID, minute)))
 
 
 def joined_flag(df: DataFrame, keys: DataFrame, key: str, name: str) -> DataFrame:
@@ -324,16 +392,22 @@ def joined_flag(df: DataFrame, keys: DataFrame, key: str, name: str) -> DataFram
 
 
 def bot_users(df: DataFrame, cfg: dict[str, Any]) -> DataFrame:
-    """Users with a burst above the per-minute limit, or (if enabled) an outlying total count."""
-    live = df.filter(alive())
-    per_minute = live.groupBy(C.USER_ID, F.date_trunc("minute", C.TIMESTAMP)).count()
-    bots = per_minute.filter(F.col("count") > cfg["bot_max_events_per_minute"]).select(C.USER_ID)
+    """Users with a burst above the per-minute limit, or (if enabled) an outlying total count.
+
+    Only rows still alive count. clean_interactions stores `df` with with_minute_counts' column
+    already added (no shuffle there); any other frame gets it here.
+    """
+    if PER_MINUTE not in df.columns:
+        df = with_minute_counts(df)
+    per_user = (df.groupBy(C.USER_ID)
+                .agg(F.max(PER_MINUTE).alias("busiest_minute"), F.sum(alive().cast("int")).alias("count"))
+                .filter(F.col("count") > 0).localCheckpoint())  # small: one row per user
+    bots = per_user.filter(F.col("busiest_minute") > cfg["bot_max_events_per_minute"]).select(C.USER_ID)
     threshold = cfg["bot_max_events_zscore"]
     if threshold > 0:
-        totals = live.groupBy(C.USER_ID).count()
-        stats = totals.agg(F.mean("count").alias("mean"), F.stddev("count").alias("std")).first()
+        stats = per_user.agg(F.mean("count").alias("mean"), F.stddev("count").alias("std")).first()
         if stats["std"]:
-            outliers = totals.filter((F.col("count") - stats["mean"]) / stats["std"] > threshold)
+            outliers = per_user.filter((F.col("count") - stats["mean"]) / stats["std"] > threshold)
             bots = bots.union(outliers.select(C.USER_ID))
     return bots.distinct().localCheckpoint()
 
@@ -357,21 +431,24 @@ def flag_kcore(df: DataFrame, cfg: dict[str, Any]) -> tuple[DataFrame, dict[str,
     is joined once, at the end, with the union of the low users and the union of the low items.
     """
     min_users, min_items, limit = cfg["kcore_users"], cfg["kcore_items"], cfg["kcore_max_iterations"]
-    edges = materialised(df.filter(alive()).select(C.USER_ID, C.ITEM_ID))
+    with phase("interactions: bot flag, catalogue, k-core edges"):
+        edges = materialised(df.filter(alive()).select(C.USER_ID, C.ITEM_ID))
     low_users, low_items = [], []
     stats = {"iterations": limit, "converged": False}
     for iteration in range(1, limit + 1):
-        # Checkpointed (they are small): the emptiness test, the pruning and the final flag share them.
-        users = edges.groupBy(C.USER_ID).count().filter(F.col("count") < min_users).select(C.USER_ID).localCheckpoint()
-        items = edges.groupBy(C.ITEM_ID).count().filter(F.col("count") < min_items).select(C.ITEM_ID).localCheckpoint()
-        if users.isEmpty() and items.isEmpty():
-            stats = {"iterations": iteration - 1, "converged": True}
-            break
-        low_users.append(users)
-        low_items.append(items)
-        pruned = materialised(edges.join(F.broadcast(users), on=C.USER_ID, how="left_anti")
-                              .join(F.broadcast(items), on=C.ITEM_ID, how="left_anti"))
-        edges = pruned
+        with phase(f"interactions: k-core pass {iteration}"):
+            # Checkpointed (they are small): the emptiness test, the pruning and the final flag share them.
+            users = (edges.groupBy(C.USER_ID).count().filter(F.col("count") < min_users).select(C.USER_ID)
+                     .localCheckpoint())
+            items = (edges.groupBy(C.ITEM_ID).count().filter(F.col("count") < min_items).select(C.ITEM_ID)
+                     .localCheckpoint())
+            if users.isEmpty() and items.isEmpty():
+                stats = {"iterations": iteration - 1, "converged": True}
+                break
+            low_users.append(users)
+            low_items.append(items)
+            edges = materialised(edges.join(F.broadcast(users), on=C.USER_ID, how="left_anti")
+                                 .join(F.broadcast(items), on=C.ITEM_ID, how="left_anti"))
     else:
         log.warning("k-core did not converge in %d iterations: raise clean.kcore_max_iterations", limit)
     if not low_users:
@@ -386,10 +463,11 @@ def union_all(frames: list[DataFrame]) -> DataFrame:
 
 
 def materialised(df: DataFrame) -> DataFrame:
-    """`df` computed now and kept as rows (memory, spilling to disk) with a short plan: later actions
-    read it instead of re-running its lineage. Not `persist()`: its compressed columnar cache could be
-    freed with `unpersist`, but the whole run took twice as long with it (5M rows, bench_clean data)."""
-    return df.localCheckpoint()
+    """`df` computed now and stored on local disk with a short plan: later actions read it instead
+    of re-running its lineage. Disk, not the default memory-and-disk: the rows then stay out of the
+    JVM heap (leaving it to the sorts) and the run used 27% less memory for no more CPU (5M rows,
+    bench_clean). Not `persist()`: its compressed columnar cache took twice as long."""
+    return df.localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
 
 
 # ---------------------------------------------------------------- users and placeholders
@@ -428,8 +506,10 @@ def kept_items(items: DataFrame, placeholders: DataFrame | None) -> DataFrame:
 
 
 def write_outputs(root: Path, interactions: DataFrame, items: DataFrame, users: DataFrame,
-                  placeholders: DataFrame | None, files: int = 1, malformed: DataFrame | None = None) -> None:
-    """All six tables, or none: each output folder is swapped in only after every write succeeded."""
+                  placeholders: DataFrame | None, files: int = 1, malformed: DataFrame | None = None,
+                  before_swap: Callable[[Path, Path], None] | None = None) -> None:
+    """All six tables, or none: each output folder is swapped in only after every write succeeded
+    (and `before_swap(clean_dir, quarantine_dir)`, if given, accepted what was written)."""
     interaction_columns = [c for c in interactions.columns if c not in (RAW, C.REASON)]
     item_columns = [c for c in items.columns if c not in (NORM_TEXT, NORM_TITLE)]
     outputs = {
@@ -440,10 +520,14 @@ def write_outputs(root: Path, interactions: DataFrame, items: DataFrame, users: 
     }
     with io.atomic_dir(root / C.DATA_CLEAN) as clean_dir, io.atomic_dir(root / C.DATA_QUARANTINE) as quarantine_dir:
         for table, (kept, quarantined) in outputs.items():
-            write_parquet(kept, clean_dir / table, files)
-            write_parquet(quarantined, quarantine_dir / table, files)
+            with phase(f"write {table}"):
+                write_parquet(kept, clean_dir / table, files)
+                write_parquet(quarantined, quarantine_dir / table, files)
         if malformed is not None:
             write_parquet(malformed, quarantine_dir / MALFORMED_TABLE, 1)
+        if before_swap is not None:
+            with phase("accounting (interactions, from the written files)"):
+                before_swap(clean_dir, quarantine_dir)
 
 
 def write_parquet(df: DataFrame, path: Path, files: int) -> None:

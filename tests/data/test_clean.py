@@ -220,6 +220,46 @@ def test_source_position_is_kept_and_is_not_part_of_a_duplicate(spark, tmp_path,
     assert read(tmp_path, C.DATA_QUARANTINE, "interactions")[C.SOURCE_ROW].tolist() == [7]
 
 
+def test_repeats_skip_quarantined_rows_and_bursts_count_only_live_rows(spark, tmp_path, tiny_params, caplog):
+    """One sort per user flags repeats and counts each user's events per minute: a quarantined row
+    with a kept row's key is no repeat of it, and a duplicate is no event of a burst."""
+    minute = T0 + pd.Timedelta(minutes=30)
+    rows = [row("u1", "i1", rating=4.0), row("u1", "i1", rating=9.0), row("u1", "i1", rating=4.0),
+            row("u1", "i1", rating=3.0)]  # kept, out of range, duplicate, duplicate_key: all one key
+    burst = [row("u3", f"i{k % 3 + 1}", at=minute + pd.Timedelta(seconds=k / 2)) for k in range(60)]
+    rows += burst + burst[:1]  # 61 rows in one minute, one of them a duplicate: 60 events, not a bot
+    rows += [row("u4", f"i{k % 3 + 1}", at=minute + pd.Timedelta(seconds=k / 2)) for k in range(61)]  # a bot
+    write_raw(tmp_path, rows, hand_made_items(), hand_made_users())
+    with caplog.at_level("INFO", logger="pipeline_tasks.clean"):
+        metrics = clean.run(tiny_params, tmp_path)
+    by_rule = {rule: n for rule, n in metrics["interactions"]["by_rule"].items() if n}
+    assert by_rule == {"rating_out_of_range": 1, "duplicate": 2, "duplicate_key": 1, "bot": 61}
+    kept = read(tmp_path, C.DATA_CLEAN, "interactions")
+    assert kept.groupby(C.USER_ID).size().to_dict() == {"u1": 1, "u3": 60}
+    assert kept.loc[kept[C.USER_ID] == "u1", C.RATING].tolist() == [4.0]
+    # Each materialised step logs its duration (what bench_clean.py records as phases_s).
+    phases = [r.args[0] for r in caplog.records if r.msg.startswith("clean phase")]
+    assert {"interactions: coerce, range rules, duplicates", "interactions: bot users",
+            "write interactions"} <= set(phases)
+
+
+def test_rows_lost_on_the_way_to_disk_stop_the_run(spark, tmp_path, tiny_params, monkeypatch):
+    """Interactions are counted in the written files: a write that loses rows fails the run and
+    leaves the previous clean data in place."""
+    write_raw(tmp_path, [row("u1", "i1"), row("u2", "i2", minutes=1)], hand_made_items(), hand_made_users())
+    clean.run(tiny_params, tmp_path)
+    before = read(tmp_path, C.DATA_CLEAN, "interactions")
+    real_write = clean.write_parquet
+
+    def lose_a_row(df, path, files):  # fault injection: a writer that drops data silently
+        real_write(df.limit(1) if path.name == "interactions" and "quarantine" not in str(path) else df, path, files)
+
+    monkeypatch.setattr(clean, "write_parquet", lose_a_row)
+    with pytest.raises(clean.PipelineError, match="wrote 1 interactions for 2 raw ones"):
+        clean.run(tiny_params, tmp_path)
+    pd.testing.assert_frame_equal(read(tmp_path, C.DATA_CLEAN, "interactions"), before)
+
+
 def test_placeholder_policy_keeps_orphans_and_adds_catalogue_rows(spark, tmp_path, tiny_params):
     tiny_params["clean"]["orphan_policy"] = "placeholder"
     write_raw(tmp_path, [row("u1", "i1"), row("u1", "i999", minutes=1), row("u1", "i998", minutes=2)],
