@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_model.py [--data ../shared/datasets/ml-100k] [--work DIR]
         [--ablation frozen,full] [--ablation-epochs N] [--reuse] [--set section.key=value ...]
+        [--cold-start-share X]
 
 Runs ingest (ingest.source=movielens) -> clean (Spark) -> split -> baselines (Pop, ItemKNN, EASE,
 ALS, SASRec-ID) -> train -> evaluate in one process on a scratch project root (the data is
@@ -11,6 +12,11 @@ each other fine-tune mode, scored on the same test split. Writes bench/results/m
 every model's test NDCG@10 / Recall@10, the cold-start slice, the ablation table, training
 wall time and sequences/s, and the issue's quality targets checked against this run.
 One run per configuration (training on a shared 2-core CPU takes minutes): no medians.
+
+--cold-start-share X sets split.cold_start_share (X of the test users get a target whose
+train/valid interactions were withheld) and writes bench/results/model_cold_start.json
+(no ablation unless asked): the cold group of every model, and the issue's cold-start target,
+TextSeqRec against SASRec-ID on those targets.
 """
 from __future__ import annotations
 
@@ -37,9 +43,13 @@ from pipeline_tasks.dataset import eval_task, load_split  # noqa: E402
 log = logging.getLogger("bench_model")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-100k"
 RESULT = ROOT / "bench" / "results" / "model.json"
+COLD_RESULT = ROOT / "bench" / "results" / "model_cold_start.json"
+DEFAULT_WORK, COLD_WORK = Path("/tmp/recpipe-bench-ml100k"), Path("/tmp/recpipe-bench-cold")
 # The issue's targets: fine-tuned NDCG@10 >= 1.05 x the best other model of the run, and >= 0.0795.
 TARGET_RATIO, TARGET_NDCG = 1.05, 0.0795
 HEADLINE = ("ndcg@10", "recall@10")
+# Our reading of "far better" on cold-start targets (the issue gives no number).
+COLD_TARGET_RATIO = 2.0
 
 
 def bench_params(data: Path, overrides: list[str]) -> dict:
@@ -92,6 +102,30 @@ def cold_start_slice(result: dict) -> dict:
                           for name, groups in data["metrics"].items()}}
 
 
+def cold_start_target(result: dict, n_items: int, k: int = 10) -> dict:
+    """The issue's "ranks cold-start items far better than SASRec-ID, which cannot rank them at all".
+
+    "Cannot rank them" is judged against chance: a random ranking puts the target in the top k
+    with probability about k / n_items; SASRec-ID counts as near zero within 2x of that.
+    "Far better" is read as at least COLD_TARGET_RATIO x SASRec-ID's cold NDCG@10 and Recall@10.
+    """
+    groups = result["slices"]["cold_start"]["metrics"]
+    text, ids = groups.get(C.MODEL_NAME, {}).get("cold"), groups.get(baselines.SASREC, {}).get("cold")
+    if text is None or ids is None:
+        return {"judged": False, "why": "no cold-start test users, or SASRec-ID not in baselines.models"}
+    chance = k / n_items
+    out: dict = {"judged": True, "users": result["slices"]["cold_start"]["users"]["cold"],
+                 "chance_recall@10": round(chance, 4), "ratio_target": COLD_TARGET_RATIO}
+    for metric in ("ndcg@10", "recall@10"):
+        ratio = text[metric] / ids[metric] if ids[metric] > 0 else None
+        out[metric] = {C.MODEL_NAME: round(text[metric], 4), baselines.SASREC: round(ids[metric], 4),
+                       "ratio": round(ratio, 2) if ratio is not None else None}
+    out["sasrec_id_near_zero"] = ids["recall@10"] <= 2 * chance
+    out["far_better_met"] = all(text[m] > 0 and (out[m]["ratio"] is None or out[m]["ratio"] >= COLD_TARGET_RATIO)
+                                for m in ("ndcg@10", "recall@10"))
+    return out
+
+
 def ablation_run(mode: str, params: dict, root: Path, epochs: int | None) -> dict:
     """Train with another fine-tune mode into a side folder and score it on the same test split."""
     p = copy.deepcopy(params)
@@ -128,16 +162,28 @@ def targets(models: dict, trained: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/recpipe-bench-ml100k"),
-                        help="scratch project root (deleted first)")
-    parser.add_argument("--ablation", default="frozen", help="other fine-tune modes to train, comma-separated")
+    parser.add_argument("--work", type=Path, default=None,
+                        help=f"scratch project root (deleted first; default {DEFAULT_WORK}, "
+                             f"with --cold-start-share {COLD_WORK})")
+    parser.add_argument("--ablation", default=None,
+                        help="other fine-tune modes to train, comma-separated (default frozen; none with "
+                             "--cold-start-share)")
     parser.add_argument("--ablation-epochs", type=int, default=0, help="epochs of each ablation run (0 = train.epochs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"result JSON (default {RESULT.name}, with --cold-start-share {COLD_RESULT.name})")
+    parser.add_argument("--cold-start-share", type=float, default=0.0,
+                        help="split.cold_start_share: share of test users given a never-seen target item")
     parser.add_argument("--note", default="", help="free text stored in the result (how the run was made)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep --work and skip the stages (and baseline models) an earlier run finished")
     args = parser.parse_args(argv)
+    cold = args.cold_start_share > 0
+    args.work = args.work or (COLD_WORK if cold else DEFAULT_WORK)
+    args.out = args.out or (COLD_RESULT if cold else RESULT)
+    args.ablation = ("" if cold else "frozen") if args.ablation is None else args.ablation
+    if cold:
+        args.overrides.append(f"split.cold_start_share={args.cold_start_share}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -184,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "trained_model": C.MODEL_NAME,
         "baselines_selected": {n: {k: v for k, v in s.items() if k != "grid"} for n, s in base["selected"].items()},
         "cold_start": cold_start_slice(result),
+        "cold_start_target": cold_start_target(result, split_metrics["items"]),
         "ablation": ablation,
         "training": {"device": trained["device"], "epochs": trained["epochs"], "seconds": round(trained["seconds"], 1),
                      "sequences_per_s": round(trained["sequences_per_s"], 1), "n_sequences": trained["n_sequences"],
@@ -196,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     print(json.dumps({"models": report["models"], "targets": report["targets"], "ablation": ablation,
-                      "cold_start": report["cold_start"]["ndcg@10"]}, indent=2))
+                      "cold_start": report["cold_start"]["ndcg@10"],
+                      "cold_start_target": report["cold_start_target"]}, indent=2))
     return 0
 
 

@@ -176,6 +176,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "split": {
         "min_user_interactions": 3,
+        # Share of test rows given a cold-start target (its train/valid rows withheld); 0.0 = none.
+        "cold_start_share": 0.0,
     },
     "baselines": {
         "models": ["Pop", "ItemKNN", "EASE", "ALS", "SASRec-ID"],

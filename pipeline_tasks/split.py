@@ -6,13 +6,23 @@ way on every run. The last one goes to test, the one before to valid, the rest t
 Users with fewer than `split.min_user_interactions` interactions have too little history
 to be judged: all their rows go to train (they still help the models learn).
 
-Reads data/clean/{interactions,items,users}; writes data/split/{train,valid,test,items,users}.
+Cold-start protocol (`split.cold_start_share` > 0): neither MovieLens nor most logs have test
+targets that nobody interacted with before, so some are made. Test-target items are drawn in a
+seeded random order until their test rows reach that share of the test rows; every train and
+valid interaction of a drawn item is withheld (data/split/withheld, not read by any model), so
+its test rows are targets no model has seen. The items stay in the catalogue: every model must
+rank them, and only one that reads item text can. train + valid + test + withheld = the clean
+interactions, row for row.
+
+Reads data/clean/{interactions,items,users};
+writes data/split/{train,valid,test,withheld,items,users}.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline_tasks import constants as C
@@ -21,6 +31,9 @@ from pipeline_tasks.cli import stage_main
 from pipeline_tasks.errors import ParamsError, PipelineError
 
 log = logging.getLogger(__name__)
+
+# Interactions of the cold-start items: kept out of every split so no model learns those items.
+WITHHELD = "withheld"
 
 
 def time_order(interactions: pd.DataFrame) -> list[str]:
@@ -41,6 +54,41 @@ def assign_splits(interactions: pd.DataFrame, min_user_interactions: int) -> pd.
     return split.reindex(interactions.index)
 
 
+def choose_cold_items(test: pd.DataFrame, share: float, seed: int) -> list[str]:
+    """Test-target items, in a seeded random order, until their test rows reach `share` of the test rows.
+
+    The last item drawn may overshoot the share (a popular target brings all its test rows).
+    """
+    if share <= 0 or test.empty:
+        return []
+    rows_per_item = test[C.ITEM_ID].astype(str).value_counts().sort_index()  # sorted: the seed alone decides
+    order = np.random.default_rng(seed).permutation(len(rows_per_item))
+    wanted, chosen, covered = share * len(test), [], 0
+    for position in order:
+        if covered >= wanted:
+            break
+        chosen.append(rows_per_item.index[position])
+        covered += int(rows_per_item.iloc[position])
+    return chosen
+
+
+def withhold_cold_items(interactions: pd.DataFrame, which: pd.Series, share: float,
+                        seed: int) -> tuple[pd.Series, list[str]]:
+    """Mark every train/valid row of the chosen cold items 'withheld'; their test rows stay test."""
+    chosen = choose_cold_items(interactions[which == "test"], share, seed)
+    of_chosen = interactions[C.ITEM_ID].astype(str).isin(chosen)
+    return which.mask(of_chosen & (which != "test"), WITHHELD), chosen
+
+
+def check_params(cfg: dict) -> None:
+    if cfg["min_user_interactions"] < 1:
+        raise ParamsError(f"split.min_user_interactions must be >= 1, got {cfg['min_user_interactions']}")
+    share = cfg["cold_start_share"]
+    if not 0.0 <= share < 1.0:
+        raise ParamsError(f"split.cold_start_share must be in [0, 1) (the share of test rows given a cold-start "
+                          f"target; 0 = none), got {share}")
+
+
 def check_inputs(interactions: pd.DataFrame, items: pd.DataFrame) -> None:
     missing = [c for c in (C.USER_ID, C.ITEM_ID, C.TIMESTAMP) if c not in interactions]
     if missing:
@@ -54,7 +102,8 @@ def check_inputs(interactions: pd.DataFrame, items: pd.DataFrame) -> None:
                             "re-run the clean stage (clean.orphan_policy drops or adds them)")
 
 
-def split_metrics(parts: dict[str, pd.DataFrame], items: pd.DataFrame) -> dict:
+def split_metrics(parts: dict[str, pd.DataFrame], items: pd.DataFrame, withheld: pd.DataFrame | None = None,
+                  cold_items: list[str] | None = None) -> dict:
     train_items = set(parts["train"][C.ITEM_ID])
     cold = parts["test"].loc[~parts["test"][C.ITEM_ID].isin(train_items), C.ITEM_ID]
     return {
@@ -66,32 +115,37 @@ def split_metrics(parts: dict[str, pd.DataFrame], items: pd.DataFrame) -> dict:
         # Test targets that no training interaction names: only a content-aware model can rank them.
         "cold_start_test_items": int(cold.nunique()),
         "cold_start_test_rows": int(len(cold)),
+        # The cold-start protocol's share: items made cold on purpose and their withheld interactions.
+        "cold_start_items": len(cold_items or []),
+        "withheld_rows": int(len(withheld)) if withheld is not None else 0,
     }
 
 
 def run(params: dict, root: Path) -> dict:
     root = Path(root)
-    min_rows = params["split"]["min_user_interactions"]
-    if min_rows < 1:
-        raise ParamsError(f"split.min_user_interactions must be >= 1, got {min_rows}")
+    cfg = params["split"]
+    check_params(cfg)
     clean = root / C.DATA_CLEAN
     interactions = io.read_table(clean / "interactions")
     items = io.read_table(clean / "items").drop_duplicates(C.ITEM_ID)
     users = io.read_table(clean / "users")
     check_inputs(interactions, items)
 
-    which = assign_splits(interactions, min_rows)
+    which = assign_splits(interactions, cfg["min_user_interactions"])
+    which, cold_items = withhold_cold_items(interactions, which, cfg["cold_start_share"], params["seed"])
     parts = {}
-    for name in C.SPLITS:
+    for name in (*C.SPLITS, WITHHELD):
         part = interactions[which == name]
         parts[name] = part.sort_values(time_order(part), kind="stable").reset_index(drop=True)
+    withheld = parts.pop(WITHHELD)
 
     out = root / C.DATA_SPLIT
     for name, part in parts.items():
         io.write_table(part, out / name)
+    io.write_table(withheld, out / WITHHELD)  # always written (empty by default): one layout for every run
     io.write_table(items.sort_values(C.ITEM_ID, kind="stable").reset_index(drop=True), out / "items")
     io.write_table(users, out / "users")
-    metrics = split_metrics(parts, items)
+    metrics = split_metrics(parts, items, withheld, cold_items)
     log.info("split: %s", metrics)
     return metrics
 

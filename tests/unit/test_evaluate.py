@@ -250,3 +250,49 @@ def test_evaluate_stage_end_to_end(project, tiny_encoder):
     assert list(user[C.ITEM_IDS][:5]) == expected
     for name in ("Pop", "ItemKNN", "EASE"):
         assert (root / C.DATA_EVAL_TOPK / f"{name}.parquet").exists()
+
+
+# --- the cold-start protocol: withheld items make the cold_start slice real ----------------------
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory, tiny_encoder) -> tuple[Path, dict, dict, dict, dict]:
+    """A quarter of the test users get a target whose train/valid rows were withheld; every stage after
+    split (the baselines incl. SASRec-ID, train, evaluate) runs on it for real."""
+    from pipeline_tasks import train
+
+    root = tmp_path_factory.mktemp("evaluate_cold")
+    params = small_params()
+    params["split"]["cold_start_share"] = 0.25
+    params["baselines"].update(models=["Pop", "ItemKNN", "EASE", baselines.SASREC], sasrec_epochs=2,
+                               sasrec_patience=0)
+    params["train"].update(encoder=str(tiny_encoder), dim=16, user_layers=1, user_heads=2, max_seq_len=8,
+                           max_text_len=12, epochs=1, batch_size=16, n_negatives=8, text_grad_items=4,
+                           checkpoint_every=0, device="cpu", dropout=0.0)
+    write_topic_clean(root)
+    split_metrics = split.run(params, root)
+    baseline_metrics = baselines.run(params, root)
+    train_metrics = train.run(params, root)
+    return root, split_metrics, baseline_metrics, train_metrics, evaluate.run(params, root)
+
+
+def test_cold_start_slice_has_the_cold_group_for_every_model(cold_run):
+    root, split_metrics, _, _, result = cold_run
+    cold_slice = result["slices"]["cold_start"]
+    assert cold_slice["users"]["cold"] == split_metrics["cold_start_test_rows"] >= 0.25 * result["users"]
+    assert set(cold_slice["metrics"]) == {C.MODEL_NAME, "Pop", "ItemKNN", "EASE", baselines.SASREC}
+    for name, groups in cold_slice["metrics"].items():
+        assert set(groups) == {"cold", "warm"}, name
+    # Popularity counts nothing for an item nobody interacted with: it never reaches Pop's top 10
+    # (each user has more than 10 unseen warm items here).
+    assert cold_slice["metrics"]["Pop"]["cold"]["recall@10"] == 0.0
+
+
+def test_users_without_a_valid_row_do_not_break_selection_on_valid(cold_run):
+    root, split_metrics, baseline_metrics, train_metrics, _ = cold_run
+    data = load_split(root)
+    assert len(eval_task(data, "valid")) < len(eval_task(data, "test"))  # some valid rows were withheld
+    for name, record in baseline_metrics["selected"].items():
+        assert 0.0 <= record["valid_ndcg@10"] <= 1.0, name
+    assert list(baseline_metrics["selected"][baselines.SASREC]["grid"]) == ["1", "2"]
+    assert 0.0 <= train_metrics["valid_ndcg@10"] <= 1.0
+    assert split_metrics["withheld_rows"] > 0

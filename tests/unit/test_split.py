@@ -10,7 +10,7 @@ import pytest
 from pipeline_tasks import constants as C
 from pipeline_tasks import io, split
 from pipeline_tasks.dataset import binary_matrix, eval_task, load_split
-from pipeline_tasks.errors import PipelineError
+from pipeline_tasks.errors import ParamsError, PipelineError
 
 
 def ts(day: int) -> pd.Timestamp:
@@ -87,7 +87,8 @@ def test_metrics_count_rows_and_cold_start_targets(split_root):
     _, metrics = split_root
     # items: a b c d e z cold + unused; cold targets: "cold" and "c" (u1's only c is its test row)
     assert metrics == {"users": 4, "items": 8, "train_rows": 8, "valid_rows": 3, "test_rows": 3,
-                       "cold_start_test_items": 2, "cold_start_test_rows": 2}
+                       "cold_start_test_items": 2, "cold_start_test_rows": 2,
+                       "cold_start_items": 0, "withheld_rows": 0}
 
 
 def test_min_user_interactions_is_a_param(tmp_path, params):
@@ -145,3 +146,78 @@ def test_same_second_ties_follow_the_source_order(tmp_path: Path, params: dict):
     assert pairs(read(tmp_path, "test")) == {("u1", "b")}
     assert pairs(read(tmp_path, "valid")) == {("u1", "z")}
     assert list(read(tmp_path, "train")[C.ITEM_ID]) == ["a", "c"]
+
+
+# --- the cold-start protocol (split.cold_start_share) ------------------------------------------
+
+def many_users(n_users: int = 60, n_items: int = 40, per_user: int = 8, seed: int = 3) -> list[tuple[str, str, int]]:
+    """Random distinct histories: many test targets, most items also seen in train and valid."""
+    rng = np.random.default_rng(seed)
+    return [(f"u{u:02d}", f"i{j:02d}", day) for u in range(n_users)
+            for day, j in enumerate(rng.choice(n_items, size=per_user, replace=False))]
+
+
+@pytest.fixture
+def cold_root(tmp_path: Path, params: dict) -> tuple[Path, dict, dict]:
+    write_clean(tmp_path, rows=many_users())
+    params["split"]["cold_start_share"] = 0.25
+    return tmp_path, params, split.run(params, tmp_path)
+
+
+def row_keys(df: pd.DataFrame) -> list[tuple]:
+    return sorted(zip(df[C.USER_ID], df[C.ITEM_ID], df[C.TIMESTAMP]))
+
+
+def test_cold_start_parts_add_up_to_the_clean_interactions(cold_root):
+    root, _, metrics = cold_root
+    clean = io.read_table(root / C.DATA_CLEAN / "interactions")
+    parts = [read(root, name) for name in (*C.SPLITS, split.WITHHELD)]
+    assert row_keys(pd.concat(parts)) == row_keys(clean)  # every row once: nothing lost, nothing doubled
+    assert list(parts[-1].columns) == list(clean.columns)
+    assert metrics["withheld_rows"] == len(parts[-1]) > 0
+    assert sum(len(p) for p in parts[:3]) + metrics["withheld_rows"] == len(clean)
+
+
+def test_chosen_items_are_cold_test_targets_and_reach_the_share(cold_root):
+    root, params, metrics = cold_root
+    train, valid, test, withheld = (read(root, name) for name in (*C.SPLITS, split.WITHHELD))
+    chosen = set(withheld[C.ITEM_ID])
+    assert len(chosen) == metrics["cold_start_items"] > 1
+    assert not chosen & (set(train[C.ITEM_ID]) | set(valid[C.ITEM_ID]))  # no model can learn them
+    cold_rows = test[C.ITEM_ID].isin(chosen)
+    assert metrics["cold_start_test_rows"] == int(cold_rows.sum())  # (the toy data has no other cold target)
+    # Items are added until the share is reached, and not one more: without the last one it was short.
+    share = params["split"]["cold_start_share"]
+    assert cold_rows.sum() >= share * len(test)
+    last = split.choose_cold_items(test, share, params["seed"])[-1]
+    assert (cold_rows & (test[C.ITEM_ID] != last)).sum() < share * len(test)
+    assert set(read(root, "items")[C.ITEM_ID]) >= chosen  # still candidates: every model ranks them
+
+
+def test_cold_items_depend_on_the_seed_only(tmp_path, params):
+    test = pd.DataFrame({C.ITEM_ID: [f"i{j % 17}" for j in range(100)]})
+    first = split.choose_cold_items(test, 0.2, seed=1)
+    assert split.choose_cold_items(test.sample(frac=1.0, random_state=5), 0.2, seed=1) == first  # not row order
+    assert split.choose_cold_items(test, 0.2, seed=2) != first
+    assert split.choose_cold_items(test, 0.0, seed=1) == []
+
+
+def test_users_whose_valid_item_was_withheld_still_load_and_validate(cold_root):
+    root, _, _ = cold_root
+    withheld = read(root, split.WITHHELD)
+    data = load_split(root)
+    valid, test = eval_task(data, "valid"), eval_task(data, "test")
+    lost_valid = set(withheld[C.USER_ID]) - set(read(root, "valid")[C.USER_ID])
+    assert lost_valid  # the case under test exists: test users without a valid row
+    assert len(test) == 60 and len(valid) == 60 - len(lost_valid)
+    assert {data.user_ids[u] for u in test.users} >= lost_valid
+    chosen = {data.item_index[i] for i in set(withheld[C.ITEM_ID])}
+    assert not chosen & set(np.concatenate(test.seen))  # a withheld interaction is nobody's history
+
+
+def test_cold_start_share_outside_its_range_is_refused(tmp_path, params):
+    write_clean(tmp_path)
+    for bad in (1.0, -0.1):
+        params["split"]["cold_start_share"] = bad
+        with pytest.raises(ParamsError, match=r"split.cold_start_share must be in \[0, 1\)"):
+            split.run(params, tmp_path)
