@@ -235,11 +235,12 @@ def fit_and_rank_test(name: str, value: Any, split: SplitData, params: dict, k: 
 
 # --- SASRec-ID: the sequential model without text -----------------------------------------
 
-def sasrec_params(params: dict, epochs: int | None = None) -> dict:
-    """The train params with text off; no checkpoints, no tuned params (those were tuned with text)."""
+def sasrec_params(params: dict) -> dict:
+    """The train params with text off; no checkpoints, no tuned params (those were tuned with text).
+    Its epoch budget for the selection on valid; the refit takes the selected count."""
     out = copy.deepcopy(params)
     out["train"].update(use_text=False, use_id_embedding=True, checkpoint_every=0, use_best_params=False,
-                        epochs=epochs or params["baselines"]["sasrec_epochs"] or params["train"]["epochs"])
+                        epochs=params["baselines"]["sasrec_epochs"] or params["train"]["epochs"])
     return out
 
 
@@ -284,8 +285,7 @@ def fit_sasrec_and_rank_test(epochs: int, split: SplitData, root: Path, params: 
     task = eval_task(split, "test")
     with tempfile.TemporaryDirectory(prefix="sasrec-id-") as tmp:
         model_dir = Path(tmp) / "model"
-        with tracking.child_run(f"{SASREC} refit"):
-            train.fit(sasrec_params(params, epochs), root, output_dir=model_dir, train_splits=("train", "valid"))
+        train.refit(sasrec_params(params), root, epochs, model_dir, name=SASREC)
         return model_ranking(split, task, model_dir, k, params["baselines"]["batch_size"])
 
 

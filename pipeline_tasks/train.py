@@ -4,9 +4,10 @@
 
 `run` applies metrics/tune/best_params.json (when train.use_best_params), trains with
 resumable checkpoints under models/checkpoints, picks the best validation epoch and (train.refit,
-as every baseline does) fits again on train + valid for that many epochs into models/model. `fit` is the same training for the tune stage: it reports each epoch's
-validation NDCG@10 to `on_epoch` (which may raise optuna.TrialPruned) and saves nothing
-unless asked.
+as every baseline does) fits again on train + valid for that many epochs into models/model.
+`fit` is the same training for the tune stage: it reports each epoch's validation NDCG@10 to
+`on_epoch` (which may raise optuna.TrialPruned) and saves nothing unless asked; `refit` is the
+final fit on train + valid that the train stage and the SASRec-ID baseline share.
 
 Training data: every user's train history cut into windows of max_seq_len + 1 items (from
 the most recent backwards, overlapping by one item, so every transition is predicted once);
@@ -605,17 +606,27 @@ def fit_final(params: dict, root: Path, output_dir: Path, checkpoint_dir: Path |
     """
     if not params["train"]["refit"]:
         return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir)
-    folder = (lambda phase: checkpoint_dir / phase) if checkpoint_dir is not None else (lambda phase: None)
-    selected = fit(params, root, checkpoint_dir=folder("select"), keep_checkpoint=True)
-    refit_params = copy.deepcopy(params)
-    refit_params["train"]["epochs"] = selected["best_epoch"]
-    log.info("refit on train + valid for the best epoch count, %d", selected["best_epoch"])
-    with tracking.child_run(f"{C.MODEL_NAME} refit"):
-        final = fit(refit_params, root, output_dir=output_dir, checkpoint_dir=folder("refit"),
-                    train_splits=("train", "valid"))
+
+    def phase_dir(phase: str) -> Path | None:
+        return checkpoint_dir / phase if checkpoint_dir is not None else None
+
+    selected = fit(params, root, checkpoint_dir=phase_dir("select"), keep_checkpoint=True)
+    final = refit(params, root, selected["best_epoch"], output_dir, checkpoint_dir=phase_dir("refit"))
     if checkpoint_dir is not None and process_rank() == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return refit_summary(selected, final)
+
+
+def refit(params: dict, root: Path, epochs: int, output_dir: Path, checkpoint_dir: Path | None = None,
+          name: str = C.MODEL_NAME) -> dict:
+    """Fit from scratch on train + valid for `epochs` (the count selected on valid), as an MLflow child
+    run `<name> refit`: the final version of a model selected on validation."""
+    params = copy.deepcopy(params)
+    params["train"]["epochs"] = epochs
+    log.info("%s: refit on train + valid for the selected %d epochs", name, epochs)
+    with tracking.child_run(f"{name} refit"):
+        return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir,
+                   train_splits=("train", "valid"))
 
 
 def refit_summary(selected: dict, final: dict) -> dict:

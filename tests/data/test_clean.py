@@ -43,12 +43,18 @@ def assert_accounting(metrics: dict) -> None:
 
 # ---------------------------------------------------------------- the default synthetic data
 
-@pytest.fixture(scope="module")
-def synthetic_run(spark, tmp_path_factory):
+def local_params() -> dict:
+    """Default params on a 2-thread local Spark (what the module-scoped runs below share)."""
     from pipeline_tasks import params as P
 
     params = P.defaults()
     params["spark"]["master"], params["spark"]["shuffle_partitions"] = "local[2]", 2
+    return params
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(spark, tmp_path_factory):
+    params = local_params()
     root = tmp_path_factory.mktemp("synthetic")
     ingest.run(params, root)
     return root, clean.run(params, root)
@@ -57,10 +63,7 @@ def synthetic_run(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def incremental_run(spark, tmp_path_factory):
     """The history, then two nightly increments (days 1 and 2: new items, events, a bot each)."""
-    from pipeline_tasks import params as P
-
-    params = P.defaults()
-    params["spark"]["master"], params["spark"]["shuffle_partitions"] = "local[2]", 2
+    params = local_params()
     root = tmp_path_factory.mktemp("increments")
     ingest.run(params, root)
     for day in (1, 2):
