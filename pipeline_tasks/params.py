@@ -213,13 +213,13 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "cuda_batch_size": 256,  # batch size on a GPU (0 = batch_size); more sequences per step where they are cheap
         "lr": 0.002,
-        "encoder_lr": 0.0005,
+        "encoder_lr": 0.002,
         "weight_decay": 0.0,
         "warmup_share": 0.1,  # share of all steps with a linear learning-rate warm-up (then cosine to 10%)
         "grad_clip_norm": 1.0,
         "temperature": 0.1,
         "n_negatives": 256,
-        "text_grad_items": 16,  # candidates per step encoded WITH gradient (the rest read a cached table)
+        "text_grad_items": 64,  # candidates per step encoded WITH gradient (the rest read a cached table)
         "checkpoint_every": 50,
         "device": "auto",  # auto | cpu | cuda
         "use_best_params": True,
