@@ -296,3 +296,27 @@ def test_users_without_a_valid_row_do_not_break_selection_on_valid(cold_run):
     assert list(baseline_metrics["selected"][baselines.SASREC]["grid"]) == ["1", "2"]
     assert 0.0 <= train_metrics["valid_ndcg@10"] <= 1.0
     assert split_metrics["withheld_rows"] > 0
+
+
+def test_the_gate_scores_and_guards_the_cold_group(cold_run):
+    """register.score sees the same cold group as evaluate, and a challenger that loses it fails the
+    gate's guarded-slice check even while it wins overall."""
+    from pipeline_tasks import register
+
+    root, split_metrics, _, _, result = cold_run
+    params = small_params()
+    data = load_split(root)
+    task = eval_task(data, "test")
+    ctx = M.make_context(data.n_items, data.train.items, params["evaluate"]["head_share"])
+    challenger = register.score(root / C.MODEL_DIR, params, data, task, ctx)
+    cold = challenger["slices"]["cold_start"]["cold"]
+    assert cold["users"] == split_metrics["cold_start_test_rows"] >= params["evaluate"]["min_group_users"]
+    evaluated = result["slices"]["cold_start"]["metrics"][C.MODEL_NAME]["cold"]["ndcg@10"]
+    assert cold["ndcg@10"] == pytest.approx(evaluated)
+
+    champion = {"metrics": {"ndcg@10": 0.0},
+                "slices": {"cold_start": {"cold": {"users": cold["users"], "ndcg@10": cold["ndcg@10"] + 0.05}}}}
+    check, deltas = register.slice_check(challenger, champion, params["register"]["max_slice_drop"],
+                                         params["evaluate"]["min_group_users"])
+    assert not check.passed and "cold_start/cold" in check.detail
+    assert deltas["cold_start"]["cold"]["users"] == cold["users"]
