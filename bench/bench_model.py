@@ -180,6 +180,14 @@ def ablation_over_seeds(ablation: dict, params: dict, root: Path, epochs: int, s
                 all(runs[s][trained] > runs[s][m] for s in runs for m in others)}
 
 
+def seed_list(text: str) -> list[int]:
+    """--ablation-seeds 1,2 -> [1, 2]; argparse turns the ValueError into a usage error naming the flag."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integer seeds (e.g. 1,2)")
+
+
 def targets(models: dict, trained: str) -> dict:
     others = {n: m["ndcg@10"] for n, m in models.items() if n != trained}
     best = max(others, key=others.get)
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="other fine-tune modes to train, comma-separated (default frozen; none with "
                              "--cold-start-share)")
     parser.add_argument("--ablation-epochs", type=int, default=0, help="epochs of each ablation run (0 = train.epochs)")
-    parser.add_argument("--ablation-seeds", default="",
+    parser.add_argument("--ablation-seeds", type=seed_list, default=[],
                         help="other training seeds, comma-separated: every ablation mode, the trained one "
                              "included, is trained again with each (train + ablation only; default none)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
@@ -247,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_params_trainable": trained["n_params_trainable"]}}
     for mode in [m for m in args.ablation.split(",") if m and m != params["train"]["finetune"]]:
         ablation[mode] = stored_ablation_run(mode, params, root, args.ablation_epochs, reuse)
-    seeds = [int(s) for s in args.ablation_seeds.split(",") if s]
-    by_seed = ablation_over_seeds(ablation, params, root, args.ablation_epochs, seeds, reuse) if seeds else None
+    by_seed = (ablation_over_seeds(ablation, params, root, args.ablation_epochs, args.ablation_seeds, reuse)
+               if args.ablation_seeds else None)
 
     report = {
         "dataset": str(args.data), "command": " ".join(["bench/bench_model.py", *(argv or sys.argv[1:])]),
