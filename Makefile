@@ -50,13 +50,13 @@ airflow: setup  ## start Airflow (api-server, scheduler, dag-processor, triggere
 	@echo "Airflow UI: http://127.0.0.1:8080  user: admin  password: in airflow_home/simple_auth_manager_passwords.json.generated (written at first start)"
 	$(AIRFLOW_ENV) $(BIN)/airflow standalone
 
-# Local multi-service mode (pipeline_tasks/services.py): PostgreSQL, MLflow server (basic auth) and
+# Local multi-service mode (pipeline_tasks/infra/services.py): PostgreSQL, MLflow server (basic auth) and
 # Airflow on loopback, state/logs/credentials under services/ (git-ignored).
 services: setup  ## start PostgreSQL, the MLflow server and Airflow on loopback; prints URLs and where the credentials are
-	$(BIN)/python -m pipeline_tasks.services up
+	$(BIN)/python -m pipeline_tasks.infra.services up
 
 services-down:  ## stop everything `make services` started
-	$(BIN)/python -m pipeline_tasks.services down
+	$(BIN)/python -m pipeline_tasks.infra.services down
 
 lock:  ## regenerate requirements.lock from requirements.in in a scratch venv
 	rm -rf /tmp/recpipe-lock && $(PYTHON) -m venv /tmp/recpipe-lock

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +46,8 @@ import pyarrow.parquet as pq
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from pipeline_tasks import constants as C  # noqa: E402
-from pipeline_tasks import params as P  # noqa: E402
+from pipeline_tasks.core import constants as C  # noqa: E402
+from pipeline_tasks.core import params as P  # noqa: E402
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
 DAYS = 180
@@ -194,7 +193,7 @@ def pandas_clean(root: Path, cfg: dict) -> dict:
     flag(reason, inter[C.TIMESTAMP].isna(), "missing_timestamp")
     rating = inter[C.RATING]
     flag(reason, rating.notna() & ((rating < cfg["rating_min"]) | (rating > cfg["rating_max"])), "rating_out_of_range")
-    now = pd.Timestamp(datetime.now(timezone.utc) + timedelta(hours=cfg["future_slack_hours"]))
+    now = pd.Timestamp(datetime.now(UTC) + timedelta(hours=cfg["future_slack_hours"]))
     flag(reason, inter[C.TIMESTAMP] > now, "future_timestamp")
     flag(reason, inter[C.TIMESTAMP] < pd.Timestamp(cfg["timestamp_floor"], tz="UTC"), "timestamp_before_floor")
     live = reason.isna()

@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline_tasks import compress  # noqa: E402
-from pipeline_tasks import params as P  # noqa: E402
-from pipeline_tasks.cli import quiet_environment  # noqa: E402
+from pipeline_tasks.core import params as P  # noqa: E402
+from pipeline_tasks.core.stage_cli import quiet_environment  # noqa: E402
+from pipeline_tasks.model import measuring  # noqa: E402
+from pipeline_tasks.model.recommender import Recommender  # noqa: E402
 
 INT8_VARIANTS = ("int8_dynamic", "onnx_int8")
 ENCODER_VARIANTS = ("int8_dynamic", "onnx_fp32", "onnx_int8", "pruned", "distilled")
@@ -55,16 +57,16 @@ def paired_speedups(root: Path, result: dict, rounds: int, n_items: int) -> dict
     of them; alternating fp32 / variant passes puts both under the same load. Median of the
     per-round ratios.
     """
-    from pipeline_tasks import constants as C
+    from pipeline_tasks.core import constants as C
 
     out_dir = Path(root) / C.COMPRESSED_DIR
-    reference = compress.load_variant(out_dir / result["reference"])
-    texts = compress.load_eval_data(Path(root), reference.item_ids).texts
+    reference = Recommender.load(out_dir / result["reference"])
+    texts = measuring.load_eval_data(Path(root), reference.item_ids).texts
     speedups = {}
     for name in (n for n in ENCODER_VARIANTS if n in result["variants"]):
-        variant = compress.load_variant(out_dir / name)
-        ratios_ = [compress.encode_items_per_s(variant, texts, n_items) /
-                   compress.encode_items_per_s(reference, texts, n_items) for _ in range(rounds)]
+        variant = Recommender.load(out_dir / name)
+        ratios_ = [measuring.encode_items_per_s(variant, texts, n_items) /
+                   measuring.encode_items_per_s(reference, texts, n_items) for _ in range(rounds)]
         speedups[name] = float(np.median(ratios_))
         print(f"paired encode speed-up {name}: {speedups[name]:.2f} (rounds {[round(r, 2) for r in ratios_]})")
     return speedups
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             rel[name]["paired_encode_speedup"] = speedup
     out = {
         "command": command,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "torch_threads": __import__("torch").get_num_threads(),
                     "versions": {pkg: version(pkg) for pkg in ("torch", "onnxruntime", "onnx", "transformers")}},

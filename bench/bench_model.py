@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline_tasks import baselines, clean, evaluate, ingest, split, train  # noqa: E402
-from pipeline_tasks import constants as C  # noqa: E402
-from pipeline_tasks import metrics as M  # noqa: E402
-from pipeline_tasks import params as P  # noqa: E402
-from pipeline_tasks.dataset import eval_task, load_split  # noqa: E402
+from pipeline_tasks.core import constants as C  # noqa: E402
+from pipeline_tasks.core import metrics as M  # noqa: E402
+from pipeline_tasks.core import params as P  # noqa: E402
+from pipeline_tasks.data.dataset import eval_task, load_split  # noqa: E402
+from pipeline_tasks.model import evaluation, fitting  # noqa: E402
 
 log = logging.getLogger("bench_model")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-100k"
@@ -137,12 +138,12 @@ def ablation_run(mode: str, params: dict, root: Path, epochs: int | None, seed: 
         p["seed"] = seed
     out = root / "models" / (f"ablation-{mode}" if seed is None else f"ablation-{mode}-seed{seed}")
     started = time.perf_counter()
-    summary = train.fit_final(p, root, output_dir=out, checkpoint_dir=None)  # as the train stage: select, refit
+    summary = fitting.fit_final(p, root, output_dir=out, checkpoint_dir=None)  # as the train stage: select, refit
     seconds = time.perf_counter() - started
     split_data = load_split(root)
     task = eval_task(split_data, "test")
     k = M.ranking_length(params["evaluate"]["ks"])
-    ranked = evaluate.model_ranking(split_data, task, out, k, params["evaluate"]["batch_size"])
+    ranked = evaluation.model_ranking(split_data, task, out, k, params["evaluate"]["batch_size"])
     ctx = M.make_context(split_data.n_items, split_data.train.items, params["evaluate"]["head_share"])
     test = M.compute_all(ranked, task.targets, ctx, M.metric_set(params["evaluate"]["ks"]))
     return {"epochs": p["train"]["epochs"], "best_epoch": summary["best_epoch"],

@@ -47,10 +47,11 @@ UNKNOWN_SHARE = 0.05
 
 def build_project(work: Path, data: Path) -> dict:
     import mlflow
-
-    from pipeline_tasks import constants as C
-    from pipeline_tasks import ingest, register, registry, split, train, tracking
-    from pipeline_tasks import params as P
+    from pipeline_tasks import ingest, split, train
+    from pipeline_tasks.core import constants as C
+    from pipeline_tasks.core import params as P
+    from pipeline_tasks.core import tracking
+    from pipeline_tasks.serving import publish, registry
 
     params = P.load(ROOT / C.PARAMS_FILE, ["ingest.source=movielens", f"ingest.path={data}", "train.epochs=1",
                                            "train.finetune=frozen", "train.checkpoint_every=0"])
@@ -65,7 +66,7 @@ def build_project(work: Path, data: Path) -> dict:
     tracking.setup(params, work)
     client = registry.client_for(params, work)
     with mlflow.start_run(run_name="bench_serve"):
-        info = register.log_model(params, work, work / C.MODEL_DIR, "fp32", {})
+        info = publish.log_model(params, work, work / C.MODEL_DIR, "fp32", {})
     for reason in ("bench: champion", "bench: challenger"):
         version = str(mlflow.register_model(info.model_uri, params["register"]["model_name"]).version)
         registry.set_challenger(client, params["register"]["model_name"], version, reason=reason, who="bench")
@@ -85,7 +86,7 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
     import httpx
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    server = subprocess.Popen([sys.executable, "-m", "pipeline_tasks.recpipe_cli", "--root", str(work), "serve",
+    server = subprocess.Popen([sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(work), "serve",
                                "--port", str(port)], cwd=str(ROOT), env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -198,8 +199,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (args.data / "u.data").exists():
         raise SystemExit(f"MovieLens-100K not found at {args.data}: pass --data (it is never copied into the repo)")
-    from pipeline_tasks import constants as C
-    from pipeline_tasks import io
+    from pipeline_tasks.core import constants as C
+    from pipeline_tasks.core import io
 
     work = args.work.resolve()
     if args.rebuild or not (work / "mlflow" / "mlflow.db").exists():

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline, prepare_data
-from pipeline_tasks.form import OPERATOR_FIELDS, form_schema
-from pipeline_tasks.params import load as load_params
+from pipeline_tasks.core.params import load as load_params
+from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline, prepare_data
+from pipeline_tasks.ops.form import OPERATOR_FIELDS, form_schema
 
 
 def form() -> dict[str, Param]:
@@ -41,8 +41,8 @@ def form() -> dict[str, Param]:
 @task
 def apply_form(**context) -> list[str]:
     """Write the form's changed values into params.yaml (validated first) and record them."""
-    from pipeline_tasks.form import overrides_from_form
-    from pipeline_tasks.pipeline import load_project_params, write_overrides
+    from pipeline_tasks.ops.form import overrides_from_form
+    from pipeline_tasks.ops.pipeline import load_project_params, write_overrides
 
     root = Path(context["params"]["project_dir"])
     overrides = overrides_from_form(dict(context["params"]), load_project_params(root))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag
 
-from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline
-from pipeline_tasks.params import load as load_params
+from pipeline_tasks.core.params import load as load_params
+from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline
 
 
 def schedule() -> str:

@@ -19,8 +19,8 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag
 
-from pipeline_tasks.airflow_tasks import DEFAULT_PROJECT_DIR, registry_action
-from pipeline_tasks.form import PROMOTE_FIELDS
+from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, registry_action
+from pipeline_tasks.ops.form import PROMOTE_FIELDS
 
 
 @dag(

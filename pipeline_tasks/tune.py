@@ -3,303 +3,30 @@
     python -m pipeline_tasks.tune --root DIR
 
 Each trial copies params, overrides the searched keys (dotted names, e.g. `train.lr`) and
-`train.epochs` (= `tune.epochs`), and calls `train.fit`, which reports the validation
+`train.epochs` (= `tune.epochs`), and calls `fit`, which reports the validation
 NDCG@10 after every epoch; the pruner (median | hyperband | none) may stop a trial there.
 The study lives in its own RDB storage (default SQLite `optuna/study.db`, never the MLflow
 database) and is loaded if it exists, so a re-run adds trials to the same study and
 several workers can share a PostgreSQL one. Writes `metrics/tune/best_params.json`
 (dotted keys -> values, read by `train` when `train.use_best_params`) and Optuna plots
 under `reports/tune/`.
+The search itself is pipeline_tasks/model/tuning.py.
 """
 from __future__ import annotations
 
-import copy
 import logging
-import os
-import socket
-import time
-import warnings
-import zlib
 from pathlib import Path
-from typing import Any, Callable
 
 import optuna
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import io, tracking
-from pipeline_tasks import params as P
-from pipeline_tasks.cli import stage_main
-from pipeline_tasks.errors import ParamsError, PipelineError
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io, tracking
+from pipeline_tasks.core.stage_cli import stage_main
+from pipeline_tasks.model.tuning import OBJECTIVE, check_space, make_objective, open_study, save_plots, summarise
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE = "valid_ndcg@10"  # what train.fit returns and on_epoch receives; maximised
-SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "condition"}
 REPORTS = Path(C.REPORTS_DIR) / "tune"
-
-
-# --- the search space -------------------------------------------------------------------
-
-def suggest_params(trial: optuna.trial.BaseTrial, space: dict[str, dict], base: dict) -> dict[str, Any]:
-    """Map `tune.search_space` onto `trial.suggest_*`; returns {dotted name: value}.
-
-    Entries are read in order; a `condition: {param: value}` entry is suggested only when
-    every named param (suggested earlier in this trial, or else taken from `base` params)
-    equals the value (or is one of them, when the value is a list).
-    """
-    chosen: dict[str, Any] = {}
-
-    def current(key: str) -> Any:
-        return chosen[key] if key in chosen else P.get_dotted(base, key)
-
-    for name, spec in space.items():
-        check_spec(name, spec)
-        if not all(matches(current(key), want) for key, want in spec.get("condition", {}).items()):
-            continue
-        kind = spec["type"]
-        if kind == "float":
-            chosen[name] = trial.suggest_float(name, spec["low"], spec["high"],
-                                               log=spec.get("log", False), step=spec.get("step"))
-        elif kind == "int":
-            chosen[name] = trial.suggest_int(name, spec["low"], spec["high"],
-                                             log=spec.get("log", False), step=spec.get("step", 1))
-        else:
-            chosen[name] = trial.suggest_categorical(name, spec["choices"])
-    return chosen
-
-
-def matches(value: Any, want: Any) -> bool:
-    return value in want if isinstance(want, list) else value == want
-
-
-def check_spec(name: str, spec: Any) -> None:
-    """A misspelt search-space entry fails before any trial trains."""
-    where = f"tune.search_space['{name}']"
-    if not isinstance(spec, dict):
-        raise ParamsError(f"{where} must be a mapping like {{type: float, low: 0.001, high: 0.01}}, got {spec!r}")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise ParamsError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
-    kind = spec.get("type")
-    if kind in ("float", "int"):
-        if "low" not in spec or "high" not in spec:
-            raise ParamsError(f"{where} (type {kind}) needs `low` and `high`")
-    elif kind == "categorical":
-        if not spec.get("choices"):
-            raise ParamsError(f"{where} (type categorical) needs a non-empty `choices` list")
-    else:
-        raise ParamsError(f"{where} has type {kind!r}; use float, int or categorical")
-    if not isinstance(spec.get("condition", {}), dict):
-        raise ParamsError(f"{where}: `condition` must be a mapping {{param: value}}, got {spec['condition']!r}")
-
-
-def check_space(params: dict) -> dict[str, dict]:
-    """Every searched key must be a real parameter, and every entry well formed."""
-    space = params["tune"]["search_space"]
-    if not space:
-        raise ParamsError("tune.search_space is empty: add at least one entry, e.g. "
-                          "'train.lr: {type: float, low: 0.0005, high: 0.005, log: true}'")
-    for name, spec in space.items():
-        P.get_dotted(params, name)  # raises ParamsError naming an unknown key
-        check_spec(name, spec)
-    return space
-
-
-def trial_params(params: dict, suggested: dict[str, Any], number: int) -> dict:
-    """The params one trial trains with: the suggestions, the short epoch budget, its own seed."""
-    trial = copy.deepcopy(params)
-    for name, value in suggested.items():
-        P.set_dotted(trial, name, value)  # type-checked against DEFAULTS like a --set override
-    trial["train"]["epochs"] = params["tune"]["epochs"]
-    trial["train"]["use_best_params"] = False  # a trial trains the suggestion, not the last best
-    # Deterministic but distinct per trial, so a re-run of the study reproduces each trial.
-    trial["seed"] = int(params["seed"]) + number
-    return trial
-
-
-# --- the study ----------------------------------------------------------------------------
-
-def storage_url(params: dict, root: Path) -> str:
-    """tune.storage, or SQLite under optuna/; refuses to share the MLflow database."""
-    url = params["tune"]["storage"] or f"sqlite:///{(root / C.OPTUNA_DIR / 'study.db').resolve()}"
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    if url == tracking.tracking_uri(params, root):
-        raise ParamsError(f"tune.storage {url} is the MLflow tracking database: both keep an alembic_version "
-                          "table and break each other; set tune.storage to another URL or leave it empty")
-    return url
-
-
-def make_pruner(params: dict) -> optuna.pruners.BasePruner:
-    tune = params["tune"]
-    kind = tune["pruner"]
-    if kind == "median":
-        # Epochs are reported 1-based: warm-up epochs 1..w are never pruned.
-        return optuna.pruners.MedianPruner(n_startup_trials=tune["pruner_startup_trials"],
-                                           n_warmup_steps=tune["pruner_warmup_epochs"] + 1)
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tune["epochs"])
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    raise ParamsError(f"tune.pruner is {kind!r}; use median, hyperband or none")
-
-
-def open_study(params: dict, root: Path) -> optuna.Study:
-    """Create the study or load it, so a re-run continues where the last one stopped."""
-    url = storage_url(params, root)
-    storage = open_storage(url)
-    name = params["tune"]["study_name"]
-    existing = existing_trials(storage, name)
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed(params, url, existing))
-    return optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                               pruner=make_pruner(params), load_if_exists=True)
-
-
-def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at url, its tables created on first use.
-
-    Workers that start together race to create those tables (on PostgreSQL the loser gets a
-    duplicate-key error on Optuna's enum type); retrying finds them created.
-    """
-    import sqlalchemy.exc
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return optuna.storages.RDBStorage(url)
-        except sqlalchemy.exc.DBAPIError as err:
-            if attempt == attempts:
-                raise PipelineError(f"cannot open the Optuna storage {redact(url)} ({type(err.orig).__name__}: "
-                                    f"{str(err.orig).strip()[:200]}); check tune.storage and that the database "
-                                    "server is running") from err
-            log.info("tune: storage not ready (%s), retry %d/%d", type(err.orig).__name__, attempt, attempts - 1)
-            time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def sampler_seed(params: dict, url: str, existing: int) -> int:
-    """tune.sampler_seed + the study's trial count, + a hash of host:pid on a shared (non-SQLite) storage.
-
-    The trial count keeps a continued study reproducible without replaying the first run's
-    random start-up suggestions. Workers that open a shared study at the same moment see the
-    same count, so with the same seed they would draw identical start-up trials: the worker's
-    name separates them (host too: containers often share pids; a parallel study is not
-    reproducible trial by trial anyway).
-    """
-    seed = int(params["tune"]["sampler_seed"]) + existing
-    return seed if url.startswith("sqlite") else (seed + zlib.crc32(worker_name().encode())) % 2**32
-
-
-def worker_name() -> str:
-    """host:pid, stored on every trial so a shared study shows who ran what."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
-    try:
-        return len(optuna.load_study(study_name=name, storage=storage).trials)
-    except KeyError:  # no such study yet
-        return 0
-
-
-def epoch_reporter(trial: optuna.Trial) -> Callable[[int, float], None]:
-    """train.fit's on_epoch: report to Optuna, stop the trial if the pruner says so.
-
-    (train.fit itself logs the per-epoch curve into the active MLflow run: the trial's child run.)
-    """
-    def on_epoch(epoch: int, value: float) -> None:
-        trial.report(value, step=epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch} ({OBJECTIVE}={value:.4f})")
-    return on_epoch
-
-
-def make_objective(params: dict, root: Path, space: dict[str, dict]) -> Callable[[optuna.Trial], float]:
-    from pipeline_tasks import train
-
-    def objective(trial: optuna.Trial) -> float:
-        suggested = suggest_params(trial, space, params)
-        trial.set_user_attr("worker", worker_name())
-        with tracking.child_run(f"trial-{trial.number}", tags={"optuna.trial": str(trial.number)}):
-            tracking.log_params(suggested)
-            try:
-                result = train.fit(trial_params(params, suggested, trial.number), root,
-                                   on_epoch=epoch_reporter(trial))
-            except optuna.TrialPruned:
-                set_tag("optuna.state", "PRUNED")
-                pruned = True
-            else:
-                pruned = False
-                value = float(result[OBJECTIVE])
-                tracking.log_metrics({"value": value})
-                set_tag("optuna.state", "COMPLETE")
-        if pruned:  # raised outside the MLflow run, so it ends FINISHED (tagged), not FAILED
-            raise optuna.TrialPruned()
-        return value
-
-    return objective
-
-
-def set_tag(key: str, value: str) -> None:
-    if tracking.active():
-        import mlflow
-
-        mlflow.set_tag(key, value)
-
-
-# --- results ---------------------------------------------------------------------------------
-
-def summarise(study: optuna.Study) -> dict[str, Any]:
-    states = [t.state for t in study.trials]
-    complete = states.count(optuna.trial.TrialState.COMPLETE)
-    if not complete:
-        raise PipelineError(f"study '{study.study_name}' has no complete trial ({len(states)} trials, "
-                            f"{states.count(optuna.trial.TrialState.PRUNED)} pruned): raise tune.n_trials or "
-                            "tune.timeout_s, or use tune.pruner=none")
-    return {
-        "n_trials": len(states),
-        "n_complete": complete,
-        "n_pruned": states.count(optuna.trial.TrialState.PRUNED),
-        "best_value": study.best_value,
-        "best_params": dict(study.best_params),
-    }
-
-
-def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Optuna's matplotlib plots as PNG, and the trial table as HTML (plotly is not installed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: no display on a scheduler worker
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = {"optimization_history": ovm.plot_optimization_history,
-             "parallel_coordinate": ovm.plot_parallel_coordinate}
-    if len(complete) >= 2:  # importances need a spread of finished trials
-        plots["param_importances"] = ovm.plot_param_importances
-    written = []
-    with warnings.catch_warnings():
-        # These plots are marked experimental; the warning says nothing an operator can act on.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, plot in plots.items():
-            ax = plot(study)
-            figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            path = out_dir / f"{name}.png"
-            figure.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(figure)
-            written.append(path)
-    table = out_dir / "trials.html"
-    table.write_text(study.trials_dataframe().to_html(index=False), encoding="utf-8")
-    written.append(table)
-    return written
 
 
 def run(params: dict, root: Path) -> dict:

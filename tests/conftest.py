@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_tasks import params as P
-from pipeline_tasks.cli import quiet_environment
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core.stage_cli import quiet_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ML100K = PROJECT_ROOT.parent / "shared" / "datasets" / "ml-100k"
@@ -17,7 +17,7 @@ quiet_environment()
 @pytest.fixture(scope="session")
 def spark():
     """The one local SparkSession every Spark test shares (cold start is ~20 s)."""
-    from pipeline_tasks.spark import get_spark
+    from pipeline_tasks.data.spark import get_spark
 
     params = P.defaults()
     params["spark"]["master"] = "local[2]"
@@ -118,7 +118,7 @@ def postgres_parent_dir():
     import shutil
     import tempfile
 
-    from pipeline_tasks import postgres
+    from pipeline_tasks.infra import postgres
 
     try:
         postgres.find_binaries()

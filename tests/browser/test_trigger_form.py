@@ -92,7 +92,7 @@ def http_json(url: str, token: str | None = None, data: dict | None = None, meth
 @pytest.fixture
 def live_airflow(tiny_project: Path, tmp_path: Path):
     """api-server + scheduler + dag-processor on a free loopback port; stopped (by pid) at the end."""
-    from pipeline_tasks import params as P
+    from pipeline_tasks.core import params as P
 
     P.dump(P.load(tiny_project / "params.yaml", SMALLEST_RUN), tiny_project / "params.yaml")
     home = tmp_path / "airflow"
@@ -181,8 +181,8 @@ def test_trigger_form_in_a_browser_runs_the_pipeline(live_airflow: dict, browser
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from pipeline_tasks import params as P
-    from pipeline_tasks.form import FIELDS, OPERATOR_FIELDS, field_name
+    from pipeline_tasks.core import params as P
+    from pipeline_tasks.ops.form import FIELDS, OPERATOR_FIELDS, field_name
 
     url, project = live_airflow["url"], live_airflow["project"]
     params = P.load(project / "params.yaml")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_tasks import alerts
-from pipeline_tasks.errors import PipelineError
-from pipeline_tasks.pipeline import DAG_ID_ENV, DAG_RUN_ID_ENV, backfill_dates, repro_stage, stage_env
-from pipeline_tasks.run_versions import data_versions, dvc_push, keep_lock_on_branch, restore_data_version
+from pipeline_tasks.core.constants import DAG_ID_ENV, DAG_RUN_ID_ENV
+from pipeline_tasks.core.errors import PipelineError
+from pipeline_tasks.ops import alerts
+from pipeline_tasks.ops.pipeline import backfill_dates, repro_stage, stage_env
+from pipeline_tasks.ops.run_versions import data_versions, dvc_push, keep_lock_on_branch, restore_data_version
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -173,9 +174,9 @@ def test_not_promoted_alert_names_the_failing_gate_and_its_numbers(tmp_path: Pat
 
 def test_registry_actions_from_the_promote_form(tmp_path: Path):
     """Real SQLite registry; the versions are registered from a folder (never loaded here)."""
-    from pipeline_tasks import registry
-    from pipeline_tasks.airflow_tasks import apply_registry_action
-    from pipeline_tasks.params import defaults
+    from pipeline_tasks.core.params import defaults
+    from pipeline_tasks.ops.airflow_tasks import apply_registry_action
+    from pipeline_tasks.serving import registry
 
     root = tmp_path
     client = registry.client_for(defaults(), root)
@@ -201,8 +202,8 @@ def test_registry_actions_from_the_promote_form(tmp_path: Path):
 
 
 def test_form_values_become_overrides_of_changed_params_only():
-    from pipeline_tasks.form import form_schema, overrides_from_form
-    from pipeline_tasks.params import defaults
+    from pipeline_tasks.core.params import defaults
+    from pipeline_tasks.ops.form import form_schema, overrides_from_form
 
     params = defaults()
     schema = form_schema(params)
@@ -219,8 +220,8 @@ def test_backfill_ingests_each_increment_in_order(tiny_project: Path):
     """recpipe_manual's backfill with the real ingest stage: a full load, then two daily increments."""
     import pandas as pd
 
-    from pipeline_tasks import params as P
-    from pipeline_tasks.pipeline import backfill
+    from pipeline_tasks.core import params as P
+    from pipeline_tasks.ops.pipeline import backfill
 
     sh(tiny_project, DVC, "repro", "--single-item", "ingest")  # the full load the increments build on
     rows_before = len(pd.read_parquet(tiny_project / "data/raw/interactions"))
@@ -239,7 +240,7 @@ def test_backfill_ingests_each_increment_in_order(tiny_project: Path):
 
 
 def test_operator_actions_skip_the_stages_they_replace(tmp_path: Path, capsys):
-    from pipeline_tasks.airflow_tasks import skipped_stage
+    from pipeline_tasks.ops.airflow_tasks import skipped_stage
 
     assert skipped_stage("tune", tmp_path, {"skip_search": True}) is None  # no best params yet: search runs
     assert "so the search runs" in capsys.readouterr().out

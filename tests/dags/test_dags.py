@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_tasks import constants as C
+from pipeline_tasks.core import constants as C
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,7 +72,7 @@ def test_manual_form_comes_from_params_yaml_and_refuses_invalid_values():
     )
     import json
 
-    from pipeline_tasks import params as P
+    from pipeline_tasks.core import params as P
 
     form = json.loads(out.split("FORM ", 1)[1].splitlines()[0])
     defaults = P.load(PROJECT_ROOT / "params.yaml")
@@ -121,9 +121,8 @@ def alerts_of(project: Path) -> list[dict]:
 
 def registry_state(project: Path) -> tuple[dict, list[dict]]:
     from mlflow import MlflowClient
-
-    from pipeline_tasks import params as P
-    from pipeline_tasks import tracking
+    from pipeline_tasks.core import params as P
+    from pipeline_tasks.core import tracking
 
     tracking.setup(P.load(project / "params.yaml"), project)
     client = MlflowClient()
@@ -145,7 +144,7 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     registers (the gate refuses: an alert with its numbers), pushes and keeps its lock; the next run
     short-circuits; recpipe_promote forces a champion (only with a reason); a run on bad data fails
     at validation and neither registers nor moves the champion."""
-    from pipeline_tasks import params as P
+    from pipeline_tasks.core import params as P
 
     # min_ndcg 1.0: the gate must refuse this model, so "trained but not promoted" is deterministic.
     project = tiny_project
@@ -186,8 +185,7 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     assert git_in(project, "rev-parse", "HEAD") == head and git_in(project, "branch", "--show-current") in ("main", "master")
     aliases, versions = registry_state(project)
     from mlflow import MlflowClient
-
-    from pipeline_tasks import tracking
+    from pipeline_tasks.core import tracking
 
     experiment = tracking.setup(P.load(project / "params.yaml"), project)
     parent = MlflowClient().search_runs([experiment], order_by=["attributes.start_time DESC"],
@@ -213,7 +211,7 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     forced, log = run_dag(project, env, "recpipe_promote", "2026-11-02T09:05:00+00:00",
                           {"action": "promote", "version": int(register["version"]), "reason": "launch with v1"})
     assert forced["state"] == "success", log[-4000:]
-    from pipeline_tasks import registry
+    from pipeline_tasks.serving import registry
 
     client = registry.client_for(P.load(project / "params.yaml"), project)
     assert registry.aliases(client, "recpipe")["champion"] == register["version"]

@@ -10,20 +10,19 @@ exactly which `fail` checks it names. README "Data validation" shows the same ta
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_tasks import clean, ingest
-from pipeline_tasks import constants as C
-from pipeline_tasks import io
-from pipeline_tasks import params as P
-from pipeline_tasks import validate_clean, validate_raw
-from pipeline_tasks.errors import DataValidationError
+from pipeline_tasks import clean, ingest, validate_clean, validate_raw
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core.errors import DataValidationError
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

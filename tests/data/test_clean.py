@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from pipeline_tasks import clean, ingest
-from pipeline_tasks import constants as C
-from pipeline_tasks import io
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core.errors import PipelineError
+from pipeline_tasks.data import cleaning
 
 pytestmark = pytest.mark.spark
 
@@ -45,7 +47,7 @@ def assert_accounting(metrics: dict) -> None:
 
 def local_params() -> dict:
     """Default params on a 2-thread local Spark (what the module-scoped runs below share)."""
-    from pipeline_tasks import params as P
+    from pipeline_tasks.core import params as P
 
     params = P.defaults()
     params["spark"]["master"], params["spark"]["shuffle_partitions"] = "local[2]", 2
@@ -252,13 +254,13 @@ def test_rows_lost_on_the_way_to_disk_stop_the_run(spark, tmp_path, tiny_params,
     write_raw(tmp_path, [row("u1", "i1"), row("u2", "i2", minutes=1)], hand_made_items(), hand_made_users())
     clean.run(tiny_params, tmp_path)
     before = read(tmp_path, C.DATA_CLEAN, "interactions")
-    real_write = clean.write_parquet
+    real_write = cleaning.write_parquet
 
     def lose_a_row(df, path, files):  # fault injection: a writer that drops data silently
         real_write(df.limit(1) if path.name == "interactions" and "quarantine" not in str(path) else df, path, files)
 
     monkeypatch.setattr(clean, "write_parquet", lose_a_row)
-    with pytest.raises(clean.PipelineError, match="wrote 1 interactions for 2 raw ones"):
+    with pytest.raises(PipelineError, match="wrote 1 interactions for 2 raw ones"):
         clean.run(tiny_params, tmp_path)
     pd.testing.assert_frame_equal(read(tmp_path, C.DATA_CLEAN, "interactions"), before)
 
@@ -290,12 +292,12 @@ def test_kcore_iterates_until_stable(spark, params):
     rows = [row("u1", "i1"), row("u1", "i2", minutes=1), row("u2", "i1", minutes=2), row("u2", "i3", minutes=3),
             row("u3", "i3", minutes=4), row("u4", "i1", minutes=5), row("u4", "i2", minutes=6)]
     params["clean"].update(kcore_users=2, kcore_items=2)
-    flagged, stats = clean.flag_kcore(frame(spark, rows), params["clean"])
+    flagged, stats = cleaning.flag_kcore(frame(spark, rows), params["clean"])
     survivors = {(r[C.USER_ID], r[C.ITEM_ID]) for r in flagged.filter("reason is null").collect()}
     assert survivors == {("u1", "i1"), ("u1", "i2"), ("u4", "i1"), ("u4", "i2")}
     assert stats == {"iterations": 3, "converged": True}
     params["clean"]["kcore_max_iterations"] = 1
-    assert clean.flag_kcore(frame(spark, rows), params["clean"])[1] == {"iterations": 1, "converged": False}
+    assert cleaning.flag_kcore(frame(spark, rows), params["clean"])[1] == {"iterations": 1, "converged": False}
 
 
 def test_bots_by_burst_and_by_zscore(spark, params):
@@ -304,9 +306,9 @@ def test_bots_by_burst_and_by_zscore(spark, params):
     steady = [row("steady", f"i{k}", minutes=k * 5) for k in range(300)]  # many, but slowly
     spark_frame = frame(spark, people + burst + steady)
     params["clean"]["bot_max_events_zscore"] = 0.0
-    assert {r[C.USER_ID] for r in clean.bot_users(spark_frame, params["clean"]).collect()} == {"burst"}
+    assert {r[C.USER_ID] for r in cleaning.bot_users(spark_frame, params["clean"]).collect()} == {"burst"}
     params["clean"]["bot_max_events_zscore"] = 4.0
-    assert {r[C.USER_ID] for r in clean.bot_users(spark_frame, params["clean"]).collect()} == {"burst", "steady"}
+    assert {r[C.USER_ID] for r in cleaning.bot_users(spark_frame, params["clean"]).collect()} == {"burst", "steady"}
 
 
 def test_types_are_coerced_and_unparseable_values_quarantined(spark):
@@ -316,13 +318,13 @@ def test_types_are_coerced_and_unparseable_values_quarantined(spark):
         C.RATING: ["4", " 3.5 ", "", "five", "2"],
         C.TIMESTAMP: ["2026-01-02 03:04:05", "881250949", "2026-01-02", "2026-01-02", "not a date"],
     })
-    flagged = clean.coerce_interactions(spark.createDataFrame(pdf)).toPandas()
+    flagged = cleaning.coerce_interactions(spark.createDataFrame(pdf)).toPandas()
     assert flagged[C.USER_ID].tolist()[:4] == ["1", "2", "3", "4"] and pd.isna(flagged[C.USER_ID][4])
     assert flagged[C.ITEM_ID].tolist() == ["10", "20", "30", "40", "50"]
     assert flagged[C.RATING].tolist()[:2] == [4.0, 3.5] and pd.isna(flagged[C.RATING][2])
-    assert flagged[clean.BAD].tolist() == [False, False, False, True, True]
+    assert flagged[cleaning.BAD].tolist() == [False, False, False, True, True]
     assert flagged[C.TIMESTAMP][1] == pd.Timestamp(881250949, unit="s")
-    assert '"rating":"five"' in flagged[clean.RAW][3] and pd.isna(flagged[clean.RAW][0])
+    assert '"rating":"five"' in flagged[cleaning.RAW][3] and pd.isna(flagged[cleaning.RAW][0])
     assert (flagged[C.EVENT] == "interaction").all()
 
 
@@ -340,7 +342,7 @@ def test_malformed_source_lines_are_quarantined_and_counted(spark, tmp_path, par
     assert metrics["interactions"]["by_rule"]["malformed_line"] == 2
     assert metrics["interactions"]["rows_in"] == 302 and metrics["items"]["by_rule"]["malformed_line"] == 1
     assert_accounting(metrics)
-    lines = read(tmp_path, C.DATA_QUARANTINE, clean.MALFORMED_TABLE).sort_values(["table", "line"])
+    lines = read(tmp_path, C.DATA_QUARANTINE, cleaning.MALFORMED_TABLE).sort_values(["table", "line"])
     assert lines[["table", "line"]].values.tolist() == [["interactions", 12], ["interactions", 13], ["items", 9]]
     assert set(lines[C.REASON]) == {"malformed_line"} and lines["file"].str.endswith(".csv").all()
 
@@ -353,7 +355,7 @@ def test_a_failed_run_leaves_the_previous_clean_data_intact(spark, tmp_path, tin
     before = {t: read(tmp_path, C.DATA_CLEAN, t) for t in C.TABLES}
 
     write_raw(tmp_path, [row("u3", "i3")], hand_made_items(), hand_made_users())
-    real_write = clean.write_parquet
+    real_write = cleaning.write_parquet
     calls = []
 
     def crash_on_third_table(df, path, files):  # fault injection: the disk fills up mid-way
@@ -371,7 +373,7 @@ def test_a_failed_run_leaves_the_previous_clean_data_intact(spark, tmp_path, tin
 
 
 def test_missing_inputs_and_bad_params_fail_clearly(tmp_path, params):
-    from pipeline_tasks.errors import ParamsError, PipelineError
+    from pipeline_tasks.core.errors import ParamsError, PipelineError
 
     with pytest.raises(PipelineError, match="run the ingest stage first"):
         clean.run(params, tmp_path)
@@ -381,7 +383,7 @@ def test_missing_inputs_and_bad_params_fail_clearly(tmp_path, params):
 
 
 def test_spark_settings_come_from_params_and_suit_a_cluster(params):
-    from pipeline_tasks.spark import spark_conf
+    from pipeline_tasks.data.spark import spark_conf
 
     params["spark"].update(master="spark://head:7077", driver_memory="6g", shuffle_partitions=64)
     conf = spark_conf(params["spark"])

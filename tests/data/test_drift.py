@@ -15,13 +15,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import drift, io, validate_clean
-from pipeline_tasks.cli import run_stage
-from pipeline_tasks.errors import DataValidationError, PipelineError
+from pipeline_tasks import validate_clean
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core.errors import DataValidationError, PipelineError
+from pipeline_tasks.core.stage_cli import run_stage
+from pipeline_tasks.data import drift
 
 N_USERS, N_POPULAR, N_TAIL = 40, 3, 9
-T0 = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 
 
 def interactions(users: range = range(N_USERS), rating_shift: float = 0.0) -> pd.DataFrame:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
 from pipeline_tasks import ingest
-from pipeline_tasks.errors import DataSourceError, ParamsError
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core.errors import DataSourceError, ParamsError
 
 GENRE_FLAGS = "|".join(["0"] * 19)
 

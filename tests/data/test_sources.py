@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
 from pipeline_tasks import ingest
-from pipeline_tasks.errors import DataSourceError, ParamsError, PipelineError
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core.errors import DataSourceError, ParamsError, PipelineError
 
 
 def read_raw(root: Path, table: str) -> pd.DataFrame:
@@ -316,7 +316,7 @@ def test_increments_add_batches_and_the_cutoff_picks_them(tmp_path, params):
 
 
 def test_a_day_is_the_same_whatever_came_before(tmp_path, params):
-    from pipeline_tasks.synthetic import generate_day
+    from pipeline_tasks.data.synthetic import generate_day
 
     cfg = params["ingest"]["synthetic"]
     first = generate_day(cfg, 42, 3)
@@ -344,7 +344,7 @@ def test_dvc_keeps_earlier_batches_when_an_increment_is_ingested(tmp_path):
     import subprocess
     import sys
 
-    from pipeline_tasks import params as P
+    from pipeline_tasks.core import params as P
     from tests.conftest import make_project
 
     project = make_project(tmp_path / "project", tmp_path / "no-encoder")

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import params as P
-from pipeline_tasks.errors import ParamsError
-from pipeline_tasks.synthetic import TOPICS, generate
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core.errors import ParamsError
+from pipeline_tasks.data.synthetic import TOPICS, generate
 
 INJECTED_INTERACTION_KINDS = {"duplicate", "null_id", "bad_rating", "future_timestamp", "orphan_item", "bot"}
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import io, validate, validate_clean, validate_raw
-from pipeline_tasks.errors import DataValidationError, ParamsError
+from pipeline_tasks import validate_clean, validate_raw
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core.errors import DataValidationError, ParamsError
+from pipeline_tasks.data import validate
 
 pytestmark = pytest.mark.spark
 

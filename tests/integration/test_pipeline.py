@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
+from pipeline_tasks.core import constants as C
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import io, registry
-from pipeline_tasks import params as P
-from pipeline_tasks.serve import assign, bucket
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core import params as P
+from pipeline_tasks.serving import registry
+from pipeline_tasks.serving.server import assign, bucket
 
 TESTS = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = TESTS.parent
@@ -58,7 +59,7 @@ def project(served_project, tmp_path, monkeypatch):
 def api(project):
     from fastapi.testclient import TestClient
 
-    from pipeline_tasks.serve import create_app
+    from pipeline_tasks.serving.server import create_app
 
     tmp, params, client, _ = project
     with TestClient(create_app(params, tmp, client=client, poll=False)) as http:
@@ -177,7 +178,7 @@ def test_a_model_error_falls_back_to_cold_start_instead_of_a_500(api):
 
 
 def test_serve_refuses_to_start_without_a_champion(project):
-    from pipeline_tasks.serve import create_app
+    from pipeline_tasks.serving.server import create_app
 
     tmp, params, client, _ = project
     client.delete_registered_model_alias("recpipe", C.ALIAS_CHAMPION)
@@ -206,7 +207,7 @@ def test_recpipe_serve_process_answers_and_reloads_on_alias_move(project):
     P.dump(params, tmp / "params.yaml")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != C.TRACKING_URI_ENV}
-    server = subprocess.Popen([sys.executable, "-m", "pipeline_tasks.recpipe_cli", "--root", str(tmp), "serve",
+    server = subprocess.Popen([sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(tmp), "serve",
                                "--port", str(port)], cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

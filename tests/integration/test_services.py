@@ -1,5 +1,5 @@
 """The local multi-service mode for real: PostgreSQL + the MLflow tracking server (basic auth on)
-started by pipeline_tasks.services, then `recpipe run` of a tiny project logging over HTTP with
+started by pipeline_tasks.infra.services, then `recpipe run` of a tiny project logging over HTTP with
 its Optuna study in PostgreSQL; the registered version is looked up on that server."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import services
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.infra import services
 from tests.conftest import make_project
 
 BIN = Path(sys.executable).parent

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import io
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
 
 N_TOPICS = 4
 ITEMS_PER_TOPIC = 6

@@ -8,22 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_tasks import model as M
-from pipeline_tasks import train
-from pipeline_tasks.errors import ParamsError, PipelineError
+from pipeline_tasks.core.errors import ParamsError, PipelineError
+from pipeline_tasks.model import fitting, towers, training_data
+from pipeline_tasks.model import recommender as M
+from pipeline_tasks.model.trainer import Trainer
 
 
 @pytest.fixture
 def tiny_model(tiny_params, tiny_items):
     """build_model(train params + overrides) over the tiny catalogue."""
-    def build(**overrides) -> M.TextSeqRec:
+    def build(**overrides) -> towers.TextSeqRec:
         torch.manual_seed(0)
-        texts = [train.item_text(r) for r in tiny_items.to_dict(orient="records")]
-        return M.build_model({**tiny_params["train"], **overrides}, tiny_items["item_id"].tolist(), texts)
+        texts = [training_data.item_text(r) for r in tiny_items.to_dict(orient="records")]
+        return towers.build_model({**tiny_params["train"], **overrides}, tiny_items["item_id"].tolist(), texts)
     return build
 
 
-def fresh_loss(model: M.TextSeqRec, histories: list[list[int]]) -> torch.Tensor:
+def fresh_loss(model: towers.TextSeqRec, histories: list[list[int]]) -> torch.Tensor:
     """A next-item loss whose candidates all run through the encoder with gradient."""
     tokens = model.tokenize(model.item_texts)
     pooled = model.item_tower.pooled(tokens["input_ids"], tokens["attention_mask"]) if model.uses_text else None
@@ -31,7 +32,7 @@ def fresh_loss(model: M.TextSeqRec, histories: list[list[int]]) -> torch.Tensor:
     users = model.user_vectors_from_table(table, [h[:-1] for h in histories])
     targets = torch.tensor([h[-1] for h in histories])
     candidates = torch.arange(model.n_items)
-    return M.sampled_softmax_loss(users, targets, candidates, table, torch.zeros(model.n_items), 0.1)
+    return towers.sampled_softmax_loss(users, targets, candidates, table, torch.zeros(model.n_items), 0.1)
 
 
 def test_forward_backward_shapes(tiny_model):
@@ -43,7 +44,7 @@ def test_forward_backward_shapes(tiny_model):
     assert vectors.shape == (5, 16)
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(5), atol=1e-5)
 
-    seq = M.pad_histories([[0, 1, 2], [3]], max_len=8, pad=model.n_items)
+    seq = towers.pad_histories([[0, 1, 2], [3]], max_len=8, pad=model.n_items)
     assert seq.tolist() == [[0, 1, 2], [model.n_items, model.n_items, 3]]
     states = model.user_tower(torch.randn(2, 3, 16), seq != model.n_items)
     assert states.shape == (2, 3, 16) and torch.isfinite(states).all()
@@ -59,7 +60,7 @@ def test_forward_backward_shapes(tiny_model):
 
 def test_user_vector_ignores_padding_and_future():
     """Padding never leaks into a real slot, and a slot never sees later items (causality)."""
-    tower = M.UserTower(dim=8, n_layers=1, n_heads=2, max_seq_len=6, dropout=0.0).eval()
+    tower = towers.UserTower(dim=8, n_layers=1, n_heads=2, max_seq_len=6, dropout=0.0).eval()
     x = torch.randn(1, 4, 8)
     real = torch.tensor([[False, True, True, True]])
     changed_pad = x.clone()
@@ -72,7 +73,7 @@ def test_user_vector_ignores_padding_and_future():
     assert not torch.allclose(out[0, 3], out_future[0, 3])
 
 
-def encoder_parameters(model: M.TextSeqRec) -> dict[str, torch.nn.Parameter]:
+def encoder_parameters(model: towers.TextSeqRec) -> dict[str, torch.nn.Parameter]:
     return dict(model.item_tower.encoder.named_parameters())
 
 
@@ -109,15 +110,15 @@ def test_loss_decreases_when_text_predicts_the_next_item(tiny_params, tiny_split
     """No ID embedding: only the item text can tell the model which topic comes next."""
     params = copy.deepcopy(tiny_params)
     params["train"].update(use_id_embedding=False, finetune="frozen", lr=0.02)
-    trainer = train.Trainer(params, tiny_split, checkpoint_dir=None)
+    trainer = Trainer(params, tiny_split, checkpoint_dir=None)
     trainer.cache = trainer.encode_catalogue()
     everything = torch.arange(len(trainer.data.inputs))
     losses = [trainer.step(everything) for _ in range(25)]
     assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
 
 
-def trained_model(params: dict, root) -> tuple[train.Trainer, np.ndarray]:
-    trainer = train.Trainer(params, root, checkpoint_dir=None)
+def trained_model(params: dict, root) -> tuple[Trainer, np.ndarray]:
+    trainer = Trainer(params, root, checkpoint_dir=None)
     trainer.cache = trainer.encode_catalogue()
     for _ in range(4):
         trainer.step(torch.arange(len(trainer.data.inputs)))
@@ -146,7 +147,7 @@ def test_save_load_round_trip_from_another_directory(tiny_params, tiny_split, tm
     # The saved encoder is the LoRA-merged one: re-encoding the catalogue reproduces the stored table.
     assert not any("lora" in n for n, _ in rec.encoder.named_parameters())
     np.testing.assert_allclose(rec.encode_items(model.item_texts, list(range(len(ids)))), rec.item_table, atol=1e-5)
-    untrained = M.load_encoder(M.resolve_encoder_path(tiny_params["train"]["encoder"]))[0]
+    untrained = towers.load_encoder(towers.resolve_encoder_path(tiny_params["train"]["encoder"]))[0]
     query = "encoder.layer.0.attention.self.query.weight"
     assert not torch.allclose(dict(rec.encoder.named_parameters())[query], dict(untrained.named_parameters())[query])
 
@@ -168,7 +169,7 @@ def test_recommend_excludes_seen_items_and_ignores_unknown_ids(tiny_params, tiny
 def test_id_only_model_needs_no_encoder(tiny_params, tiny_split, tmp_path):
     params = copy.deepcopy(tiny_params)
     params["train"].update(use_text=False, encoder="/no/such/encoder", epochs=1)
-    metrics = train.fit(params, tiny_split, output_dir=tmp_path / "model")
+    metrics = fitting.fit(params, tiny_split, output_dir=tmp_path / "model")
     assert 0.0 <= metrics["valid_ndcg@10"] <= 1.0
     assert not (tmp_path / "model" / "encoder").exists()
     rec = M.Recommender.load(tmp_path / "model")
@@ -182,10 +183,10 @@ def test_id_only_model_needs_no_encoder(tiny_params, tiny_split, tmp_path):
 def test_mixed_precision_choice(monkeypatch):
     """bf16 where the GPU supports it, fp16 (with loss scaling in train) otherwise, nothing on CPU.
     FAKE GPU: no CUDA device here, so torch.cuda.is_bf16_supported is replaced to answer both ways."""
-    assert M.autocast_dtype("cpu") is None
-    with M.autocast("cpu"):
+    assert towers.autocast_dtype("cpu") is None
+    with towers.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert M.autocast_dtype("cuda") == torch.bfloat16
+    assert towers.autocast_dtype("cuda") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert M.autocast_dtype("cuda") == torch.float16
+    assert towers.autocast_dtype("cuda") == torch.float16

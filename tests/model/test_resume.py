@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import io, params as P, train
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core import params as P
+from pipeline_tasks.model.checkpoint import CHECKPOINT_FILE
 
 STARTUP_TIMEOUT_S = 300  # imports + tiny training on a busy, shared 2-core machine
 
@@ -36,7 +38,7 @@ def run_to_completion(root: Path) -> dict:
 def kill_after_first_checkpoint(root: Path, phase: str) -> None:
     """Start training, wait for a checkpoint file of `phase` (the epoch selection on valid, or the
     refit on train + valid after it), SIGKILL the process (no cleanup can run)."""
-    checkpoint = root / C.CHECKPOINT_DIR / phase / train.CHECKPOINT_FILE
+    checkpoint = root / C.CHECKPOINT_DIR / phase / CHECKPOINT_FILE
     proc = subprocess.Popen(train_command(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:

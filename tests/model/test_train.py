@@ -4,13 +4,16 @@ from __future__ import annotations
 import copy
 
 import optuna
-import torch
 import pytest
+import torch
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import io, params as P, train
-from pipeline_tasks.errors import ParamsError
-from pipeline_tasks.model import Recommender
+from pipeline_tasks import train
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core.errors import ParamsError
+from pipeline_tasks.model import checkpoint, fitting, training_data
+from pipeline_tasks.model.recommender import Recommender
 
 METRIC_KEYS = {"epochs", "final_loss", "best_epoch", "valid_ndcg@10", "seconds", "sequences_per_s", "device",
                "n_params_trainable"}
@@ -77,7 +80,7 @@ def test_fit_reports_each_epoch_and_propagates_pruning(tiny_params, tiny_split):
         raise optuna.TrialPruned("pruned")
 
     with pytest.raises(optuna.TrialPruned):
-        train.fit(tiny_params, tiny_split, on_epoch=on_epoch)
+        fitting.fit(tiny_params, tiny_split, on_epoch=on_epoch)
     assert len(seen) == 1 and seen[0][0] == 1 and 0.0 <= seen[0][1] <= 1.0
     assert not (tiny_split / C.MODELS_DIR).exists(), "fit without output_dir saves nothing"
 
@@ -87,12 +90,12 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_params, tiny_split):
     params = copy.deepcopy(tiny_params)
     params["train"].update(checkpoint_every=2, dropout=0.2)  # dropout: the RNG state must be restored too
     ckpt = tiny_split / C.CHECKPOINT_DIR
-    reference = train.fit(params, tiny_split, checkpoint_dir=tiny_split / "reference_ckpt")
+    reference = fitting.fit(params, tiny_split, checkpoint_dir=tiny_split / "reference_ckpt")
 
     with pytest.raises(KeyboardInterrupt):
-        train.fit(params, tiny_split, on_epoch=crash, checkpoint_dir=ckpt)
-    assert (ckpt / train.CHECKPOINT_FILE).exists()
-    resumed = train.fit(params, tiny_split, checkpoint_dir=ckpt)
+        fitting.fit(params, tiny_split, on_epoch=crash, checkpoint_dir=ckpt)
+    assert (ckpt / checkpoint.CHECKPOINT_FILE).exists()
+    resumed = fitting.fit(params, tiny_split, checkpoint_dir=ckpt)
 
     assert resumed["resumed_from_step"] == 2 and reference["resumed_from_step"] == 0
     assert resumed["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-5)
@@ -105,28 +108,27 @@ def test_checkpoint_of_other_params_is_ignored(tiny_params, tiny_split):
     params["train"]["checkpoint_every"] = 1
     ckpt = tiny_split / C.CHECKPOINT_DIR
     with pytest.raises(KeyboardInterrupt):
-        train.fit(params, tiny_split, on_epoch=crash, checkpoint_dir=ckpt)
+        fitting.fit(params, tiny_split, on_epoch=crash, checkpoint_dir=ckpt)
     params["train"].update(lr=0.02, epochs=1)
-    assert train.fit(params, tiny_split, checkpoint_dir=ckpt)["resumed_from_step"] == 0
+    assert fitting.fit(params, tiny_split, checkpoint_dir=ckpt)["resumed_from_step"] == 0
 
 
 @pytest.mark.slow
 def test_real_minilm_trains_a_few_steps(tiny_params, tiny_split):
     params = copy.deepcopy(tiny_params)
     params["train"].update(encoder="all-MiniLM-L6-v2", epochs=1, dim=32)
-    metrics = train.fit(params, tiny_split)
+    metrics = fitting.fit(params, tiny_split)
     assert metrics["n_params_trainable"] > 0 and 0.0 <= metrics["valid_ndcg@10"] <= 1.0
 
 
 def test_learning_curves_go_to_mlflow(tiny_params, tiny_split, tmp_path):
     """A real SQLite MLflow store: per-epoch loss and valid NDCG@10, plus a step-level loss curve."""
     import mlflow
-
-    from pipeline_tasks import tracking
+    from pipeline_tasks.core import tracking
 
     tiny_params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking.stage_run("train", tiny_params, tmp_path) as run:
-        summary = train.fit(tiny_params, tiny_split)
+        summary = fitting.fit(tiny_params, tiny_split)
     client = mlflow.MlflowClient(tracking.tracking_uri(tiny_params, tmp_path))
     history = {key: client.get_metric_history(run.info.run_id, key)
                for key in ("epoch/loss", "epoch/valid_ndcg_at_10", "step/loss", "step/lr")}
@@ -138,7 +140,7 @@ def test_learning_curves_go_to_mlflow(tiny_params, tiny_split, tmp_path):
 
 
 def test_item_text_does_not_repeat_the_title():
-    assert train.item_text({C.TITLE: "Heat (1995)", C.TEXT: "Heat (1995). Genres: Crime."}) == \
+    assert training_data.item_text({C.TITLE: "Heat (1995)", C.TEXT: "Heat (1995). Genres: Crime."}) == \
         "Heat (1995). Genres: Crime."
-    assert train.item_text({C.TITLE: "Heat", C.TEXT: "a heist"}) == "Heat. a heist"
-    assert train.item_text({C.TITLE: "Heat", C.TEXT: None}) == "Heat"
+    assert training_data.item_text({C.TITLE: "Heat", C.TEXT: "a heist"}) == "Heat. a heist"
+    assert training_data.item_text({C.TITLE: "Heat", C.TEXT: None}) == "Heat"

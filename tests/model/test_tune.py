@@ -7,9 +7,11 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import tracking, tune
-from pipeline_tasks.errors import ParamsError
+from pipeline_tasks import tune
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import tracking
+from pipeline_tasks.core.errors import ParamsError
+from pipeline_tasks.model import tuning
 
 SPACE = {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.05, "log": True},
@@ -24,7 +26,7 @@ def test_suggest_params_maps_every_type_onto_a_real_trial(params):
     seen_lora = seen_frozen = False
     for _ in range(12):
         trial = study.ask()
-        chosen = tune.suggest_params(trial, SPACE, params)
+        chosen = tuning.suggest_params(trial, SPACE, params)
         dists = trial.distributions
         assert dists["train.lr"] == FloatDistribution(0.001, 0.05, log=True)
         assert dists["train.dropout"] == FloatDistribution(0.0, 0.3, step=0.1)
@@ -43,9 +45,9 @@ def test_suggest_params_maps_every_type_onto_a_real_trial(params):
 def test_conditions_read_base_params_and_fixed_trials(params):
     space = {"train.lora_r": {"type": "int", "low": 2, "high": 8, "condition": {"train.finetune": ["lora", "full"]}}}
     params["train"]["finetune"] = "frozen"
-    assert tune.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {}
+    assert tuning.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {}
     params["train"]["finetune"] = "full"
-    assert tune.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {"train.lora_r": 4}
+    assert tuning.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {"train.lora_r": 4}
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -58,30 +60,30 @@ def test_conditions_read_base_params_and_fixed_trials(params):
 def test_a_bad_search_space_fails_before_training(params, entry, message):
     params["tune"]["search_space"] = entry
     with pytest.raises(ParamsError, match=message):
-        tune.check_space(params)
+        tuning.check_space(params)
 
 
 def test_trial_params_override_epochs_seed_and_check_types(params):
     params["tune"]["epochs"] = 2
-    trial = tune.trial_params(params, {"train.lr": 0.01, "train.lora_r": 4}, number=3)
+    trial = tuning.trial_params(params, {"train.lr": 0.01, "train.lora_r": 4}, number=3)
     assert trial["train"]["lr"] == 0.01 and trial["train"]["lora_r"] == 4 and trial["train"]["epochs"] == 2
     assert trial["seed"] == params["seed"] + 3
     assert params["train"]["lr"] != 0.01  # the stage's params are not touched
     with pytest.raises(ParamsError, match="train.lora_r"):
-        tune.trial_params(params, {"train.lora_r": 4.5}, number=0)
+        tuning.trial_params(params, {"train.lora_r": 4.5}, number=0)
 
 
 def test_median_pruner_prunes_a_bad_trial_after_the_warm_up(params, tmp_path):
     params["tune"].update(pruner="median", pruner_startup_trials=2, pruner_warmup_epochs=1)
-    study = tune.open_study(params, tmp_path)
+    study = tuning.open_study(params, tmp_path)
     for good in (0.5, 0.6):
         trial = study.ask()
-        report = tune.epoch_reporter(trial)
+        report = tuning.epoch_reporter(trial)
         report(1, good)
         report(2, good)
         study.tell(trial, good)
     bad = study.ask()
-    report = tune.epoch_reporter(bad)
+    report = tuning.epoch_reporter(bad)
     report(1, 0.0)  # warm-up epoch: never pruned
     with pytest.raises(optuna.TrialPruned):
         report(2, 0.0)
@@ -91,20 +93,20 @@ def test_median_pruner_prunes_a_bad_trial_after_the_warm_up(params, tmp_path):
 
 def test_pruner_choices(params):
     params["tune"]["pruner"] = "hyperband"
-    assert isinstance(tune.make_pruner(params), optuna.pruners.HyperbandPruner)
+    assert isinstance(tuning.make_pruner(params), optuna.pruners.HyperbandPruner)
     params["tune"]["pruner"] = "none"
-    assert isinstance(tune.make_pruner(params), optuna.pruners.NopPruner)
+    assert isinstance(tuning.make_pruner(params), optuna.pruners.NopPruner)
     params["tune"]["pruner"] = "sometimes"
     with pytest.raises(ParamsError, match="sometimes"):
-        tune.make_pruner(params)
+        tuning.make_pruner(params)
 
 
 def test_the_study_never_shares_the_mlflow_database(params, tmp_path, monkeypatch):
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
-    assert tune.storage_url(params, tmp_path) == f"sqlite:///{(tmp_path / 'optuna' / 'study.db').resolve()}"
+    assert tuning.storage_url(params, tmp_path) == f"sqlite:///{(tmp_path / 'optuna' / 'study.db').resolve()}"
     params["tune"]["storage"] = tracking.tracking_uri(params, tmp_path)
     with pytest.raises(ParamsError, match="MLflow"):
-        tune.storage_url(params, tmp_path)
+        tuning.storage_url(params, tmp_path)
 
 
 def test_tune_run_logs_child_runs_writes_best_params_and_continues_the_study(tiny_split, tiny_params, monkeypatch):
@@ -138,7 +140,7 @@ def test_tune_run_logs_child_runs_writes_best_params_and_continues_the_study(tin
     tiny_params["tune"]["n_trials"] = 1
     second = tune.run(tiny_params, root)  # no MLflow run active: still works
     assert second["n_trials"] == 3
-    study = optuna.load_study(study_name="t", storage=tune.storage_url(tiny_params, root))
+    study = optuna.load_study(study_name="t", storage=tuning.storage_url(tiny_params, root))
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert second["best_value"] >= first["best_value"]
 
@@ -152,7 +154,7 @@ def test_a_trial_worse_than_its_predecessors_is_pruned_inside_run(tiny_split, ti
     space = {"train.lr": SPACE["train.lr"]}
     tiny_params["tune"].update(n_trials=1, epochs=2, search_space=space, study_name="p", pruner="median",
                                pruner_startup_trials=2, pruner_warmup_epochs=1)
-    study = tune.open_study(tiny_params, tiny_split)
+    study = tuning.open_study(tiny_params, tiny_split)
     for lr in (0.01, 0.02):
         study.add_trial(optuna.trial.create_trial(
             params={"train.lr": lr}, distributions={"train.lr": FloatDistribution(0.001, 0.05, log=True)},
@@ -186,8 +188,8 @@ sys.exit(tune.main(sys.argv[3:]))
 
 @pytest.fixture
 def postgres_url(postgres_parent_dir):
-    """A throwaway PostgreSQL 15 cluster (pipeline_tasks.postgres), stopped afterwards."""
-    from pipeline_tasks import postgres
+    """A throwaway PostgreSQL 15 cluster (pipeline_tasks.infra.postgres), stopped afterwards."""
+    from pipeline_tasks.infra import postgres
 
     with postgres.postgres_server(postgres_parent_dir / "cluster", database="optuna", user="optuna") as server:
         yield server.url
@@ -198,7 +200,7 @@ def test_two_worker_processes_share_one_postgres_study(postgres_url, split_write
     import subprocess
     import sys
 
-    from pipeline_tasks import params as P
+    from pipeline_tasks.core import params as P
     from tests.conftest import PROJECT_ROOT
 
     per_worker = 3
@@ -241,17 +243,17 @@ def test_two_worker_processes_share_one_postgres_study(postgres_url, split_write
 
 def test_shared_storage_workers_draw_different_start_up_trials(params, monkeypatch):
     url = "postgresql+psycopg2://u@h/db"
-    assert tune.sampler_seed(params, "sqlite:///x.db", 3) == params["tune"]["sampler_seed"] + 3  # reproducible
+    assert tuning.sampler_seed(params, "sqlite:///x.db", 3) == params["tune"]["sampler_seed"] + 3  # reproducible
     monkeypatch.setattr(tune, "worker_name", lambda: "host-a:7")
-    first = tune.sampler_seed(params, url, 0)
+    first = tuning.sampler_seed(params, url, 0)
     monkeypatch.setattr(tune, "worker_name", lambda: "host-b:7")  # another container, same pid
-    assert tune.sampler_seed(params, url, 0) != first
+    assert tuning.sampler_seed(params, url, 0) != first
     assert 0 <= first < 2**32
 
 
 def test_an_unreachable_storage_fails_with_a_clear_message(tmp_path):
-    from pipeline_tasks.errors import PipelineError
+    from pipeline_tasks.core.errors import PipelineError
 
     with pytest.raises(PipelineError, match=r"(?s)u:\*\*\*@127.0.0.1:1/db.*check tune.storage") as err:
-        tune.open_storage("postgresql+psycopg2://u:secret@127.0.0.1:1/db", attempts=2)
+        tuning.open_storage("postgresql+psycopg2://u:secret@127.0.0.1:1/db", attempts=2)
     assert "secret" not in str(err.value)  # the password never reaches a log

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_tasks import ab_report
-from pipeline_tasks import params as P
-from pipeline_tasks.serve import EventLog, assign
+from pipeline_tasks.core import params as P
+from pipeline_tasks.serving import ab_report
+from pipeline_tasks.serving.server import EventLog, assign
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_sample_size_matches_the_textbook_formula():
 
 
 def test_cli_reports_and_refuses_an_empty_log(tmp_path, capsys):
-    from pipeline_tasks.recpipe_cli import main
+    from pipeline_tasks.ops.cli import main
 
     params = P.defaults()
     params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -14,11 +14,12 @@ import pytest
 import scipy.sparse as sp
 
 from pipeline_tasks import baselines, split
-from pipeline_tasks import constants as C
-from pipeline_tasks import io
-from pipeline_tasks import metrics as M
-from pipeline_tasks.dataset import eval_task, load_split, ranked_from_frame
-from pipeline_tasks.errors import ParamsError, PipelineError
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core import metrics as M
+from pipeline_tasks.core.errors import ParamsError, PipelineError
+from pipeline_tasks.data.dataset import eval_task, load_split, ranked_from_frame
+from pipeline_tasks.model import baselines as baseline_models
 
 N_CLUSTERS, ITEMS_PER_CLUSTER, PER_USER = 5, 10, 6
 USERS_PER_CLUSTER = [24, 10, 10, 10, 10]
@@ -58,7 +59,7 @@ def tiny_params(params: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def baseline_run(tmp_path_factory, spark) -> tuple[Path, dict, dict]:
-    from pipeline_tasks import params as P
+    from pipeline_tasks.core import params as P
 
     root = tmp_path_factory.mktemp("baselines")
     params = tiny_params(P.defaults())
@@ -84,7 +85,7 @@ def test_selection_picks_a_value_from_each_grid(baseline_run):
     selected = metrics["selected"]
     assert selected["ItemKNN"]["neighbors"] in params["baselines"]["itemknn_neighbors"]
     assert selected["EASE"]["lambda"] in params["baselines"]["ease_lambdas"]
-    assert selected["ALS"]["params"] in baselines.als_grid(params["baselines"])
+    assert selected["ALS"]["params"] in baseline_models.als_grid(params["baselines"])
     assert len(selected["ALS"]["grid"]) == 2
     # SASRec-ID's hyperparameter is its epoch count, the best of the validated epochs.
     assert set(selected["SASRec-ID"]["grid"]) == {str(e) for e in range(1, 7)}
@@ -122,7 +123,7 @@ def test_ease_matches_the_closed_form_with_an_explicit_inverse():
     lam = 2.0
     p = np.linalg.inv(x.T.toarray() @ x.toarray() + lam * np.eye(4))
     expected = np.eye(4) - p / np.diag(p)
-    weights = baselines.ease_weights(x)(lam)
+    weights = baseline_models.ease_weights(x)(lam)
     assert np.allclose(weights, expected, atol=1e-5)
     assert np.allclose(np.diag(weights), 0.0)
 
@@ -130,10 +131,10 @@ def test_ease_matches_the_closed_form_with_an_explicit_inverse():
 def test_cosine_neighbours_by_hand():
     # items 0 and 1 share both users; item 2 shares one user with item 0
     x = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 1]], dtype=np.float32))
-    idx, sim = baselines.cosine_neighbours(x, 2)
+    idx, sim = baseline_models.cosine_neighbours(x, 2)
     assert idx[0].tolist() == [1, 2]
     assert sim[0].tolist() == pytest.approx([1.0, 1 / np.sqrt(2)])
-    scorer = baselines.prepare_itemknn(x, 2)(1)  # one neighbour each: 0->1, 1->0, 2->0
+    scorer = baseline_models.prepare_itemknn(x, 2)(1)  # one neighbour each: 0->1, 1->0, 2->0
     assert scorer(np.array([0]))[0].tolist() == pytest.approx([1.0, 1.0, 0])  # user 0 holds items 0, 1
     assert scorer(np.array([1]))[0].tolist() == pytest.approx([1.0 + 1 / np.sqrt(2), 1.0, 0])  # items 0, 1, 2
 
@@ -141,7 +142,7 @@ def test_cosine_neighbours_by_hand():
 def test_sasrec_id_stops_when_validation_stops_improving(baseline_run):
     root, params, _ = baseline_run
     params = {**params, "baselines": {**params["baselines"], "sasrec_epochs": 40, "sasrec_patience": 1}}
-    best, record = baselines.select_sasrec(root, params)
+    best, record = baseline_models.select_sasrec(root, params)
     epochs = [int(e) for e in record["grid"]]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 40, "stopped early"
     assert epochs[-1] == best + 1, "one epoch without gain (patience 1), then stop"
@@ -152,17 +153,17 @@ def test_als_factors_fill_missing_users_and_items_with_zeros():
     import pandas as pd
 
     frame = pd.DataFrame({"id": [2, 0], "features": [[1.0, 2.0], [3.0, 4.0]]})
-    factors = baselines.factor_matrix(frame, 4, 2)
+    factors = baseline_models.factor_matrix(frame, 4, 2)
     assert factors.tolist() == [[3.0, 4.0], [0.0, 0.0], [1.0, 2.0], [0.0, 0.0]]
 
 
 def test_als_grid_is_the_product_of_its_lists(params):
     params["baselines"].update(als_ranks=[8, 16], als_reg_params=[0.1], als_alphas=[1.0, 5.0])
-    grid = baselines.als_grid(params["baselines"])
+    grid = baseline_models.als_grid(params["baselines"])
     assert len(grid) == 4 and {"rank": 16, "reg_param": 0.1, "alpha": 5.0} in grid
     params["baselines"]["als_alphas"] = []
     with pytest.raises(ParamsError, match="als_alphas"):
-        baselines.grid_of("ALS", params)
+        baseline_models.grid_of("ALS", params)
 
 
 def test_unknown_model_is_refused(tmp_path, params):

@@ -296,7 +296,7 @@ def test_shell_scripts_parse():
 
 
 def test_init_databases_script_creates_the_databases_on_real_postgres(postgres_parent_dir):
-    from pipeline_tasks import postgres
+    from pipeline_tasks.infra import postgres
 
     parent = postgres_parent_dir
     with postgres.postgres_server(parent / "pg") as server:

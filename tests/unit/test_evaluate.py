@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 
 from pipeline_tasks import baselines, evaluate, split
-from pipeline_tasks import constants as C
-from pipeline_tasks import io
-from pipeline_tasks import metrics as M
-from pipeline_tasks import params as P
-from pipeline_tasks.dataset import eval_task, load_split, ranked_from_frame
-from pipeline_tasks.errors import PipelineError
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core import metrics as M
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core.errors import PipelineError
+from pipeline_tasks.data.dataset import eval_task, load_split, ranked_from_frame
+from pipeline_tasks.model import evaluation, evaluation_report
+from pipeline_tasks.serving import gate
 
 TOPICS = ["jazz piano", "space rocket", "garden flower", "football goal"]
 ITEMS_PER_TOPIC = 8
@@ -66,8 +68,8 @@ def project(tmp_path_factory) -> tuple[Path, dict, dict]:
 def baseline_result(project) -> tuple[dict, dict]:
     root, params, _ = project
     data = load_split(root)
-    rankings = evaluate.baseline_rankings(data, eval_task(data, "test"), params, root, 20)
-    return rankings, evaluate.evaluate_rankings(data, rankings, params, model="EASE")
+    rankings = evaluation.baseline_rankings(data, eval_task(data, "test"), params, root, 20)
+    return rankings, evaluation.evaluate_rankings(data, rankings, params, model="EASE")
 
 
 def test_headline_metrics_match_the_baselines_stage(project, baseline_result):
@@ -118,38 +120,38 @@ def test_fairness_only_on_attribute_slices(baseline_result):
 def test_fairness_by_hand():
     per_group = {"a": {"ndcg@10": 0.2}, "b": {"ndcg@10": 0.1}, "tiny": {"ndcg@10": 0.0}}
     sizes = {"a": 30, "b": 25, "tiny": 3}
-    assert evaluate.fairness(per_group, sizes, min_group_users=20) == {
+    assert evaluation.fairness(per_group, sizes, min_group_users=20) == {
         "ratio": pytest.approx(0.5), "worst": "b", "best": "a", "groups_judged": 2}
-    assert evaluate.fairness(per_group, sizes, min_group_users=26)["ratio"] is None
+    assert evaluation.fairness(per_group, sizes, min_group_users=26)["ratio"] is None
 
 
 def test_history_groups_are_half_open():
-    groups = evaluate.history_groups(np.array([0, 19, 20, 99, 100, 500]), [20, 100])
+    groups = evaluation.history_groups(np.array([0, 19, 20, 99, 100, 500]), [20, 100])
     assert list(groups) == ["<20", "<20", "20-99", "20-99", ">=100", ">=100"]
 
 
 def test_attribute_groups():
     ages = pd.Series([18.0, 20, 25, 30, 35, 40, 45, 50, np.nan])
-    groups = evaluate.attribute_groups(ages, max_groups=3)
+    groups = evaluation.attribute_groups(ages, max_groups=3)
     assert list(groups.categories) == ["18-20", "25-30", "35-40", "45-50", "unknown"]
     assert groups[-1] == "unknown"
-    codes = evaluate.attribute_groups(pd.Series([1, 18, 25, 1]), max_groups=10)  # few values: kept as they are
+    codes = evaluation.attribute_groups(pd.Series([1, 18, 25, 1]), max_groups=10)  # few values: kept as they are
     assert list(codes) == ["1", "18", "25", "1"]
-    assert evaluate.attribute_groups(pd.Series(["a", "b", "c"]), max_groups=2) is None
-    assert evaluate.attribute_groups(pd.Series([None, None]), max_groups=5) is None
+    assert evaluation.attribute_groups(pd.Series(["a", "b", "c"]), max_groups=2) is None
+    assert evaluation.attribute_groups(pd.Series([None, None]), max_groups=5) is None
 
 
 def test_bootstrap_intervals_are_seeded_and_bracket_the_mean(baseline_result):
     rankings, result = baseline_result
     targets = rankings["Pop"][:, 0].copy()  # Pop's first item is every user's target: a perfect model
-    again = evaluate.bootstrap_intervals(rankings, targets, 200, 0.95, seed=7)
-    assert again == evaluate.bootstrap_intervals(rankings, targets, 200, 0.95, seed=7)
+    again = evaluation.bootstrap_intervals(rankings, targets, 200, 0.95, seed=7)
+    assert again == evaluation.bootstrap_intervals(rankings, targets, 200, 0.95, seed=7)
     assert again["Pop"]["recall@10"] == {"mean": 1.0, "low": 1.0, "high": 1.0}
     for name in rankings:
         for metric, ci in result["intervals"][name].items():
             assert ci["low"] <= ci["mean"] <= ci["high"], (name, metric)
-    narrow = evaluate.bootstrap_intervals(rankings, targets * 0 + rankings["EASE"][:, 3], 200, 0.5, seed=7)
-    wide = evaluate.bootstrap_intervals(rankings, targets * 0 + rankings["EASE"][:, 3], 200, 0.95, seed=7)
+    narrow = evaluation.bootstrap_intervals(rankings, targets * 0 + rankings["EASE"][:, 3], 200, 0.5, seed=7)
+    wide = evaluation.bootstrap_intervals(rankings, targets * 0 + rankings["EASE"][:, 3], 200, 0.95, seed=7)
     width = lambda ci: ci["high"] - ci["low"]  # noqa: E731
     assert width(narrow["Pop"]["ndcg@10"]) <= width(wide["Pop"]["ndcg@10"])
 
@@ -165,7 +167,7 @@ def test_delta_against_the_best_baseline_is_paired(baseline_result):
 
 def test_reports_are_written(baseline_result, tmp_path):
     _, result = baseline_result
-    paths = evaluate.write_reports(result, tmp_path)
+    paths = evaluation_report.write_reports(result, tmp_path)
     text = paths[0].read_text()
     assert all(name in text for name in ("Pop", "ItemKNN", "EASE", "user.gender", "worst/best"))
     for png in paths[1:]:
@@ -174,7 +176,7 @@ def test_reports_are_written(baseline_result, tmp_path):
 
 def test_histories_keep_the_split_order_of_same_second_interactions():
     """Ties in time are the split's to break: train before valid before test, whatever the item ids."""
-    from pipeline_tasks.dataset import Interactions, concat
+    from pipeline_tasks.data.dataset import Interactions, concat
 
     second = np.array(["2026-01-01T00:00:00"] * 2, dtype="datetime64[us]")
     train = Interactions(np.array([0, 0]), np.array([5, 7]), second)
@@ -216,7 +218,7 @@ def tiny_encoder(tmp_path_factory) -> Path:
 
 def test_evaluate_stage_end_to_end(project, tiny_encoder):
     from pipeline_tasks import train
-    from pipeline_tasks.model import Recommender
+    from pipeline_tasks.model.recommender import Recommender
 
     root, params, _ = project
     params["train"].update(encoder=str(tiny_encoder), dim=16, user_layers=1, user_heads=2, max_seq_len=8,
@@ -299,23 +301,22 @@ def test_users_without_a_valid_row_do_not_break_selection_on_valid(cold_run):
 
 
 def test_the_gate_scores_and_guards_the_cold_group(cold_run):
-    """register.score sees the same cold group as evaluate, and a champion that ranks that group
+    """gate.score sees the same cold group as evaluate, and a champion that ranks that group
     better fails the challenger's guarded-slice check, naming the group."""
-    from pipeline_tasks import register
 
     root, split_metrics, _, _, result = cold_run
     params = small_params()
     data = load_split(root)
     task = eval_task(data, "test")
     ctx = M.make_context(data.n_items, data.train.items, params["evaluate"]["head_share"])
-    challenger = register.score(root / C.MODEL_DIR, params, data, task, ctx)
+    challenger = gate.score(root / C.MODEL_DIR, params, data, task, ctx)
     cold = challenger["slices"]["cold_start"]["cold"]
     assert cold["users"] == split_metrics["cold_start_test_rows"] >= params["evaluate"]["min_group_users"]
     evaluated = result["slices"]["cold_start"]["metrics"][C.MODEL_NAME]["cold"]["ndcg@10"]
     assert cold["ndcg@10"] == pytest.approx(evaluated)
 
     champion = {"slices": {"cold_start": {"cold": {"users": cold["users"], "ndcg@10": cold["ndcg@10"] + 0.05}}}}
-    check, deltas = register.slice_check(challenger, champion, params["register"]["max_slice_drop"],
+    check, deltas = gate.slice_check(challenger, champion, params["register"]["max_slice_drop"],
                                          params["evaluate"]["min_group_users"])
     assert not check.passed and "cold_start/cold" in check.detail
     assert deltas["cold_start"]["cold"]["users"] == cold["users"]

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline_tasks import metrics as M
+from pipeline_tasks.core import metrics as M
 
 # Three users, top-3 lists over an 8-item catalogue (items 6 and 7 never recommended).
 RANKED = np.array([[4, 2, 0],    # target 2 at rank 1 (0-based)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_tasks import params as P
-from pipeline_tasks.errors import ParamsError
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core.errors import ParamsError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""pipeline_tasks.postgres against a real PostgreSQL 15 server (runs as user `postgres` when we are root)."""
+"""pipeline_tasks.infra.postgres against a real PostgreSQL 15 server (runs as user `postgres` when we are root)."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline_tasks import postgres as pgmod
-from pipeline_tasks.postgres import PostgresError, is_running, postgres_server, start_postgres, stop_postgres
+from pipeline_tasks.infra import postgres as pgmod
+from pipeline_tasks.infra.postgres import PostgresError, is_running, postgres_server, start_postgres, stop_postgres
 
 
 def _binaries_or_skip() -> Path:
@@ -37,7 +37,7 @@ def _scalar(url: str, sql: str):
 
 def test_server_accepts_the_url_and_stops(pg_dir):
     with postgres_server(pg_dir, database="optuna", user="optuna_user") as pg:
-        assert pg.url.startswith(f"postgresql+psycopg2://optuna_user:") and pg.url.endswith(f"@127.0.0.1:{pg.port}/optuna")
+        assert pg.url.startswith("postgresql+psycopg2://optuna_user:") and pg.url.endswith(f"@127.0.0.1:{pg.port}/optuna")
         assert _scalar(pg.url, "select current_user || '@' || current_database()") == "optuna_user@optuna"
         assert _scalar(pg.url, "show server_version_num").startswith("15")
         assert is_running(pg_dir)

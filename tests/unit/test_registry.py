@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_tasks import baselines, compress, evaluate, register, registry, train
-from pipeline_tasks import constants as C
-from pipeline_tasks import params as P
-from pipeline_tasks.cli import run_stage
-from pipeline_tasks.register import decide
+from pipeline_tasks import baselines, compress, evaluate, register, train
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core.stage_cli import run_stage
+from pipeline_tasks.serving import registry
+from pipeline_tasks.serving.gate import decide
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -299,7 +300,7 @@ def test_ab_config_lives_in_the_registry_and_keeps_its_salt(store):
 
 
 def test_cli_promote_history_and_ab(store, capsys):
-    from pipeline_tasks.recpipe_cli import main
+    from pipeline_tasks.ops.cli import main
 
     params, client, _, root = store
     force_state(client, "1", None)
@@ -339,8 +340,8 @@ def test_version_carries_lineage_tags_and_a_model_card(store):
 
 
 def test_lineage_prints_data_params_commit_and_airflow_run_and_restores_dvc_lock(store, capsys):
-    from pipeline_tasks import lineage
-    from pipeline_tasks.recpipe_cli import main
+    from pipeline_tasks.ops.cli import main
+    from pipeline_tasks.serving import lineage
 
     params, client, _, root = store
     info = lineage.version_lineage(client, "recpipe", "2")

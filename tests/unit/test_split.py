@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_tasks import constants as C
-from pipeline_tasks import io, split
-from pipeline_tasks.dataset import binary_matrix, eval_task, load_split
-from pipeline_tasks.errors import ParamsError, PipelineError
+from pipeline_tasks import split
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io
+from pipeline_tasks.core.errors import ParamsError, PipelineError
+from pipeline_tasks.data import splitting
+from pipeline_tasks.data.dataset import binary_matrix, eval_task, load_split
 
 
 def ts(day: int) -> pd.Timestamp:
@@ -129,7 +131,7 @@ def test_eval_task_excludes_the_right_history(split_root):
 
 
 def test_binary_matrix_counts_repeats_once():
-    from pipeline_tasks.dataset import Interactions
+    from pipeline_tasks.data.dataset import Interactions
 
     inter = Interactions(np.array([0, 0, 1]), np.array([2, 2, 0]), np.zeros(3, "datetime64[us]"))
     assert binary_matrix(inter, 2, 3).toarray().tolist() == [[0, 0, 1], [1, 0, 0]]
@@ -189,17 +191,17 @@ def test_chosen_items_are_cold_test_targets_and_reach_the_share(cold_root):
     # Items are added until the share is reached, and not one more: without the last one it was short.
     share = params["split"]["cold_start_share"]
     assert cold_rows.sum() >= share * len(test)
-    last = split.choose_cold_items(test, share, params["seed"])[-1]
+    last = splitting.choose_cold_items(test, share, params["seed"])[-1]
     assert (cold_rows & (test[C.ITEM_ID] != last)).sum() < share * len(test)
     assert set(read(root, "items")[C.ITEM_ID]) >= chosen  # still candidates: every model ranks them
 
 
 def test_cold_items_depend_on_the_seed_only(tmp_path, params):
     test = pd.DataFrame({C.ITEM_ID: [f"i{j % 17}" for j in range(100)]})
-    first = split.choose_cold_items(test, 0.2, seed=1)
-    assert split.choose_cold_items(test.sample(frac=1.0, random_state=5), 0.2, seed=1) == first  # not row order
-    assert split.choose_cold_items(test, 0.2, seed=2) != first
-    assert split.choose_cold_items(test, 0.0, seed=1) == []
+    first = splitting.choose_cold_items(test, 0.2, seed=1)
+    assert splitting.choose_cold_items(test.sample(frac=1.0, random_state=5), 0.2, seed=1) == first  # not row order
+    assert splitting.choose_cold_items(test, 0.2, seed=2) != first
+    assert splitting.choose_cold_items(test, 0.0, seed=1) == []
 
 
 def test_users_whose_valid_item_was_withheld_still_load_and_validate(cold_root):

@@ -1,8 +1,8 @@
 """The MLflow store is chosen by params unless the user sets MLFLOW_TRACKING_URI."""
 from __future__ import annotations
 
-from pipeline_tasks import params as P
-from pipeline_tasks import tracking
+from pipeline_tasks.core import params as P
+from pipeline_tasks.core import tracking
 
 
 def params_with_store(path) -> dict:

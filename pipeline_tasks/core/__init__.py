@@ -1,0 +1,2 @@
+"""What every layer shares: constants, errors, params, atomic file I/O, MLflow glue, ranking
+metrics and the stage command line. Imports nothing else of recpipe."""

@@ -1,0 +1,2 @@
+"""Local services: a throwaway PostgreSQL cluster and `make services` (PostgreSQL, MLflow server,
+Airflow, Spark standalone on loopback)."""

@@ -1,0 +1,2 @@
+"""The recommender: TextSeqRec and its training, the baselines, tuning, compressed variants and
+evaluation (full ranking, slices, bootstrap intervals)."""

@@ -1,0 +1,327 @@
+"""Audited alias moves in the MLflow registry: promote, rollback, history, and the A/B config.
+
+Aliases: `champion` (what serves), `challenger` (the last registered version), and
+`previous_champion` (where `rollback` goes). Every move is audited twice, inside the
+registry itself so any client of the store sees it:
+- version tags on the versions involved (`champion.promoted_at/by/reason`, `champion.retired_at`);
+- an append-only history: one registered-model tag per event, `recpipe.audit.<UTC time>.<random>`,
+  whose value is the event as JSON. A tag per event (rather than one growing JSON list) is
+  written in one call, never rewritten, and two writers can never overwrite each other's
+  event; sorting the keys gives the time order.
+
+Consistency: an alias points at exactly one version, so "two champions" cannot exist; the
+danger is a half-done move. `move_champion` writes `previous_champion` first (servers never
+read it), then `champion` (one row: the commit point), then the audit. If anything after the
+commit point fails, it puts both aliases back and re-raises, so a failure at any step leaves
+either the old state or the complete new one — never no champion when there was one.
+
+The A/B configuration (challenger share, bucketing salt, guardrail metrics) is one
+registered-model tag (`recpipe.ab`, JSON), next to the aliases, so every server sees the same split.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import tracking
+from pipeline_tasks.core.errors import PipelineError
+
+AUDIT_PREFIX = "recpipe.audit."
+AB_TAG = "recpipe.ab"
+HEADLINE_TAG = "metric.ndcg_at_10"  # written by register (tracking.metric_key("metric.ndcg@10"))
+
+
+class RegistryError(PipelineError):
+    """An alias move was refused or failed; the message says what state the registry is in."""
+
+
+# --- small readers ---------------------------------------------------------------------------
+
+def client_for(params: dict, root: str | Path = "."):
+    """An MlflowClient on this project's store (the experiment is created if missing)."""
+    from mlflow import MlflowClient
+
+    tracking.setup(params, root)
+    return MlflowClient()
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def actor(explicit: str | None = None) -> str:
+    """Who moves an alias: --actor, else the Airflow DAG run (from its task env), else the OS user."""
+    if explicit:
+        return explicit
+    # RECPIPE_DAG_* are exported by our DAGs into stage processes; AIRFLOW_CTX_* exist inside a task.
+    dag = os.environ.get("RECPIPE_DAG_ID") or os.environ.get("AIRFLOW_CTX_DAG_ID")
+    run = os.environ.get("RECPIPE_DAG_RUN_ID") or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+    if dag:
+        return f"airflow:{dag}/{run or '?'}"
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return "unknown"
+
+
+def aliases(client, name: str) -> dict[str, str]:
+    """{alias: version} of the registered model ({} if it does not exist yet)."""
+    try:
+        return {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    except Exception:  # noqa: BLE001 - RestException RESOURCE_DOES_NOT_EXIST
+        return {}
+
+
+def require_model(client, name: str) -> Any:
+    try:
+        return client.get_registered_model(name)
+    except Exception as err:  # noqa: BLE001
+        raise RegistryError(f"no registered model {name!r} in this MLflow store: run the pipeline "
+                            "(`make run`) to register one, or check mlflow.tracking_uri") from err
+
+
+def require_version(client, name: str, version: str) -> Any:
+    try:
+        return client.get_model_version(name, str(version))
+    except Exception as err:  # noqa: BLE001
+        known = sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)
+        raise RegistryError(f"{name} has no version {version!r} (versions: {known}); "
+                            "pick one from `recpipe history` or the MLflow UI") from err
+
+
+def headline(client, name: str, version: str | None) -> float | None:
+    """NDCG@10 a version recorded when it was registered (its own run's test split)."""
+    if version is None:
+        return None
+    value = client.get_model_version(name, version).tags.get(HEADLINE_TAG)
+    return float(value) if value not in (None, "") else None
+
+
+# --- the audit history -------------------------------------------------------------------------
+
+def append_audit(client, name: str, event: dict) -> str:
+    """Append one event to the registered model's history; returns its tag key."""
+    key = f"{AUDIT_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.{uuid.uuid4().hex[:6]}"
+    client.set_registered_model_tag(name, key, json.dumps(event, sort_keys=True))
+    return key
+
+
+def history(client, name: str) -> list[dict]:
+    """Every audited event, oldest first."""
+    tags = require_model(client, name).tags
+    return [json.loads(tags[key]) for key in sorted(k for k in tags if k.startswith(AUDIT_PREFIX))]
+
+
+def format_history(events: list[dict], current: dict[str, str]) -> str:
+    """The champion's whole history, one line per event, then the aliases now."""
+    lines = [f"{'when (UTC)':<27} {'action':<16} {'alias':<12} {'from':>5} -> {'to':<5} {'by':<24} "
+             f"{'NDCG@10 delta':>13}  why"]
+    for e in events:
+        delta = (e.get("metrics") or {}).get("ndcg@10", {}).get("delta")
+        lines.append(f"{e.get('at', '')[:26]:<27} {e.get('action', ''):<16} {e.get('alias', ''):<12} "
+                     f"{str(e.get('from_version') or '-'):>5} -> {str(e.get('to_version') or '-'):<5} "
+                     f"{str(e.get('actor', ''))[:24]:<24} {'' if delta is None else f'{delta:+.4f}':>13}  "
+                     f"{'[FORCED] ' if e.get('forced') else ''}{e.get('reason', '')}")
+    lines.append("aliases now: " + (", ".join(f"{a}=v{v}" for a, v in sorted(current.items())) or "none"))
+    return "\n".join(lines)
+
+
+def metric_deltas(client, name: str, from_version: str | None, to_version: str, gate: dict | None) -> dict:
+    """NDCG@10 of both ends of a move: the gate's re-scored numbers when there are some, else as registered."""
+    if gate and gate.get("champion_ndcg") is not None and str(gate.get("champion_version")) == str(from_version):
+        before, after, source = gate["champion_ndcg"], gate["challenger_ndcg"], "gate re-score on one test split"
+    else:
+        before, after = headline(client, name, from_version), headline(client, name, to_version)
+        source = "as registered (each on its own run's test split)"
+    delta = after - before if before is not None and after is not None else None
+    return {"ndcg@10": {"from": before, "to": after, "delta": delta, "source": source}}
+
+
+# --- alias moves -----------------------------------------------------------------------------
+
+def set_or_delete_alias(client, name: str, alias: str, version: str | None) -> None:
+    if version is None:
+        try:
+            client.delete_registered_model_alias(name, alias)
+        except Exception:  # noqa: BLE001 - deleting an alias that does not exist is fine
+            pass
+    else:
+        client.set_registered_model_alias(name, alias, str(version))
+
+
+def move_champion(client, name: str, to_version: str, new_previous: str | None, event: dict) -> dict:
+    """Point `champion` at to_version and `previous_champion` at new_previous, audited, all or nothing.
+
+    Order: previous_champion (no server reads it), champion (the commit point), then the
+    audit and version tags. A failure after the commit point restores both aliases.
+    """
+    before = aliases(client, name)
+    old_champion, old_previous = before.get(C.ALIAS_CHAMPION), before.get(C.ALIAS_PREVIOUS_CHAMPION)
+    try:
+        set_or_delete_alias(client, name, C.ALIAS_PREVIOUS_CHAMPION, new_previous)
+        client.set_registered_model_alias(name, C.ALIAS_CHAMPION, str(to_version))
+        stamp = event["at"]
+        client.set_model_version_tag(name, str(to_version), "champion.promoted_at", stamp)
+        client.set_model_version_tag(name, str(to_version), "champion.promoted_by", event["actor"])
+        client.set_model_version_tag(name, str(to_version), "champion.reason", event["reason"][:5000])
+        if old_champion and old_champion != str(to_version):
+            client.set_model_version_tag(name, old_champion, "champion.retired_at", stamp)
+        append_audit(client, name, event)
+    except Exception as err:
+        restored = restore_aliases(client, name, old_champion, old_previous)
+        forget_move_tags(client, name, str(to_version), old_champion)
+        state = (f"aliases restored (champion=v{old_champion or '-'})" if restored
+                 else "could not restore previous_champion; champion is unchanged or the new one; check `recpipe history`")
+        raise RegistryError(f"{event['action']} to v{to_version} failed midway ({type(err).__name__}: {err}); "
+                            f"{state}. Fix the store and run the command again.") from err
+    return event
+
+
+def restore_aliases(client, name: str, champion: str | None, previous: str | None) -> bool:
+    """Put champion (first: servers read it) and previous_champion back; False if a write failed."""
+    try:
+        if champion is not None:
+            client.set_registered_model_alias(name, C.ALIAS_CHAMPION, champion)
+        set_or_delete_alias(client, name, C.ALIAS_PREVIOUS_CHAMPION, previous)
+        return True
+    except Exception:  # noqa: BLE001 - report, the original error is re-raised by the caller
+        return False
+
+
+def forget_move_tags(client, name: str, to_version: str, old_champion: str | None) -> None:
+    """Remove the version tags of a move that was undone (best effort: they are documentation)."""
+    tags = [(to_version, k) for k in ("champion.promoted_at", "champion.promoted_by", "champion.reason")]
+    if old_champion and old_champion != to_version:
+        tags.append((old_champion, "champion.retired_at"))
+    for version, key in tags:
+        try:
+            client.delete_model_version_tag(name, version, key)
+        except Exception:  # noqa: BLE001 - absent tag, or the store is still down
+            pass
+
+
+def gate_passed_against(version_tags: dict, champion: str | None) -> bool:
+    """Did this version pass the gate against the champion that is current *now*?"""
+    return version_tags.get("gate.passed") == "true" and version_tags.get("gate.champion_version", "") == (champion or "")
+
+
+def promote(client, name: str, version: str, reason: str | None = None, who: str | None = None,
+            gate: dict | None = None) -> dict:
+    """Make `version` the champion (the old one becomes previous_champion).
+
+    Without a passed gate against the current champion, `reason` is required and the move
+    is recorded as forced.
+    """
+    require_model(client, name)
+    target = require_version(client, name, str(version))
+    version = str(target.version)
+    current = aliases(client, name).get(C.ALIAS_CHAMPION)
+    if current == version:
+        raise RegistryError(f"v{version} is already the champion of {name}; nothing to do")
+    passed = gate_passed_against(target.tags, current) if gate is None else bool(gate.get("passed"))
+    if not passed and not reason:
+        summary = target.tags.get("gate.summary", "no gate result recorded")
+        raise RegistryError(f"v{version} did not pass the gate against the current champion "
+                            f"v{current or '-'} ({summary}); a forced promotion needs --reason TEXT, which is recorded")
+    gate_summary = (gate or {}).get("summary") or target.tags.get("gate.summary", "")
+    event = {"at": now(), "action": "first_champion" if current is None else "promote", "alias": C.ALIAS_CHAMPION,
+             "from_version": current, "to_version": version, "actor": actor(who),
+             "reason": reason or f"gate passed: {gate_summary}", "forced": not passed, "gate_passed": passed,
+             "gate": gate_summary, "metrics": metric_deltas(client, name, current, version, gate)}
+    return move_champion(client, name, version, current, event)
+
+
+def earlier_champion(events: list[dict], version: str) -> str | None:
+    """The champion before `version` last became champion (where a second rollback would go)."""
+    for e in reversed(events):
+        if e.get("alias") == C.ALIAS_CHAMPION and str(e.get("to_version")) == version:
+            previous = e.get("from_version")
+            return str(previous) if previous not in (None, version) else None
+    return None
+
+
+def rollback(client, name: str, reason: str | None = None, who: str | None = None, check=None) -> dict:
+    """Champion back to previous_champion, after `check(name, version)` proves that version loads and answers."""
+    require_model(client, name)
+    now_aliases = aliases(client, name)
+    current, target = now_aliases.get(C.ALIAS_CHAMPION), now_aliases.get(C.ALIAS_PREVIOUS_CHAMPION)
+    if target is None:
+        raise RegistryError(f"{name} has no previous_champion to roll back to; use `recpipe promote VERSION "
+                            "--reason TEXT` to pick a version (see `recpipe history`)")
+    if target == current:
+        raise RegistryError(f"previous_champion and champion are both v{target}; pick a version with "
+                            "`recpipe promote VERSION --reason TEXT`")
+    (check or load_check)(client, name, target)
+    event = {"at": now(), "action": "rollback", "alias": C.ALIAS_CHAMPION, "from_version": current,
+             "to_version": target, "actor": actor(who), "reason": reason or "rollback", "forced": True,
+             "gate_passed": None, "metrics": metric_deltas(client, name, current, target, None)}
+    return move_champion(client, name, target, earlier_champion(history(client, name), target), event)
+
+
+def load_check(client, name: str, version: str) -> None:
+    """Load the version as a server would and ask it for 5 items for a known user."""
+    import pandas as pd
+
+    import mlflow
+
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        inner = model.unwrap_python_model()
+        user = next(iter(inner.histories), "unknown-user")
+        out = model.predict(pd.DataFrame({"user_id": [user], "k": [5]}))
+        items = list(out.loc[0, "item_ids"])
+    except Exception as err:  # noqa: BLE001 - any failure means "do not serve this version"
+        raise RegistryError(f"v{version} of {name} fails its load check ({type(err).__name__}: {err}); "
+                            "the champion was not moved. Promote another version with "
+                            "`recpipe promote VERSION --reason TEXT`") from err
+    if not items:
+        raise RegistryError(f"v{version} of {name} loads but recommends nothing for user {user!r}; champion not moved")
+
+
+def set_challenger(client, name: str, version: str, reason: str, who: str | None = None) -> dict:
+    """Point `challenger` at a newly registered version, audited."""
+    before = aliases(client, name).get(C.ALIAS_CHALLENGER)
+    client.set_registered_model_alias(name, C.ALIAS_CHALLENGER, str(version))
+    event = {"at": now(), "action": "register", "alias": C.ALIAS_CHALLENGER, "from_version": before,
+             "to_version": str(version), "actor": actor(who), "reason": reason, "forced": False}
+    append_audit(client, name, event)
+    return event
+
+
+# --- A/B configuration -------------------------------------------------------------------------
+
+def ab_config(client, name: str) -> dict:
+    """{share, salt, guardrails, ...}; share 0 (everyone on champion) until `recpipe ab` sets one."""
+    raw = aliases_tags(client, name).get(AB_TAG)
+    return json.loads(raw) if raw else {"share": 0.0, "salt": "", "guardrails": []}
+
+
+def aliases_tags(client, name: str) -> dict[str, str]:
+    try:
+        return dict(client.get_registered_model(name).tags)
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def set_ab_config(client, name: str, share: float, salt: str | None = None, guardrails: list[str] | None = None,
+                  who: str | None = None, reason: str | None = None) -> dict:
+    """Store the split in the registry (one tag write); an omitted salt keeps the current one."""
+    if not 0.0 <= share <= 1.0:
+        raise RegistryError(f"--share must be between 0 and 1 (the challenger's share of users), got {share}")
+    require_model(client, name)
+    old = ab_config(client, name)
+    config = {"share": float(share), "salt": salt or old.get("salt") or secrets.token_hex(4),
+              "guardrails": list(guardrails if guardrails is not None else old.get("guardrails", [])),
+              "updated_at": now(), "updated_by": actor(who)}
+    client.set_registered_model_tag(name, AB_TAG, json.dumps(config, sort_keys=True))
+    append_audit(client, name, {"at": config["updated_at"], "action": "ab_config", "alias": "", "actor": config["updated_by"],
+                                "from_version": None, "to_version": None, "forced": False,
+                                "reason": reason or f"share {old.get('share', 0.0):g} -> {share:g}, salt {config['salt']}"})
+    return config
