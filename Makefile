@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast bench mlflow-ui airflow clean-outputs lock services services-down
+.PHONY: setup run lint test test-fast bench mlflow-ui airflow clean-outputs lock services services-down
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (idempotent)
 
@@ -26,7 +26,14 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup  ## the full pipeline on the built-in default data, through dvc repro
 	$(BIN)/recpipe run
 
-test: setup  ## the whole test suite
+# Code checks (rules in pyproject.toml): lint + format, the layer contracts, types of core/ and model/.
+lint: setup  ## ruff (lint + format check), import-linter contracts, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: setup lint  ## the code checks, then the whole test suite
 	$(BIN)/python -m pytest tests
 
 test-fast: setup  ## everything but the slow end-to-end tests

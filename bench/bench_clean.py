@@ -17,6 +17,7 @@ of memory) is recorded as failed, with its size.
 
 Writes bench/results/clean_<rows>.json (medians over --repeats).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,16 @@ from pipeline_tasks.core import params as P  # noqa: E402
 START = pd.Timestamp("2026-01-01", tz="UTC")
 DAYS = 180
 CHUNK_ROWS = 2_000_000
-WORDS = ("orbit rocket nebula galaxy comet sourdough risotto pastry broth striker penalty derby saxophone bebop "
-         "swing compost tomato greenhouse detective alibi heist dividend portfolio backpack island ferry wolf "
-         "eagle whale compiler database kernel empire castle marathon yoga").split()
+WORDS = (
+    "orbit rocket nebula galaxy comet sourdough risotto pastry broth striker penalty derby saxophone bebop "
+    "swing compost tomato greenhouse detective alibi heist dividend portfolio backpack island ferry wolf "
+    "eagle whale compiler database kernel empire castle marathon yoga"
+).split()
 BROKEN = ["", "   \n\t  ", "<p><br/></p>", "<div>&nbsp;</div>"]
 
 
 # ---------------------------------------------------------------- data
+
 
 def ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
     text = pc.utf8_lpad(pc.cast(pa.array(numbers), pa.string()), width, "0")
@@ -85,8 +89,13 @@ def generate(n_rows: int, root: Path, seed: int = 0) -> dict:
     extra = []
     for code, rate in ((1, 0.01), (2, 0.0015), (3, 0.0015), (4, 0.003), (5, 0.003), (6, 0.003)):
         rows = pick(rate)
-        part = {"user": user[rows].copy(), "item": item[rows].copy(), "sec": seconds[rows].copy(),
-                "rating": rating[rows].copy(), "kind": np.full(len(rows), code, dtype=np.int8)}
+        part = {
+            "user": user[rows].copy(),
+            "item": item[rows].copy(),
+            "sec": seconds[rows].copy(),
+            "rating": rating[rows].copy(),
+            "kind": np.full(len(rows), code, dtype=np.int8),
+        }
         if code > 1:
             part["sec"] += rng.integers(60, 3600, len(rows))  # a defect of its own, not also a duplicate
         if code == 4:
@@ -101,9 +110,15 @@ def generate(n_rows: int, root: Path, seed: int = 0) -> dict:
     bot_events = 400
     for b in range(n_bots):
         begin = int(rng.integers(0, DAYS * 86400 - 1000))
-        extra.append({"user": np.full(bot_events, n_users + b), "item": rng.choice(n_items, bot_events),
-                      "sec": begin + np.sort(rng.integers(0, bot_events // 2, bot_events)),
-                      "rating": np.full(bot_events, 5.0), "kind": np.full(bot_events, 7, dtype=np.int8)})
+        extra.append(
+            {
+                "user": np.full(bot_events, n_users + b),
+                "item": rng.choice(n_items, bot_events),
+                "sec": begin + np.sort(rng.integers(0, bot_events // 2, bot_events)),
+                "rating": np.full(bot_events, 5.0),
+                "kind": np.full(bot_events, 7, dtype=np.int8),
+            }
+        )
     cols = {"user": user, "item": item, "sec": seconds, "rating": rating, "kind": kind}
     for key in cols:
         cols[key] = np.concatenate([cols[key]] + [e[key] for e in extra])
@@ -124,25 +139,49 @@ def generate(n_rows: int, root: Path, seed: int = 0) -> dict:
         user_ids = pc.if_else(pa.array(kinds == 2), pa.scalar(None, pa.string()), user_ids)
         item_ids = pc.if_else(pa.array(kinds == 3), pa.scalar(None, pa.string()), item_ids)
         stamps = (START.value // 1000) + cols["sec"][sl].astype(np.int64) * 1_000_000 + micros[sl]
-        table = pa.table({C.USER_ID: user_ids, C.ITEM_ID: item_ids, C.RATING: pa.array(cols["rating"][sl]),
-                          C.TIMESTAMP: pa.array(stamps, pa.timestamp("us", tz="UTC")),
-                          C.EVENT: pa.array(["rating"] * (sl.stop - sl.start), pa.string()),
-                          C.SOURCE_ROW: pa.array(np.arange(sl.start, sl.stop, dtype=np.int64))})
+        table = pa.table(
+            {
+                C.USER_ID: user_ids,
+                C.ITEM_ID: item_ids,
+                C.RATING: pa.array(cols["rating"][sl]),
+                C.TIMESTAMP: pa.array(stamps, pa.timestamp("us", tz="UTC")),
+                C.EVENT: pa.array(["rating"] * (sl.stop - sl.start), pa.string()),
+                C.SOURCE_ROW: pa.array(np.arange(sl.start, sl.stop, dtype=np.int64)),
+            }
+        )
         pq.write_table(table, raw / "interactions" / f"part-{n:04d}.parquet")
 
-    texts = [f"The {rng.choice(WORDS)} {rng.choice(WORDS)} {i}. A {rng.choice(WORDS)} about {rng.choice(WORDS)} "
-             f"and {rng.choice(WORDS)}." for i in range(n_items)]
+    texts = [
+        f"The {rng.choice(WORDS)} {rng.choice(WORDS)} {i}. A {rng.choice(WORDS)} about {rng.choice(WORDS)} "
+        f"and {rng.choice(WORDS)}."
+        for i in range(n_items)
+    ]
     messy = rng.random(n_items) < 0.1
     broken = rng.random(n_items) < 0.02
-    texts = [BROKEN[i % len(BROKEN)] if broken[i] else (f"<p>{t.replace(' and ', ' &amp; ')}</p>" if messy[i] else t)
-             for i, t in enumerate(texts)]
-    pq.write_table(pa.table({C.ITEM_ID: ids("i", np.arange(n_items), 7), C.TITLE: [t[:30] for t in texts],
-                             C.TEXT: texts}), raw / "items" / "part-0.parquet")
-    pq.write_table(pa.table({C.USER_ID: ids("u", np.arange(n_users + n_bots), 7),
-                             "country": rng.choice(["DE", "FR", "US"], n_users + n_bots)}),
-                   raw / "users" / "part-0.parquet")
-    return {"interactions": total, "items": n_items, "users": n_users + n_bots, "bots": n_bots,
-            "injected": int((cols["kind"] > 0).sum())}
+    texts = [
+        BROKEN[i % len(BROKEN)] if broken[i] else (f"<p>{t.replace(' and ', ' &amp; ')}</p>" if messy[i] else t)
+        for i, t in enumerate(texts)
+    ]
+    pq.write_table(
+        pa.table({C.ITEM_ID: ids("i", np.arange(n_items), 7), C.TITLE: [t[:30] for t in texts], C.TEXT: texts}),
+        raw / "items" / "part-0.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                C.USER_ID: ids("u", np.arange(n_users + n_bots), 7),
+                "country": rng.choice(["DE", "FR", "US"], n_users + n_bots),
+            }
+        ),
+        raw / "users" / "part-0.parquet",
+    )
+    return {
+        "interactions": total,
+        "items": n_items,
+        "users": n_users + n_bots,
+        "bots": n_bots,
+        "injected": int((cols["kind"] > 0).sum()),
+    }
 
 
 # ---------------------------------------------------------------- the same rules in pandas
@@ -232,15 +271,23 @@ def pandas_clean(root: Path, cfg: dict) -> dict:
 
     out = root / "pandas_out"  # written like the Spark stage writes: kept and quarantined rows of each table
     out.mkdir()
-    kept_items = items[item_reason.isna()].drop(columns=[C.TITLE, C.TEXT]).rename(
-        columns={"_title": C.TITLE, "_text": C.TEXT})
-    for name, frame, why in (("interactions", inter, reason), ("items", items, item_reason),
-                             ("users", users, user_reason)):
+    kept_items = (
+        items[item_reason.isna()].drop(columns=[C.TITLE, C.TEXT]).rename(columns={"_title": C.TITLE, "_text": C.TEXT})
+    )
+    for name, frame, why in (
+        ("interactions", inter, reason),
+        ("items", items, item_reason),
+        ("users", users, user_reason),
+    ):
         kept = kept_items if name == "items" else frame[why.isna()]
         kept.to_parquet(out / f"clean_{name}.parquet", index=False)
         frame.assign(reason=why)[why.notna()].to_parquet(out / f"quarantine_{name}.parquet", index=False)
-    return {"interactions": counts(reason), "items": counts(item_reason), "users": counts(user_reason),
-            "kcore": {"iterations": iterations}}
+    return {
+        "interactions": counts(reason),
+        "items": counts(item_reason),
+        "users": counts(user_reason),
+        "kcore": {"iterations": iterations},
+    }
 
 
 def kcore(inter: pd.DataFrame, reason: pd.Series, cfg: dict) -> int:
@@ -259,11 +306,16 @@ def kcore(inter: pd.DataFrame, reason: pd.Series, cfg: dict) -> int:
 def counts(reason: pd.Series) -> dict:
     by_rule = {str(k): int(v) for k, v in reason.value_counts().items()}
     quarantined = sum(by_rule.values())
-    return {"rows_in": len(reason), "rows_kept": len(reason) - quarantined, "rows_quarantined": quarantined,
-            "by_rule": by_rule}
+    return {
+        "rows_in": len(reason),
+        "rows_kept": len(reason) - quarantined,
+        "rows_quarantined": quarantined,
+        "by_rule": by_rule,
+    }
 
 
 # ---------------------------------------------------------------- workers and measurement
+
 
 class PhaseLog(logging.Handler):
     """Collects clean.py's `clean phase <label>: <s> s` lines (where Spark's time goes)."""
@@ -280,8 +332,9 @@ class PhaseLog(logging.Handler):
 
 def worker(engine: str, root: Path, args: argparse.Namespace) -> None:
     params = P.defaults()
-    params["spark"].update(master=args.master, driver_memory=args.driver_memory,
-                           shuffle_partitions=args.shuffle_partitions)
+    params["spark"].update(
+        master=args.master, driver_memory=args.driver_memory, shuffle_partitions=args.shuffle_partitions
+    )
     phases = PhaseLog()
     logging.getLogger("pipeline_tasks.clean").addHandler(phases)
     logging.getLogger("pipeline_tasks.clean").setLevel(logging.INFO)
@@ -323,8 +376,20 @@ def tree_usage(proc: psutil.Process, cpu_s: dict[int, float]) -> dict[str, int]:
 
 def measure(engine: str, root: Path, args: argparse.Namespace) -> dict:
     """Run one engine in a subprocess; wall time and the peak RSS of its whole process tree."""
-    cmd = [sys.executable, __file__, "--worker", engine, "--root", str(root), "--master", args.master,
-           "--driver-memory", args.driver_memory, "--shuffle-partitions", str(args.shuffle_partitions)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        engine,
+        "--root",
+        str(root),
+        "--master",
+        args.master,
+        "--driver-memory",
+        args.driver_memory,
+        "--shuffle-partitions",
+        str(args.shuffle_partitions),
+    ]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watched, peak, done = psutil.Process(proc.pid), 0, threading.Event()
@@ -348,15 +413,26 @@ def measure(engine: str, root: Path, args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - started
     result_file = root / f"result-{engine}.json"
     if proc.returncode != 0 or not result_file.exists():
-        return {"ok": False, "returncode": proc.returncode, "wall_s": wall, "peak_rss_gb": peak / 2**30,
-                "error_tail": err[-800:]}
+        return {
+            "ok": False,
+            "returncode": proc.returncode,
+            "wall_s": wall,
+            "peak_rss_gb": peak / 2**30,
+            "error_tail": err[-800:],
+        }
     metrics = json.loads(result_file.read_text())
     result_file.unlink()
-    return {"ok": True, "wall_s": wall, "clean_s": metrics["seconds"], "peak_rss_gb": peak / 2**30,
-            "peak_rss_gb_by_role": {role: round(size / 2**30, 2) for role, size in peak_by_role.items()},
-            "cpu_s": round(sum(cpu_s.values()), 1),
-            "by_rule": {t: {k: v for k, v in metrics[t]["by_rule"].items() if v} for t in C.TABLES},
-            "rows_kept": metrics["interactions"]["rows_kept"], "phases_s": metrics["phases_s"]}
+    return {
+        "ok": True,
+        "wall_s": wall,
+        "clean_s": metrics["seconds"],
+        "peak_rss_gb": peak / 2**30,
+        "peak_rss_gb_by_role": {role: round(size / 2**30, 2) for role, size in peak_by_role.items()},
+        "cpu_s": round(sum(cpu_s.values()), 1),
+        "by_rule": {t: {k: v for k, v in metrics[t]["by_rule"].items() if v} for t in C.TABLES},
+        "rows_kept": metrics["interactions"]["rows_kept"],
+        "phases_s": metrics["phases_s"],
+    }
 
 
 def summarise(runs: list[dict], rows: int) -> dict:
@@ -364,15 +440,23 @@ def summarise(runs: list[dict], rows: int) -> dict:
     if not good:
         return {"ok": False, "runs": runs}
     wall = statistics.median(r["wall_s"] for r in good)
-    return {"ok": True, "repeats": len(good), "wall_s_median": round(wall, 1),
-            "wall_s_all": [round(r["wall_s"], 1) for r in good],
-            "clean_s_median": round(statistics.median(r["clean_s"] for r in good), 1),
-            "rows_per_s": round(rows / wall), "peak_rss_gb_max": round(max(r["peak_rss_gb"] for r in good), 2),
-            "peak_rss_gb_by_role": good[0]["peak_rss_gb_by_role"],
-            "cpu_s_median": round(statistics.median(r["cpu_s"] for r in good), 1),
-            "by_rule": good[0]["by_rule"], "rows_kept": good[0]["rows_kept"],
-            "phases_s_median": {label: round(statistics.median(r["phases_s"].get(label, 0.0) for r in good), 1)
-                                for label in good[0]["phases_s"]}}
+    return {
+        "ok": True,
+        "repeats": len(good),
+        "wall_s_median": round(wall, 1),
+        "wall_s_all": [round(r["wall_s"], 1) for r in good],
+        "clean_s_median": round(statistics.median(r["clean_s"] for r in good), 1),
+        "rows_per_s": round(rows / wall),
+        "peak_rss_gb_max": round(max(r["peak_rss_gb"] for r in good), 2),
+        "peak_rss_gb_by_role": good[0]["peak_rss_gb_by_role"],
+        "cpu_s_median": round(statistics.median(r["cpu_s"] for r in good), 1),
+        "by_rule": good[0]["by_rule"],
+        "rows_kept": good[0]["rows_kept"],
+        "phases_s_median": {
+            label: round(statistics.median(r["phases_s"].get(label, 0.0) for r in good), 1)
+            for label in good[0]["phases_s"]
+        },
+    }
 
 
 def main() -> None:
@@ -406,13 +490,22 @@ def main() -> None:
             print(engine, json.dumps({k: v for k, v in runs[-1].items() if k != "by_rule"}), flush=True)
         results[engine] = summarise(runs, data["interactions"])
     report = {
-        "rows": data["interactions"], "data": data, "generate_s": round(generated_s, 1),
+        "rows": data["interactions"],
+        "data": data,
+        "generate_s": round(generated_s, 1),
         "command": "python bench/bench_clean.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "load_avg_before": [round(x, 1) for x in load_before],
-                    "load_avg_after": [round(x, 1) for x in os.getloadavg()], "python": platform.python_version(),
-                    "ram_gb": round(psutil.virtual_memory().total / 2**30, 1)},
-        "spark_conf": {"master": args.master, "driver_memory": args.driver_memory,
-                       "shuffle_partitions": args.shuffle_partitions},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_before": [round(x, 1) for x in load_before],
+            "load_avg_after": [round(x, 1) for x in os.getloadavg()],
+            "python": platform.python_version(),
+            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        },
+        "spark_conf": {
+            "master": args.master,
+            "driver_memory": args.driver_memory,
+            "shuffle_partitions": args.shuffle_partitions,
+        },
         "engines": results,
     }
     spark, pandas_ = results.get("spark", {}), results.get("pandas", {})

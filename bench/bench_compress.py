@@ -14,6 +14,7 @@ machine and library versions. Throughput is the median of `compress.timing_round
 latency p50 a median of `compress.latency_calls` calls; on a shared CPU compare ratios, and
 `paired_encode_speedup` (fp32 and the variant timed in alternating rounds) above all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,14 @@ TARGETS = {"max_size_ratio": 0.35, "min_encode_speedup": 1.5, "max_ndcg_drop_rel
 
 def ratios(result: dict) -> dict[str, dict[str, float]]:
     reference = result["variants"][result["reference"]]
-    return {name: {"size_ratio": m["size_mb"] / reference["size_mb"],
-                   "encode_speedup": m["encode_items_per_s"] / reference["encode_items_per_s"],
-                   "latency_p50_ratio": m["latency_p50_ms"] / reference["latency_p50_ms"]}
-            for name, m in result["variants"].items()}
+    return {
+        name: {
+            "size_ratio": m["size_mb"] / reference["size_mb"],
+            "encode_speedup": m["encode_items_per_s"] / reference["encode_items_per_s"],
+            "latency_p50_ratio": m["latency_p50_ms"] / reference["latency_p50_ms"],
+        }
+        for name, m in result["variants"].items()
+    }
 
 
 def paired_speedups(root: Path, result: dict, rounds: int, n_items: int) -> dict[str, float]:
@@ -65,8 +70,11 @@ def paired_speedups(root: Path, result: dict, rounds: int, n_items: int) -> dict
     speedups = {}
     for name in (n for n in ENCODER_VARIANTS if n in result["variants"]):
         variant = Recommender.load(out_dir / name)
-        ratios_ = [measuring.encode_items_per_s(variant, texts, n_items) /
-                   measuring.encode_items_per_s(reference, texts, n_items) for _ in range(rounds)]
+        ratios_ = [
+            measuring.encode_items_per_s(variant, texts, n_items)
+            / measuring.encode_items_per_s(reference, texts, n_items)
+            for _ in range(rounds)
+        ]
         speedups[name] = float(np.median(ratios_))
         print(f"paired encode speed-up {name}: {speedups[name]:.2f} (rounds {[round(r, 2) for r in ratios_]})")
     return speedups
@@ -78,9 +86,11 @@ def target_check(result: dict, rel: dict) -> dict[str, dict]:
         if name not in result["variants"]:
             continue
         speedup = rel[name].get("paired_encode_speedup", rel[name]["encode_speedup"])
-        checks = {"size": rel[name]["size_ratio"] <= TARGETS["max_size_ratio"],
-                  "encode_speed": speedup >= TARGETS["min_encode_speedup"],
-                  "ndcg": result["variants"][name]["ndcg_drop_rel"] <= TARGETS["max_ndcg_drop_rel"]}
+        checks = {
+            "size": rel[name]["size_ratio"] <= TARGETS["max_size_ratio"],
+            "encode_speed": speedup >= TARGETS["min_encode_speedup"],
+            "ndcg": result["variants"][name]["ndcg_drop_rel"] <= TARGETS["max_ndcg_drop_rel"],
+        }
         out[name] = {**checks, "all": all(checks.values())}
     return out
 
@@ -93,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="compress.KEY=VALUE")
     parser.add_argument("--paired-rounds", type=int, default=5, help="alternating fp32/variant timing rounds")
     parser.add_argument("--paired-items", type=int, default=64, help="items encoded per paired round")
-    parser.add_argument("--paired-only", action="store_true",
-                        help="keep the variants of the last results file (same --name), redo the paired timing")
+    parser.add_argument(
+        "--paired-only",
+        action="store_true",
+        help="keep the variants of the last results file (same --name), redo the paired timing",
+    )
     args = parser.parse_args(argv)
     quiet_environment()
     path = ROOT / "bench" / "results" / f"compress_{args.name}.json"
@@ -117,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": command,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": __import__("torch").get_num_threads(),
-                    "versions": {pkg: version(pkg) for pkg in ("torch", "onnxruntime", "onnx", "transformers")}},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": __import__("torch").get_num_threads(),
+            "versions": {pkg: version(pkg) for pkg in ("torch", "onnxruntime", "onnx", "transformers")},
+        },
         "params": params["compress"],
         "seconds": time.perf_counter() - started,
         **result,
@@ -129,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({"chosen": result["chosen"], "relative_to_fp32": rel, "target_check": out["target_check"]},
-                     indent=2))
+    print(
+        json.dumps({"chosen": result["chosen"], "relative_to_fp32": rel, "target_check": out["target_check"]}, indent=2)
+    )
     print(f"wrote {path}")
     return 0
 

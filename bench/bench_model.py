@@ -19,6 +19,7 @@ train/valid interactions were withheld) and writes bench/results/model_cold_star
 (no ablation unless asked): the cold group of every model, and the issue's cold-start target,
 TextSeqRec against SASRec-ID on those targets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,11 +98,15 @@ def headline(metrics: dict) -> dict:
 
 def cold_start_slice(result: dict) -> dict:
     data = result["slices"]["cold_start"]
-    return {"users": data["users"],
-            "ndcg@10": {name: {g: round(v["ndcg@10"], 4) for g, v in groups.items()}
-                        for name, groups in data["metrics"].items()},
-            "recall@10": {name: {g: round(v["recall@10"], 4) for g, v in groups.items()}
-                          for name, groups in data["metrics"].items()}}
+    return {
+        "users": data["users"],
+        "ndcg@10": {
+            name: {g: round(v["ndcg@10"], 4) for g, v in groups.items()} for name, groups in data["metrics"].items()
+        },
+        "recall@10": {
+            name: {g: round(v["recall@10"], 4) for g, v in groups.items()} for name, groups in data["metrics"].items()
+        },
+    }
 
 
 def cold_start_target(result: dict, n_items: int, k: int = 10) -> dict:
@@ -116,15 +121,24 @@ def cold_start_target(result: dict, n_items: int, k: int = 10) -> dict:
     if text is None or ids is None:
         return {"judged": False, "why": "no cold-start test users, or SASRec-ID not in baselines.models"}
     chance = k / n_items
-    out: dict = {"judged": True, "users": result["slices"]["cold_start"]["users"]["cold"],
-                 "chance_recall@10": round(chance, 4), "ratio_target": COLD_TARGET_RATIO}
+    out: dict = {
+        "judged": True,
+        "users": result["slices"]["cold_start"]["users"]["cold"],
+        "chance_recall@10": round(chance, 4),
+        "ratio_target": COLD_TARGET_RATIO,
+    }
     for metric in ("ndcg@10", "recall@10"):
         ratio = text[metric] / ids[metric] if ids[metric] > 0 else None
-        out[metric] = {C.MODEL_NAME: round(text[metric], 4), baselines.SASREC: round(ids[metric], 4),
-                       "ratio": round(ratio, 2) if ratio is not None else None}
+        out[metric] = {
+            C.MODEL_NAME: round(text[metric], 4),
+            baselines.SASREC: round(ids[metric], 4),
+            "ratio": round(ratio, 2) if ratio is not None else None,
+        }
     out["sasrec_id_near_zero"] = ids["recall@10"] <= 2 * chance
-    out["far_better_met"] = all(text[m] > 0 and (out[m]["ratio"] is None or out[m]["ratio"] >= COLD_TARGET_RATIO)
-                                for m in ("ndcg@10", "recall@10"))
+    out["far_better_met"] = all(
+        text[m] > 0 and (out[m]["ratio"] is None or out[m]["ratio"] >= COLD_TARGET_RATIO)
+        for m in ("ndcg@10", "recall@10")
+    )
     return out
 
 
@@ -146,14 +160,18 @@ def ablation_run(mode: str, params: dict, root: Path, epochs: int | None, seed: 
     ranked = evaluation.model_ranking(split_data, task, out, k, params["evaluate"]["batch_size"])
     ctx = M.make_context(split_data.n_items, split_data.train.items, params["evaluate"]["head_share"])
     test = M.compute_all(ranked, task.targets, ctx, M.metric_set(params["evaluate"]["ks"]))
-    return {"epochs": p["train"]["epochs"], "best_epoch": summary["best_epoch"],
-            "valid_ndcg@10": round(summary["valid_ndcg@10"], 4), **headline(test),
-            "seconds": round(seconds, 1), "sequences_per_s": round(summary["sequences_per_s"], 1),
-            "n_params_trainable": summary["n_params_trainable"]}
+    return {
+        "epochs": p["train"]["epochs"],
+        "best_epoch": summary["best_epoch"],
+        "valid_ndcg@10": round(summary["valid_ndcg@10"], 4),
+        **headline(test),
+        "seconds": round(seconds, 1),
+        "sequences_per_s": round(summary["sequences_per_s"], 1),
+        "n_params_trainable": summary["n_params_trainable"],
+    }
 
 
-def stored_ablation_run(mode: str, params: dict, root: Path, epochs: int, reuse: bool,
-                        seed: int | None = None) -> dict:
+def stored_ablation_run(mode: str, params: dict, root: Path, epochs: int, reuse: bool, seed: int | None = None) -> dict:
     """ablation_run, kept under bench_stages/ so a --reuse run skips what an earlier run trained."""
     suffix = "" if seed is None else f"-seed{seed}"
     stored = root / "bench_stages" / f"ablation-{mode}-{epochs}{suffix}.json"
@@ -165,62 +183,90 @@ def stored_ablation_run(mode: str, params: dict, root: Path, epochs: int, reuse:
     return result
 
 
-def ablation_over_seeds(ablation: dict, params: dict, root: Path, epochs: int, seeds: list[int],
-                        reuse: bool) -> dict:
+def ablation_over_seeds(ablation: dict, params: dict, root: Path, epochs: int, seeds: list[int], reuse: bool) -> dict:
     """Every ablation mode (the trained one included) again with other training seeds: one test
     split of 943 users cannot tell a 2% gain from seed noise, several seeds can show it is steady."""
     runs = {params["seed"]: {mode: r["ndcg@10"] for mode, r in ablation.items()}}
     for seed in seeds:
-        runs[seed] = {mode: stored_ablation_run(mode, params, root, epochs, reuse, seed)["ndcg@10"]
-                      for mode in ablation}
+        runs[seed] = {
+            mode: stored_ablation_run(mode, params, root, epochs, reuse, seed)["ndcg@10"] for mode in ablation
+        }
     trained = params["train"]["finetune"]
     others = [m for m in ablation if m != trained]
-    return {"seeds": list(runs), "ndcg@10": {mode: [runs[s][mode] for s in runs] for mode in ablation},
-            "mean_ndcg@10": {mode: round(sum(runs[s][mode] for s in runs) / len(runs), 4) for mode in ablation},
-            f"{trained}_beats_every_other_mode_on_every_seed":
-                all(runs[s][trained] > runs[s][m] for s in runs for m in others)}
+    return {
+        "seeds": list(runs),
+        "ndcg@10": {mode: [runs[s][mode] for s in runs] for mode in ablation},
+        "mean_ndcg@10": {mode: round(sum(runs[s][mode] for s in runs) / len(runs), 4) for mode in ablation},
+        f"{trained}_beats_every_other_mode_on_every_seed": all(
+            runs[s][trained] > runs[s][m] for s in runs for m in others
+        ),
+    }
 
 
 def seed_list(text: str) -> list[int]:
     """--ablation-seeds 1,2 -> [1, 2]; argparse turns the ValueError into a usage error naming the flag."""
     try:
         return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integer seeds (e.g. 1,2)")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integer seeds (e.g. 1,2)") from err
 
 
 def targets(models: dict, trained: str) -> dict:
     others = {n: m["ndcg@10"] for n, m in models.items() if n != trained}
     best = max(others, key=others.get)
     ratio = models[trained]["ndcg@10"] / others[best] if others[best] else None
-    return {"best_other": best, "best_other_ndcg@10": round(others[best], 4),
-            "ratio": round(ratio, 3) if ratio is not None else None, "ratio_target": TARGET_RATIO,
-            "ndcg_target": TARGET_NDCG,
-            "ratio_met": ratio is not None and ratio >= TARGET_RATIO,
-            "ndcg_met": models[trained]["ndcg@10"] >= TARGET_NDCG}
+    return {
+        "best_other": best,
+        "best_other_ndcg@10": round(others[best], 4),
+        "ratio": round(ratio, 3) if ratio is not None else None,
+        "ratio_target": TARGET_RATIO,
+        "ndcg_target": TARGET_NDCG,
+        "ratio_met": ratio is not None and ratio >= TARGET_RATIO,
+        "ndcg_met": models[trained]["ndcg@10"] >= TARGET_NDCG,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=None,
-                        help=f"scratch project root (deleted first; default {DEFAULT_WORK}, "
-                             f"with --cold-start-share {COLD_WORK})")
-    parser.add_argument("--ablation", default=None,
-                        help="other fine-tune modes to train, comma-separated (default frozen; none with "
-                             "--cold-start-share)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help=f"scratch project root (deleted first; default {DEFAULT_WORK}, with --cold-start-share {COLD_WORK})",
+    )
+    parser.add_argument(
+        "--ablation",
+        default=None,
+        help="other fine-tune modes to train, comma-separated (default frozen; none with --cold-start-share)",
+    )
     parser.add_argument("--ablation-epochs", type=int, default=0, help="epochs of each ablation run (0 = train.epochs)")
-    parser.add_argument("--ablation-seeds", type=seed_list, default=[],
-                        help="other training seeds, comma-separated: every ablation mode, the trained one "
-                             "included, is trained again with each (train + ablation only; default none)")
+    parser.add_argument(
+        "--ablation-seeds",
+        type=seed_list,
+        default=[],
+        help="other training seeds, comma-separated: every ablation mode, the trained one "
+        "included, is trained again with each (train + ablation only; default none)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"result JSON (default {RESULT.name}, with --cold-start-share {COLD_RESULT.name})")
-    parser.add_argument("--cold-start-share", type=float, default=0.0,
-                        help="split.cold_start_share: share of test users given a never-seen target item")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"result JSON (default {RESULT.name}, with --cold-start-share {COLD_RESULT.name})",
+    )
+    parser.add_argument(
+        "--cold-start-share",
+        type=float,
+        default=0.0,
+        help="split.cold_start_share: share of test users given a never-seen target item",
+    )
     parser.add_argument("--note", default="", help="free text stored in the result (how the run was made)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep --work and skip the stages (and baseline models) an earlier run finished")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep --work and skip the stages (and baseline models) an earlier run finished",
+    )
     args = parser.parse_args(argv)
     cold = args.cold_start_share > 0
     args.work = args.work or (COLD_WORK if cold else DEFAULT_WORK)
@@ -249,23 +295,37 @@ def main(argv: list[str] | None = None) -> int:
     trained = timed("train", train, params, root, seconds, reuse)
     result = timed("evaluate", evaluate, params, root, seconds, False)
 
-    ablation = {params["train"]["finetune"]: {
-        "epochs": params["train"]["epochs"], "best_epoch": trained["best_epoch"],
-        "valid_ndcg@10": round(trained["valid_ndcg@10"], 4), **headline(result["models"][C.MODEL_NAME]),
-        "seconds": round(trained["seconds"], 1), "sequences_per_s": round(trained["sequences_per_s"], 1),
-        "n_params_trainable": trained["n_params_trainable"]}}
+    ablation = {
+        params["train"]["finetune"]: {
+            "epochs": params["train"]["epochs"],
+            "best_epoch": trained["best_epoch"],
+            "valid_ndcg@10": round(trained["valid_ndcg@10"], 4),
+            **headline(result["models"][C.MODEL_NAME]),
+            "seconds": round(trained["seconds"], 1),
+            "sequences_per_s": round(trained["sequences_per_s"], 1),
+            "n_params_trainable": trained["n_params_trainable"],
+        }
+    }
     for mode in [m for m in args.ablation.split(",") if m and m != params["train"]["finetune"]]:
         ablation[mode] = stored_ablation_run(mode, params, root, args.ablation_epochs, reuse)
-    by_seed = (ablation_over_seeds(ablation, params, root, args.ablation_epochs, args.ablation_seeds, reuse)
-               if args.ablation_seeds else None)
+    by_seed = (
+        ablation_over_seeds(ablation, params, root, args.ablation_epochs, args.ablation_seeds, reuse)
+        if args.ablation_seeds
+        else None
+    )
 
     report = {
-        "dataset": str(args.data), "command": " ".join(["bench/bench_model.py", *(argv or sys.argv[1:])]),
+        "dataset": str(args.data),
+        "command": " ".join(["bench/bench_model.py", *(argv or sys.argv[1:])]),
         "note": args.note,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch_threads": __import__("torch").get_num_threads(),
-                    "note": "2 shared cores, other engineers' jobs running: wall times are upper bounds"},
-        "split": split_metrics, "clean_rows_kept": clean_metrics.get("interactions", {}).get("rows_kept"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch_threads": __import__("torch").get_num_threads(),
+            "note": "2 shared cores, other engineers' jobs running: wall times are upper bounds",
+        },
+        "split": split_metrics,
+        "clean_rows_kept": clean_metrics.get("interactions", {}).get("rows_kept"),
         "models": {name: headline(m) for name, m in result["models"].items()},
         "trained_model": C.MODEL_NAME,
         "baselines_selected": {n: {k: v for k, v in s.items() if k != "grid"} for n, s in base["selected"].items()},
@@ -273,20 +333,35 @@ def main(argv: list[str] | None = None) -> int:
         "cold_start_target": cold_start_target(result, split_metrics["items"]),
         "ablation": ablation,
         "ablation_seeds": by_seed,
-        "training": {"device": trained["device"], "epochs": trained["epochs"], "seconds": round(trained["seconds"], 1),
-                     "sequences_per_s": round(trained["sequences_per_s"], 1), "n_sequences": trained["n_sequences"],
-                     "finetune": params["train"]["finetune"]},
+        "training": {
+            "device": trained["device"],
+            "epochs": trained["epochs"],
+            "seconds": round(trained["seconds"], 1),
+            "sequences_per_s": round(trained["sequences_per_s"], 1),
+            "n_sequences": trained["n_sequences"],
+            "finetune": params["train"]["finetune"],
+        },
         "stage_seconds": seconds,
         "targets": targets(result["models"], C.MODEL_NAME),
-        "intervals": {n: v for n, v in result["intervals"].items() if n in result["models"]
-                      or n == "delta_vs_best_baseline"},
+        "intervals": {
+            n: v for n, v in result["intervals"].items() if n in result["models"] or n == "delta_vs_best_baseline"
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    print(json.dumps({"models": report["models"], "targets": report["targets"], "ablation": ablation,
-                      "ablation_seeds": by_seed,
-                      "cold_start": report["cold_start"]["ndcg@10"],
-                      "cold_start_target": report["cold_start_target"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "models": report["models"],
+                "targets": report["targets"],
+                "ablation": ablation,
+                "ablation_seeds": by_seed,
+                "cold_start": report["cold_start"]["ndcg@10"],
+                "cold_start_target": report["cold_start_target"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

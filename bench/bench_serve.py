@@ -17,6 +17,7 @@ slow server cannot hide its queueing) for --seconds, users drawn from the catalo
 plus 5% unknown ones (cold start). Then a closed-loop run (8 concurrent clients, 10 s) for
 the most requests/s. Writes bench/results/serve.json; the target is p99 < 20 ms at 100 req/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,26 @@ UNKNOWN_SHARE = 0.05
 
 # --- the project: data, a trained model, two registered versions -------------------------------
 
+
 def build_project(work: Path, data: Path) -> dict:
     import mlflow
+
     from pipeline_tasks import ingest, split, train
     from pipeline_tasks.core import constants as C
     from pipeline_tasks.core import params as P
     from pipeline_tasks.core import tracking
     from pipeline_tasks.serving import publish, registry
 
-    params = P.load(ROOT / C.PARAMS_FILE, ["ingest.source=movielens", f"ingest.path={data}", "train.epochs=1",
-                                           "train.finetune=frozen", "train.checkpoint_every=0"])
+    params = P.load(
+        ROOT / C.PARAMS_FILE,
+        [
+            "ingest.source=movielens",
+            f"ingest.path={data}",
+            "train.epochs=1",
+            "train.finetune=frozen",
+            "train.checkpoint_every=0",
+        ],
+    )
     params["train"]["use_best_params"] = False
     params["mlflow"]["tracking_uri"] = f"sqlite:///{work / 'mlflow' / 'mlflow.db'}"
     params["register"]["serve_poll_s"] = 5.0
@@ -86,8 +97,11 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
     import httpx
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    server = subprocess.Popen([sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(work), "serve",
-                               "--port", str(port)], cwd=str(ROOT), env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(work), "serve", "--port", str(port)],
+        cwd=str(ROOT),
+        env=env,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -103,14 +117,20 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
 
 # --- the load generator (runs in its own process) ---------------------------------------------
 
+
 def percentiles(values: list[float]) -> dict:
     import numpy as np
 
     if not values:
         return {}
     arr = np.asarray(values)
-    return {"p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
-            "p99_ms": float(np.percentile(arr, 99)), "max_ms": float(arr.max()), "mean_ms": float(arr.mean())}
+    return {
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "max_ms": float(arr.max()),
+        "mean_ms": float(arr.mean()),
+    }
 
 
 async def open_loop(url: str, users: list[str], rate: float, seconds: float) -> dict:
@@ -142,9 +162,15 @@ async def open_loop(url: str, users: list[str], rate: float, seconds: float) -> 
 
         await asyncio.gather(*(one(i) for i in range(n)))
         elapsed = time.perf_counter() - start
-    return {"requests": n, "errors": errors, "seconds": elapsed, "achieved_rps": (n - errors) / elapsed,
-            "latency_from_schedule": percentiles(latencies), "latency_from_send": percentiles(service),
-            "variants": variants}
+    return {
+        "requests": n,
+        "errors": errors,
+        "seconds": elapsed,
+        "achieved_rps": (n - errors) / elapsed,
+        "latency_from_schedule": percentiles(latencies),
+        "latency_from_send": percentiles(service),
+        "variants": variants,
+    }
 
 
 async def closed_loop(url: str, users: list[str], concurrency: int, seconds: float) -> dict:
@@ -169,8 +195,13 @@ async def closed_loop(url: str, users: list[str], concurrency: int, seconds: flo
         started = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": done, "errors": errors, "rps": done / elapsed,
-            "latency": percentiles(latencies)}
+    return {
+        "concurrency": concurrency,
+        "requests": done,
+        "errors": errors,
+        "rps": done / elapsed,
+        "latency": percentiles(latencies),
+    }
 
 
 def client_main(args: argparse.Namespace) -> None:
@@ -183,6 +214,7 @@ def client_main(args: argparse.Namespace) -> None:
 
 
 # --- the whole benchmark ---------------------------------------------------------------------
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,33 +251,63 @@ def main() -> None:
     port = free_port()
     server = start_server(work, port)
     try:
-        out = subprocess.run([sys.executable, __file__, "--client", f"http://127.0.0.1:{port}", "--users",
-                              str(users_file), "--rate", str(args.rate), "--seconds", str(args.seconds)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                f"http://127.0.0.1:{port}",
+                "--users",
+                str(users_file),
+                "--rate",
+                str(args.rate),
+                "--seconds",
+                str(args.seconds),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
-    server_side = [json.loads(line)["latency_ms"] for line in (work / "logs" / "exposures.jsonl").read_text().splitlines()]
+    server_side = [
+        json.loads(line)["latency_ms"] for line in (work / "logs" / "exposures.jsonl").read_text().splitlines()
+    ]
     steady = measured["steady"]
     result = {
         "what": "GET /recommend?k=10, recpipe serve (uvicorn, 1 process) on loopback, load from a second process",
-        "catalogue": {"dataset": "MovieLens-100K", "items": n_items, "known_users": len(known),
-                      "unknown_user_share": UNKNOWN_SHARE},
+        "catalogue": {
+            "dataset": "MovieLens-100K",
+            "items": n_items,
+            "known_users": len(known),
+            "unknown_user_share": UNKNOWN_SHARE,
+        },
         "ab": {"champion": "v1", "challenger": "v2", "share": 0.1},
-        "steady": steady, "max_throughput": measured["max_throughput"],
+        "steady": steady,
+        "max_throughput": measured["max_throughput"],
         "server_side_latency_all_requests": percentiles(server_side),
-        "target": {"p99_ms": TARGET_P99_MS, "rate": args.rate,
-                   "met": steady["errors"] == 0 and steady["latency_from_schedule"]["p99_ms"] < TARGET_P99_MS},
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0], "python": platform.python_version()},
+        "target": {
+            "p99_ms": TARGET_P99_MS,
+            "rate": args.rate,
+            "met": steady["errors"] == 0 and steady["latency_from_schedule"]["p99_ms"] < TARGET_P99_MS,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+            "python": platform.python_version(),
+        },
         "command": "python bench/bench_serve.py " + " ".join(sys.argv[1:]),
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     s = steady["latency_from_schedule"]
-    print(f"steady {steady['achieved_rps']:.1f} req/s: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms "
-          f"(target < {TARGET_P99_MS} ms: {'met' if result['target']['met'] else 'NOT met'}); max throughput "
-          f"{measured['max_throughput']['rps']:.0f} req/s; written to {RESULT}")
+    print(
+        f"steady {steady['achieved_rps']:.1f} req/s: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms "
+        f"(target < {TARGET_P99_MS} ms: {'met' if result['target']['met'] else 'NOT met'}); max throughput "
+        f"{measured['max_throughput']['rps']:.0f} req/s; written to {RESULT}"
+    )
 
 
 if __name__ == "__main__":

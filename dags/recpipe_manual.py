@@ -16,6 +16,7 @@ Operator actions:
 * **Backfill**: ingest the increments of a date range in order, then run the rest once.
 * **A/B share**: the challenger's share of users once the run succeeded.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -33,8 +34,12 @@ def form() -> dict[str, Param]:
     fields = {**form_schema(load_params(path if path.exists() else None)), **OPERATOR_FIELDS}
     return {
         **{name: Param(**spec) for name, spec in fields.items()},
-        "project_dir": Param(DEFAULT_PROJECT_DIR, type="string", title="Project directory",
-                             description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in."),
+        "project_dir": Param(
+            DEFAULT_PROJECT_DIR,
+            type="string",
+            title="Project directory",
+            description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in.",
+        ),
     }
 
 

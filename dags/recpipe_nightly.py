@@ -14,6 +14,7 @@ Nightly retraining, on the schedule in params.yaml (`airflow.schedule`, default 
 * **Alerts** (reports/alerts.jsonl, plus the webhook of the Airflow connection
   `recpipe_alerts` if it exists): on failure, and when a model is trained but not promoted.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -41,8 +42,14 @@ def schedule() -> str:
     tags=["recpipe"],
     on_failure_callback=alert_on_failure,
     default_args=RETRIES,
-    params={"project_dir": Param(DEFAULT_PROJECT_DIR, type="string", title="Project directory",
-                                 description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in.")},
+    params={
+        "project_dir": Param(
+            DEFAULT_PROJECT_DIR,
+            type="string",
+            title="Project directory",
+            description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in.",
+        )
+    },
 )
 def recpipe_nightly():
     pipeline()

@@ -13,6 +13,7 @@ Every action is recorded in the registry's history (`recpipe history`) with this
 (`airflow:recpipe_promote/<run_id>`) as the actor. A refused action fails the run with the
 reason (no retry).
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -33,8 +34,12 @@ from pipeline_tasks.ops.form import PROMOTE_FIELDS
     tags=["recpipe"],
     params={
         **{name: Param(**spec) for name, spec in PROMOTE_FIELDS.items()},
-        "project_dir": Param(DEFAULT_PROJECT_DIR, type="string", title="Project directory",
-                             description="The recpipe checkout whose MLflow store (params.yaml: mlflow) to act on."),
+        "project_dir": Param(
+            DEFAULT_PROJECT_DIR,
+            type="string",
+            title="Project directory",
+            description="The recpipe checkout whose MLflow store (params.yaml: mlflow) to act on.",
+        ),
     },
 )
 def recpipe_promote():

@@ -1,4 +1,5 @@
 """HEALTHCHECK of the CUDA image: healthy when torch sees a GPU and can run a kernel on it."""
+
 import sys
 
 import torch

@@ -18,6 +18,7 @@ excluded); the chosen version is refit on train+valid and ranks the test items
 (train+valid items excluded). Writes data/baselines/topk/<Model>.parquet. The models are
 pipeline_tasks/model/baselines.py.
 """
+
 from __future__ import annotations
 
 import logging

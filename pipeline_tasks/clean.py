@@ -25,6 +25,7 @@ row count fails before it replaces the previous outputs. Each step logs its dura
 Both output folders are written atomically: a failed run leaves the previous ones intact.
 The rules are pipeline_tasks/data/cleaning.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,15 +88,30 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
     def count_written_interactions(clean_dir: Path, quarantine_dir: Path) -> None:
         # Interactions are counted in what was written (no extra pass over the big frame), and the
         # new folders replace the old ones only if no row went missing on the way.
-        written = account_written(spark, clean_dir / "interactions", quarantine_dir / "interactions",
-                                  INTERACTION_RULES, unparsed.get("interactions", 0))
+        written = account_written(
+            spark,
+            clean_dir / "interactions",
+            quarantine_dir / "interactions",
+            INTERACTION_RULES,
+            unparsed.get("interactions", 0),
+        )
         if written["rows_in"] != rows_in:
-            raise PipelineError(f"clean wrote {written['rows_in']} interactions for {rows_in} raw ones: "
-                                f"rows were lost or duplicated; this is a bug in pipeline_tasks/data/cleaning.py")
+            raise PipelineError(
+                f"clean wrote {written['rows_in']} interactions for {rows_in} raw ones: "
+                f"rows were lost or duplicated; this is a bug in pipeline_tasks/data/cleaning.py"
+            )
         metrics["interactions"] = written
 
-    write_outputs(root, interactions, items, users, placeholders, max(1, rows_in // ROWS_PER_FILE), malformed,
-                  before_swap=count_written_interactions)
+    write_outputs(
+        root,
+        interactions,
+        items,
+        users,
+        placeholders,
+        max(1, rows_in // ROWS_PER_FILE),
+        malformed,
+        before_swap=count_written_interactions,
+    )
     metrics = {"interactions": metrics.pop("interactions"), **metrics}
     for table in C.TABLES:
         log.info("clean %s: %s", table, metrics[table])

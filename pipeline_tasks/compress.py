@@ -10,9 +10,9 @@ From models/model it writes models/compressed/<variant>/ for each name in
 | `fp32` | the trained model unchanged | float32 |
 | `int8_dynamic` | torch.ao dynamic int8 of the encoder's Linear layers (embeddings stay fp32) | recomputed |
 | `onnx_fp32` | the encoder exported to ONNX, run by onnxruntime | recomputed |
-| `onnx_int8` | that ONNX graph dynamically quantised by onnxruntime: MatMul *and* Gather (word embeddings) int8 | recomputed |
-| `pruned` | `prune_amount` of every encoder Linear weight zeroed by magnitude, then a short recovery fine-tune | recomputed |
-| `distilled` | a student encoder of `student_layers` of the teacher's layers, trained to reproduce the teacher's text vectors | recomputed |
+| `onnx_int8` | that graph, onnxruntime dynamic int8 of MatMul *and* Gather (word embeddings) | recomputed |
+| `pruned` | `prune_amount` of every encoder Linear weight zeroed by magnitude, then a recovery fine-tune | recomputed |
+| `distilled` | a student of `student_layers` teacher layers, trained to reproduce its text vectors | recomputed |
 | `item_table_fp16` | unchanged | float16 on disk |
 | `item_table_int8` | unchanged | int8 + one float32 scale per row on disk |
 
@@ -25,6 +25,7 @@ drop vs fp32. `chosen` is the smallest (then fastest) variant whose drop is with
 Loading: `Recommender.load(dir)` loads any of them (model/variants.py reads the int8 / ONNX
 encoders and int8 tables). Building: model/compression.py; measuring: model/measuring.py.
 """
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ Writes data/eval/topk/<Model>.parquet, reports/evaluate.md, reports/evaluate_met
 and reports/evaluate_slices.png. The computations are model/evaluation.py, the reports
 model/evaluation_report.py.
 """
+
 from __future__ import annotations
 
 import logging

@@ -20,6 +20,7 @@ data/raw is then assembled from the base batch and every increment up to `ingest
 (default: the batch just ingested), by hard links, so the rest of the pipeline reads one table.
 Cleaning is not done here: that is the clean stage's job (and its quarantine's).
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,14 +51,24 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
     batch, day = batch_plan(cfg)
     cutoff = cfg["cutoff"] or batch
     if batch != BASE_BATCH and cutoff < batch:
-        raise ParamsError(f"ingest.cutoff {cutoff!r} is before ingest.batch {batch!r}: the batch being ingested would "
-                          f"be left out of data/raw; set the cutoff to the batch or later (or leave it empty)")
+        raise ParamsError(
+            f"ingest.cutoff {cutoff!r} is before ingest.batch {batch!r}: the batch being ingested would "
+            f"be left out of data/raw; set the cutoff to the batch or later (or leave it empty)"
+        )
     if batch != BASE_BATCH and not (root / BATCHES / BASE_BATCH).exists():
-        raise PipelineError(f"ingest.batch={batch!r} is an increment, but there is no full load to add it to "
-                            f"({root / BATCHES / BASE_BATCH} is missing): run ingest once with ingest.batch='' first")
+        raise PipelineError(
+            f"ingest.batch={batch!r} is an increment, but there is no full load to add it to "
+            f"({root / BATCHES / BASE_BATCH} is missing): run ingest once with ingest.batch='' first"
+        )
     tables, injected = read_source(params, root, day)  # every source error is raised before anything is written
-    tables = RawTables(standard_interactions(tables.interactions), tables.items.reset_index(drop=True),
-                       tables.users.reset_index(drop=True), tables.layout, tables.bad_lines, tables.malformed)
+    tables = RawTables(
+        standard_interactions(tables.interactions),
+        tables.items.reset_index(drop=True),
+        tables.users.reset_index(drop=True),
+        tables.layout,
+        tables.bad_lines,
+        tables.malformed,
+    )
     write_batch(root, batch, tables, injected)
     included = assemble_raw(root, cutoff)
     metrics: dict[str, Any] = {
@@ -66,8 +77,11 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
         "batch": batch,
         "batches": included,
         "rows": {t: table_rows(root / C.DATA_RAW / t) for t in C.TABLES},
-        "batch_rows": {"interactions": len(tables.interactions), "items": len(tables.items),
-                       "users": len(tables.users)},
+        "batch_rows": {
+            "interactions": len(tables.interactions),
+            "items": len(tables.items),
+            "users": len(tables.users),
+        },
         "bad_lines_skipped": len(tables.malformed) or tables.bad_lines,
         "malformed_lines": table_rows(root / C.DATA_RAW / MALFORMED),
     }

@@ -16,6 +16,7 @@ The decision is printed, logged to MLflow (metrics gate.*, tags, gate.json) and 
 version tags (gate.passed, gate.summary, gate.champion_version, ...). The gate is
 serving/gate.py; what the version carries (model, lineage, serving data) serving/publish.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -55,6 +56,7 @@ def chosen_model_dir(root: Path) -> tuple[str, Path]:
 def run(params: dict, root: Path) -> dict:
     import mlflow
     from mlflow import MlflowClient
+
     from pipeline_tasks.data.dataset import eval_task, load_split
     from pipeline_tasks.serving import registry
 
@@ -78,8 +80,14 @@ def run(params: dict, root: Path) -> dict:
     decision = decide(challenger, champion, params, variant_budget(root, variant), best_baseline(evaluate_metrics))
 
     lineage = lineage_tags(params, root)
-    card = model_card.render(name, evaluate_metrics, io.read_json(root / C.METRICS_DIR / "compress.json"),
-                             split_stats(root), asdict(decision), card_lineage(params, lineage))
+    card = model_card.render(
+        name,
+        evaluate_metrics,
+        io.read_json(root / C.METRICS_DIR / "compress.json"),
+        split_stats(root),
+        asdict(decision),
+        card_lineage(params, lineage),
+    )
     started_here = mlflow.active_run() is None
     if started_here:
         mlflow.start_run(run_name="register")
@@ -90,23 +98,43 @@ def run(params: dict, root: Path) -> dict:
     finally:
         if started_here:
             mlflow.end_run()
-    tags = {"compression_variant": variant, **lineage, **gate_tags(decision),
-            **{tracking.metric_key(f"metric.{k}"): f"{v:.5f}" for k, v in evaluate_metrics["models"][model_name].items()
-               if isinstance(v, (int, float))}}
+    tags = {
+        "compression_variant": variant,
+        **lineage,
+        **gate_tags(decision),
+        **{
+            tracking.metric_key(f"metric.{k}"): f"{v:.5f}"
+            for k, v in evaluate_metrics["models"][model_name].items()
+            if isinstance(v, (int, float))
+        },
+    }
     # Registered with its tags in one call; aliases move only after everything else succeeded.
     version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     client.update_model_version(name, version, description=model_card.description(card))
     registry.set_challenger(client, name, version, reason=f"registered by the pipeline ({variant})")
     if decision.promote:
-        registry.promote(client, name, version, gate={"passed": True, "summary": decision.summary,
-                                                      "champion_version": decision.champion_version,
-                                                      "champion_ndcg": decision.champion_ndcg,
-                                                      "challenger_ndcg": decision.challenger_ndcg})
+        registry.promote(
+            client,
+            name,
+            version,
+            gate={
+                "passed": True,
+                "summary": decision.summary,
+                "champion_version": decision.champion_version,
+                "champion_ndcg": decision.champion_ndcg,
+                "challenger_ndcg": decision.challenger_ndcg,
+            },
+        )
     aliases = sorted(a for a, v in registry.aliases(client, name).items() if v == version)
     print(report(decision))
     print(f"register: {name} v{version} aliases={aliases} — {decision.summary}")
-    return {"model_name": name, "version": version, "variant": variant, "aliases": aliases,
-            "decision": asdict(decision)}
+    return {
+        "model_name": name,
+        "version": version,
+        "variant": variant,
+        "aliases": aliases,
+        "decision": asdict(decision),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ interactions, row for row.
 Reads data/clean/{interactions,items,users};
 writes data/split/{train,valid,test,withheld,items,users}. The rules are pipeline_tasks/data/splitting.py.
 """
+
 from __future__ import annotations
 
 import logging

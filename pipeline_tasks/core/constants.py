@@ -1,4 +1,5 @@
 """Names defined once: columns, paths, stage order, MLflow names."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 The stage CLI prints these without a traceback and exits non-zero (2): they are
 expected failures an operator acts on, not bugs.
 """
+
 from __future__ import annotations
 
 

@@ -3,6 +3,7 @@
 Tables are Parquet directories. A write goes to a temporary sibling first and is
 swapped in only when complete, so a failed run leaves the previous output intact.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@ seen items already excluded; `targets` holds each user's one held-out item index
 (leave-one-out). Baselines, training-time validation, compression and evaluation all
 use these functions, so every number in a run is computed the same way.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -99,13 +100,20 @@ METRICS: dict[str, Metric] = {
 }
 # The headline set reported for every model: (metric, k).
 HEADLINE: tuple[tuple[str, int], ...] = (
-    ("recall", 10), ("ndcg", 10), ("recall", 20), ("ndcg", 20), ("mrr", 10),
-    ("coverage", 10), ("long_tail_share", 10), ("novelty", 10),
+    ("recall", 10),
+    ("ndcg", 10),
+    ("recall", 20),
+    ("ndcg", 20),
+    ("mrr", 10),
+    ("coverage", 10),
+    ("long_tail_share", 10),
+    ("novelty", 10),
 )
 
 
-def compute_all(ranked: np.ndarray, targets: np.ndarray, ctx: EvalContext,
-                which: Sequence[tuple[str, int]] = HEADLINE) -> dict[str, float]:
+def compute_all(
+    ranked: np.ndarray, targets: np.ndarray, ctx: EvalContext, which: Sequence[tuple[str, int]] = HEADLINE
+) -> dict[str, float]:
     """{'ndcg@10': ..., ...} for every (metric, k) in `which`."""
     return {f"{name}@{k}": METRICS[name](ranked, targets, k, ctx) for name, k in which}
 

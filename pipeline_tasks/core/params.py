@@ -3,7 +3,11 @@
 `load(path, overrides)` reads params.yaml, applies `section.key=value` overrides
 (from `--set` or the Airflow form), rejects unknown keys and wrong types with a
 message naming the key, and returns a plain nested dict.
+
+Longer than most modules on purpose: most of it is DEFAULTS, the typed default of every knob in
+one table (the schema that rejects unknown keys).
 """
+
 from __future__ import annotations
 
 import copy
@@ -244,8 +248,16 @@ DEFAULTS: dict[str, Any] = {
     },
     "compress": {
         # fp32 is always measured (the reference); see pipeline_tasks/compress.py for each variant
-        "variants": ["fp32", "int8_dynamic", "onnx_fp32", "onnx_int8", "pruned", "distilled",
-                     "item_table_fp16", "item_table_int8"],
+        "variants": [
+            "fp32",
+            "int8_dynamic",
+            "onnx_fp32",
+            "onnx_int8",
+            "pruned",
+            "distilled",
+            "item_table_fp16",
+            "item_table_int8",
+        ],
         "max_ndcg_drop": 0.01,  # largest relative valid NDCG@10 drop vs fp32 a chosen variant may have
         "latency_calls": 200,  # timed single-user recommendations per variant (after warm-up)
         "warmup_calls": 10,
@@ -321,7 +333,9 @@ def merge(target: dict, source: dict, schema: dict, prefix: str) -> None:
         dotted = f"{prefix}{key}"
         if key not in schema:
             known = ", ".join(sorted(map(str, schema)))
-            raise ParamsError(f"unknown key '{dotted}' in params (known keys here: {known}); fix the spelling or remove it")
+            raise ParamsError(
+                f"unknown key '{dotted}' in params (known keys here: {known}); fix the spelling or remove it"
+            )
         default = schema[key]
         if isinstance(default, dict) and dotted not in OPEN_KEYS:
             if not isinstance(value, dict):

@@ -6,6 +6,7 @@ Loads params (rejecting unknown keys), runs the stage's `run(params, root)` insi
 MLflow run, writes metrics/<stage>.json, and turns a domain error into a one-paragraph
 message on stderr and a non-zero exit, with no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,14 @@ def quiet_environment() -> None:
 def parse_args(stage: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m pipeline_tasks.{stage}", description=f"recpipe stage: {stage}")
     parser.add_argument("--params", default=C.PARAMS_FILE, help="params file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one parameter, e.g. --set train.epochs=2 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one parameter, e.g. --set train.epochs=2 (repeatable)",
+    )
     parser.add_argument("--root", default=".", help="project root holding data/, metrics/, models/ (default: .)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log this stage to MLflow")
     return parser.parse_args(argv)

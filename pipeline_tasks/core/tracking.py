@@ -5,6 +5,7 @@ RECPIPE_PARENT_RUN_ID; each stage process nests its own run under it. A stage ru
 by hand gets a top-level run of its own. Logging helpers are no-ops when no run is
 active, so tests can call a stage's `run()` without MLflow.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,8 @@ def tracking_uri(params: dict, root: str | Path = ".") -> str:
     """MLFLOW_TRACKING_URI wins over params; a relative SQLite path is made absolute."""
     uri = user_tracking_uri() or params["mlflow"]["tracking_uri"]
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        db = (Path(root) / uri[len(prefix):]).resolve()
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        db = (Path(root) / uri[len(prefix) :]).resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         uri = prefix + str(db)
     return uri

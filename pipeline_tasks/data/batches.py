@@ -4,6 +4,7 @@ data/raw is assembled from the base batch and every increment up to a cutoff, by
 `ingest.batch: ''` is a full load (it replaces every batch); `ingest.batch: 2026-07-01` adds (or
 replaces) that batch. A synthetic increment's id is the date of its day.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,16 +30,19 @@ BATCHES = "data/batches"  # one folder per ingested batch; data/raw is assembled
 BASE_BATCH = "base"  # the full load every increment builds on
 MALFORMED = "malformed"  # data/raw/malformed: lines that could not be parsed, for the quarantine
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-MALFORMED_SCHEMA = pa.schema([("table", pa.string()), ("file", pa.string()), ("line", pa.int64()),
-                              ("text", pa.string()), ("error", pa.string())])
+MALFORMED_SCHEMA = pa.schema(
+    [("table", pa.string()), ("file", pa.string()), ("line", pa.int64()), ("text", pa.string()), ("error", pa.string())]
+)
 
 
 def batch_plan(cfg: dict[str, Any]) -> tuple[str, int]:
     """(batch id, synthetic day). A synthetic increment's id is the date of its day."""
     batch, day = cfg["batch"], cfg["synthetic"]["day"]
     if batch and not BATCH_ID.match(batch):
-        raise ParamsError(f"ingest.batch {batch!r} is not a usable batch id: use letters, digits, '.', '_' or '-' "
-                          f"(a date such as 2026-07-01 sorts in time order)")
+        raise ParamsError(
+            f"ingest.batch {batch!r} is not a usable batch id: use letters, digits, '.', '_' or '-' "
+            f"(a date such as 2026-07-01 sorts in time order)"
+        )
     if batch == BASE_BATCH:
         raise ParamsError(f"ingest.batch {BASE_BATCH!r} is reserved for the full load: leave ingest.batch empty")
     if cfg["source"] != "synthetic":
@@ -52,12 +56,15 @@ def batch_plan(cfg: dict[str, Any]) -> tuple[str, int]:
         try:
             date = pd.Timestamp(batch, tz="UTC")
         except ValueError as err:
-            raise ParamsError(f"ingest.batch {batch!r}: a synthetic increment is named by its date "
-                              f"(YYYY-MM-DD)") from err
+            raise ParamsError(
+                f"ingest.batch {batch!r}: a synthetic increment is named by its date (YYYY-MM-DD)"
+            ) from err
         derived = (date.normalize() - end).days + 1
         if derived < 1 or (day and day != derived):
-            raise ParamsError(f"ingest.batch {batch} is synthetic day {derived} (history ends {end.date()}), "
-                              f"but ingest.synthetic.day is {day}: set one of the two (days start at 1)")
+            raise ParamsError(
+                f"ingest.batch {batch} is synthetic day {derived} (history ends {end.date()}), "
+                f"but ingest.synthetic.day is {day}: set one of the two (days start at 1)"
+            )
         return batch, derived
     if day:
         return str((end + pd.Timedelta(days=day - 1)).date()), day
@@ -66,8 +73,13 @@ def batch_plan(cfg: dict[str, Any]) -> tuple[str, int]:
 
 def write_batch(root: Path, batch: str, tables: RawTables, injected: pd.DataFrame) -> None:
     """data/batches/<batch>/ (atomically). A full load replaces every batch; an increment only its own."""
-    frames = {"interactions": tables.interactions, "items": tables.items, "users": tables.users,
-              MALFORMED: tables.malformed.frame(), "injected": injected}
+    frames = {
+        "interactions": tables.interactions,
+        "items": tables.items,
+        "users": tables.users,
+        MALFORMED: tables.malformed.frame(),
+        "injected": injected,
+    }
     target = root / BATCHES / batch if batch != BASE_BATCH else root / BATCHES
     with io.atomic_dir(target) as tmp:
         folder = tmp / BASE_BATCH if batch == BASE_BATCH else tmp
@@ -99,17 +111,21 @@ def as_arrow(frame: pd.DataFrame, schema: pa.Schema | None, name: str, batch: st
     try:
         return pa.Table.from_arrays([col.cast(f.type) for col, f in zip(columns, schema)], schema=schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise DataSourceError(f"batch {batch}: the {name} table's columns do not match the base batch's "
-                              f"({err}; missing: {missing}): an increment must come from the same source as the "
-                              f"full load; re-run a full load (ingest.batch='') to change the source") from err
+        raise DataSourceError(
+            f"batch {batch}: the {name} table's columns do not match the base batch's "
+            f"({err}; missing: {missing}): an increment must come from the same source as the "
+            f"full load; re-run a full load (ingest.batch='') to change the source"
+        ) from err
 
 
 def assemble_raw(root: Path, cutoff: str) -> list[str]:
     """data/raw/<table> = the part files of the base and of every increment <= cutoff (hard links)."""
     batches = root / BATCHES
-    included = [BASE_BATCH] + sorted(b.name for b in batches.iterdir()
-                                     if b.is_dir() and b.name != BASE_BATCH and not b.name.startswith(".")
-                                     and b.name <= cutoff)
+    included = [BASE_BATCH] + sorted(
+        b.name
+        for b in batches.iterdir()
+        if b.is_dir() and b.name != BASE_BATCH and not b.name.startswith(".") and b.name <= cutoff
+    )
     with io.atomic_dir(root / C.DATA_RAW) as raw, io.atomic_dir(root / C.GROUND_TRUTH) as truth:
         for name in (*C.TABLES, MALFORMED, "injected"):
             folder = (truth if name == "injected" else raw) / name

@@ -1,5 +1,6 @@
 """The checks of the validate_clean gate (Great Expectations via data/validate.py): what clean data must hold,
 as the validate_clean stage's docstring says, and the tables they run on."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,8 +30,9 @@ def timestamp_bounds(clean: dict, now: dt.datetime) -> tuple[dt.datetime, dt.dat
     try:
         floor = dt.datetime.fromisoformat(clean["timestamp_floor"])
     except ValueError as err:
-        raise ParamsError(f"clean.timestamp_floor {clean['timestamp_floor']!r} is not an ISO date "
-                          f"(e.g. 1990-01-01): {err}") from err
+        raise ParamsError(
+            f"clean.timestamp_floor {clean['timestamp_floor']!r} is not an ISO date (e.g. 1990-01-01): {err}"
+        ) from err
     floor = floor if floor.tzinfo else floor.replace(tzinfo=dt.UTC)
     return floor, now + dt.timedelta(hours=clean["future_slack_hours"])
 
@@ -61,7 +63,7 @@ def interaction_checks(clean: dict, now: dt.datetime) -> list[Check]:
             name="interactions_timestamp_in_range",
             expectation=E.ExpectColumnValuesToBeBetween(column=C.TIMESTAMP, min_value=floor, max_value=ceiling),
             threshold=f"timestamp in [{floor:%Y-%m-%d}, {ceiling:%Y-%m-%d %H:%M}] UTC "
-                      f"(clean.timestamp_floor, now + clean.future_slack_hours)",
+            f"(clean.timestamp_floor, now + clean.future_slack_hours)",
             columns=(C.TIMESTAMP,),
         ),
         Check(
@@ -120,12 +122,14 @@ def user_checks() -> list[Check]:
 def quarantine_checks(raw_rows: int, max_share: float) -> list[Check]:
     E = import_gx().expectations
     max_rows = math.floor(max_share * raw_rows)
-    return [Check(
-        name="quarantine_share",
-        expectation=E.ExpectTableRowCountToBeBetween(max_value=max_rows),
-        threshold=f"<= {max_rows} quarantined interactions "
-                  f"(validate_clean.max_quarantine_share {max_share} x {raw_rows} raw rows)",
-    )]
+    return [
+        Check(
+            name="quarantine_share",
+            expectation=E.ExpectTableRowCountToBeBetween(max_value=max_rows),
+            threshold=f"<= {max_rows} quarantined interactions "
+            f"(validate_clean.max_quarantine_share {max_share} x {raw_rows} raw rows)",
+        )
+    ]
 
 
 def with_derived_columns(interactions, items):
@@ -139,9 +143,11 @@ def with_derived_columns(interactions, items):
     frame = interactions
     if C.ITEM_ID in frame.columns and C.ITEM_ID in items.columns:
         catalogue = items.select(F.col(C.ITEM_ID).alias("_catalogue_id")).distinct()
-        frame = (frame.join(catalogue, frame[C.ITEM_ID] == catalogue["_catalogue_id"], "left")
-                 .withColumn(ITEM_IN_CATALOGUE, F.col("_catalogue_id").isNotNull())
-                 .drop("_catalogue_id"))
+        frame = (
+            frame.join(catalogue, frame[C.ITEM_ID] == catalogue["_catalogue_id"], "left")
+            .withColumn(ITEM_IN_CATALOGUE, F.col("_catalogue_id").isNotNull())
+            .drop("_catalogue_id")
+        )
     for column, derived in ((C.USER_ID, USER_INTERACTIONS), (C.ITEM_ID, ITEM_INTERACTIONS)):
         if column in frame.columns:
             frame = frame.withColumn(derived, F.count(F.lit(1)).over(Window.partitionBy(column)))

@@ -4,6 +4,7 @@ Longer than most modules on purpose: the rules are one ordered pass over the sam
 `reason` column filled in rule by rule), and they share the helpers here (`alive`, `flag`,
 `phase`); spreading them over files would hide the order that the accounting depends on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,22 @@ from pipeline_tasks.core.errors import ParamsError, PipelineError
 log = logging.getLogger(__name__)
 
 MALFORMED_RULE = "malformed_line"  # a source line ingest could not parse (data/raw/malformed)
-INTERACTION_RULES = (MALFORMED_RULE, "bad_type", "invalid_id", "missing_timestamp", "rating_out_of_range",
-                     "future_timestamp", "timestamp_before_floor", "duplicate", "duplicate_key", "bot",
-                     "orphan_item", "item_removed", "below_implicit_threshold", "kcore")
+INTERACTION_RULES = (
+    MALFORMED_RULE,
+    "bad_type",
+    "invalid_id",
+    "missing_timestamp",
+    "rating_out_of_range",
+    "future_timestamp",
+    "timestamp_before_floor",
+    "duplicate",
+    "duplicate_key",
+    "bot",
+    "orphan_item",
+    "item_removed",
+    "below_implicit_threshold",
+    "kcore",
+)
 ITEM_RULES = (MALFORMED_RULE, "invalid_id", "empty_text", "duplicate_item")
 USER_RULES = (MALFORMED_RULE, "invalid_id", "duplicate_user", "bot")
 MALFORMED_TABLE = "malformed_lines"  # data/quarantine/malformed_lines: table, file, line, text, error, reason
@@ -63,8 +77,10 @@ def raw_paths(root: Path) -> dict[str, Path]:
     paths = {name: root / C.DATA_RAW / name for name in C.TABLES}
     missing = [str(path) for path in paths.values() if not path.exists()]
     if missing:
-        raise PipelineError(f"missing raw tables {missing}: run the ingest stage first "
-                            f"(`python -m pipeline_tasks.ingest --root {root}`)")
+        raise PipelineError(
+            f"missing raw tables {missing}: run the ingest stage first "
+            f"(`python -m pipeline_tasks.ingest --root {root}`)"
+        )
     return paths
 
 
@@ -85,8 +101,10 @@ def malformed_counts(malformed: DataFrame | None) -> dict[str, int]:
 def require(df: DataFrame, columns: tuple[str, ...], table: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise PipelineError(f"data/raw/{table} lacks columns {missing} (has {df.columns}): fix the source's "
-                            f"column mapping in ingest and re-run it")
+        raise PipelineError(
+            f"data/raw/{table} lacks columns {missing} (has {df.columns}): fix the source's "
+            f"column mapping in ingest and re-run it"
+        )
 
 
 @contextlib.contextmanager
@@ -99,6 +117,7 @@ def phase(label: str):
 
 
 # ---------------------------------------------------------------- flagging
+
 
 def alive() -> Column:
     return F.col(C.REASON).isNull()
@@ -123,8 +142,7 @@ def account(flagged: DataFrame, rules: tuple[str, ...], malformed: int = 0) -> d
     return tally(counts, rules, malformed)
 
 
-def account_written(spark, kept: Path, quarantined: Path, rules: tuple[str, ...],
-                    malformed: int = 0) -> dict[str, Any]:
+def account_written(spark, kept: Path, quarantined: Path, rules: tuple[str, ...], malformed: int = 0) -> dict[str, Any]:
     """account() of a table already written: kept rows from the Parquet footers (no scan), the
     quarantined ones (few) by their `reason` column."""
     table = spark.read.parquet(str(quarantined)).groupBy(C.REASON).count().collect()
@@ -141,18 +159,26 @@ def tally(counts: dict[str | None, int], rules: tuple[str, ...], malformed: int)
     unknown = set(counts) - set(rules)
     assert not unknown, f"rules missing from the accounting list: {unknown}"
     quarantined = sum(counts.values())
-    return {"rows_in": kept + quarantined, "rows_kept": kept, "rows_quarantined": quarantined,
-            "by_rule": {rule: counts.get(rule, 0) for rule in rules}}
+    return {
+        "rows_in": kept + quarantined,
+        "rows_kept": kept,
+        "rows_quarantined": quarantined,
+        "by_rule": {rule: counts.get(rule, 0) for rule in rules},
+    }
 
 
 # ---------------------------------------------------------------- coercion
+
 
 def id_column(df: DataFrame, name: str) -> Column:
     """Ids as trimmed strings; numbers lose a spurious '.0'; blank / 'nan' / 'null' become null."""
     col, kind = F.col(name), dict(df.dtypes)[name]
     if kind in FRACTIONAL:
-        text = (F.when(F.isnan(col), None).when(col == F.floor(col), col.cast("bigint").cast("string"))
-                .otherwise(col.cast("string")))
+        text = (
+            F.when(F.isnan(col), None)
+            .when(col == F.floor(col), col.cast("bigint").cast("string"))
+            .otherwise(col.cast("string"))
+        )
     else:
         text = col.cast("string")
     text = F.trim(text)
@@ -176,9 +202,11 @@ def parsed_timestamp(df: DataFrame) -> Column:
     if kind in INTEGRAL + FRACTIONAL or kind.startswith("decimal"):
         return F.when(F.isnan(col.cast("double")), None).otherwise(F.timestamp_seconds(col))
     text = F.trim(col.cast("string"))
-    return (F.when(text == "", None)
-            .when(text.rlike(r"^\d+$"), F.timestamp_seconds(text.try_cast("bigint")))
-            .otherwise(F.try_to_timestamp(text)))
+    return (
+        F.when(text == "", None)
+        .when(text.rlike(r"^\d+$"), F.timestamp_seconds(text.try_cast("bigint")))
+        .otherwise(F.try_to_timestamp(text))
+    )
 
 
 def coerce_interactions(df: DataFrame) -> DataFrame:
@@ -213,6 +241,7 @@ def invalid(name: str) -> Column:
 
 # ---------------------------------------------------------------- items
 
+
 def unescape_and_compose(texts: pd.Series) -> pd.Series:
     """HTML entities to characters, then Unicode NFC (what Spark's built-ins cannot do)."""
     return texts.map(lambda t: None if t is None else unicodedata.normalize("NFC", html.unescape(t)))
@@ -231,20 +260,27 @@ def clean_items(raw: DataFrame, cfg: dict[str, Any]) -> DataFrame:
     require(raw, (C.ITEM_ID, C.TEXT), "items")
     title = F.col(C.TITLE).cast("string") if C.TITLE in raw.columns else F.lit("")
     extras = [c for c in raw.columns if c not in C.ITEM_COLUMNS]
-    items = raw.select(id_column(raw, C.ITEM_ID).alias(C.ITEM_ID), title.alias(C.TITLE),
-                       F.col(C.TEXT).cast("string").alias(C.TEXT), *extras,
-                       F.lit(None).cast("string").alias(C.REASON))
+    items = raw.select(
+        id_column(raw, C.ITEM_ID).alias(C.ITEM_ID),
+        title.alias(C.TITLE),
+        F.col(C.TEXT).cast("string").alias(C.TEXT),
+        *extras,
+        F.lit(None).cast("string").alias(C.REASON),
+    )
     items = flag(items, invalid(C.ITEM_ID), "invalid_id")
-    items = (items.withColumn(NORM_TEXT, normalised_text(F.col(C.TEXT), cfg["text_max_chars"]))
-             .withColumn(NORM_TITLE, F.coalesce(normalised_text(F.col(C.TITLE), cfg["text_max_chars"]), F.lit(""))))
+    items = items.withColumn(NORM_TEXT, normalised_text(F.col(C.TEXT), cfg["text_max_chars"])).withColumn(
+        NORM_TITLE, F.coalesce(normalised_text(F.col(C.TITLE), cfg["text_max_chars"]), F.lit(""))
+    )
     items = flag(items, F.coalesce(F.col(NORM_TEXT), F.lit("")) == "", "empty_text")
     # A repeated id keeps its richest description.
-    items = flag_repeats(items, [C.ITEM_ID], [F.length(NORM_TEXT).desc(), F.col(NORM_TITLE), F.col(NORM_TEXT)],
-                         "duplicate_item")
+    items = flag_repeats(
+        items, [C.ITEM_ID], [F.length(NORM_TEXT).desc(), F.col(NORM_TITLE), F.col(NORM_TEXT)], "duplicate_item"
+    )
     return items.localCheckpoint()
 
 
 # ---------------------------------------------------------------- interactions
+
 
 def floor_timestamp(cfg: dict[str, Any]) -> datetime:
     return pd.Timestamp(cfg["timestamp_floor"], tz="UTC").to_pydatetime()
@@ -257,8 +293,9 @@ def clean_interactions(raw: DataFrame, items: DataFrame, cfg: dict[str, Any]) ->
     df = flag(df, invalid(C.USER_ID) | invalid(C.ITEM_ID), "invalid_id")
     df = flag(df, F.col(C.TIMESTAMP).isNull(), "missing_timestamp")
     rating = F.col(C.RATING)
-    df = flag(df, rating.isNotNull() & ((rating < cfg["rating_min"]) | (rating > cfg["rating_max"])),
-              "rating_out_of_range")
+    df = flag(
+        df, rating.isNotNull() & ((rating < cfg["rating_min"]) | (rating > cfg["rating_max"])), "rating_out_of_range"
+    )
     now = datetime.now(UTC) + timedelta(hours=cfg["future_slack_hours"])
     df = flag(df, F.col(C.TIMESTAMP) > F.lit(now), "future_timestamp")
     df = flag(df, F.col(C.TIMESTAMP) < F.lit(floor_timestamp(cfg)), "timestamp_before_floor")
@@ -290,12 +327,21 @@ def flag_duplicates(df: DataFrame) -> DataFrame:
     shuffle (by user, which with_minute_counts reuses) instead of two. A row's position in the source
     is not part of its content: of identical rows, the first in the source is kept.
     """
-    rest = [c for c in df.columns
-            if c not in (C.USER_ID, C.ITEM_ID, C.TIMESTAMP, RAW, C.REASON, C.RATING, C.EVENT, C.SOURCE_ROW)]
+    rest = [
+        c
+        for c in df.columns
+        if c not in (C.USER_ID, C.ITEM_ID, C.TIMESTAMP, RAW, C.REASON, C.RATING, C.EVENT, C.SOURCE_ROW)
+    ]
     position = [F.col(C.SOURCE_ROW).asc_nulls_last()] if C.SOURCE_ROW in df.columns else []
     window = Window.partitionBy(C.USER_ID).orderBy(
-        alive(), F.col(C.ITEM_ID), F.col(C.TIMESTAMP), F.col(C.RATING).desc_nulls_last(),
-        F.col(C.EVENT).asc_nulls_last(), *[F.col(c).asc_nulls_last() for c in rest], *position)
+        alive(),
+        F.col(C.ITEM_ID),
+        F.col(C.TIMESTAMP),
+        F.col(C.RATING).desc_nulls_last(),
+        F.col(C.EVENT).asc_nulls_last(),
+        *[F.col(c).asc_nulls_last() for c in rest],
+        *position,
+    )
 
     def as_before(col: Column) -> Column:
         return F.lag(col).over(window).eqNullSafe(col)
@@ -333,9 +379,12 @@ def bot_users(df: DataFrame, cfg: dict[str, Any]) -> DataFrame:
     """
     if PER_MINUTE not in df.columns:
         df = with_minute_counts(df)
-    per_user = (df.groupBy(C.USER_ID)
-                .agg(F.max(PER_MINUTE).alias("busiest_minute"), F.sum(alive().cast("int")).alias("count"))
-                .filter(F.col("count") > 0).localCheckpoint())  # small: one row per user
+    per_user = (
+        df.groupBy(C.USER_ID)
+        .agg(F.max(PER_MINUTE).alias("busiest_minute"), F.sum(alive().cast("int")).alias("count"))
+        .filter(F.col("count") > 0)
+        .localCheckpoint()
+    )  # small: one row per user
     bots = per_user.filter(F.col("busiest_minute") > cfg["bot_max_events_per_minute"]).select(C.USER_ID)
     threshold = cfg["bot_max_events_zscore"]
     if threshold > 0:
@@ -348,8 +397,11 @@ def bot_users(df: DataFrame, cfg: dict[str, Any]) -> DataFrame:
 
 def flag_catalogue(df: DataFrame, items: DataFrame, orphan_policy: str) -> DataFrame:
     """Orphans (item id absent from the raw catalogue) and interactions of quarantined items."""
-    catalogue = (items.filter(F.col(C.ITEM_ID).isNotNull()).groupBy(C.ITEM_ID)
-                 .agg(F.max(alive().cast("int")).alias("_item_kept")))
+    catalogue = (
+        items.filter(F.col(C.ITEM_ID).isNotNull())
+        .groupBy(C.ITEM_ID)
+        .agg(F.max(alive().cast("int")).alias("_item_kept"))
+    )
     df = df.join(F.broadcast(catalogue), on=C.ITEM_ID, how="left")
     if orphan_policy == "drop":
         df = flag(df, F.col("_item_kept").isNull(), "orphan_item")
@@ -372,17 +424,22 @@ def flag_kcore(df: DataFrame, cfg: dict[str, Any]) -> tuple[DataFrame, dict[str,
     for iteration in range(1, limit + 1):
         with phase(f"interactions: k-core pass {iteration}"):
             # Checkpointed (they are small): the emptiness test, the pruning and the final flag share them.
-            users = (edges.groupBy(C.USER_ID).count().filter(F.col("count") < min_users).select(C.USER_ID)
-                     .localCheckpoint())
-            items = (edges.groupBy(C.ITEM_ID).count().filter(F.col("count") < min_items).select(C.ITEM_ID)
-                     .localCheckpoint())
+            users = (
+                edges.groupBy(C.USER_ID).count().filter(F.col("count") < min_users).select(C.USER_ID).localCheckpoint()
+            )
+            items = (
+                edges.groupBy(C.ITEM_ID).count().filter(F.col("count") < min_items).select(C.ITEM_ID).localCheckpoint()
+            )
             if users.isEmpty() and items.isEmpty():
                 stats = {"iterations": iteration - 1, "converged": True}
                 break
             low_users.append(users)
             low_items.append(items)
-            edges = materialised(edges.join(F.broadcast(users), on=C.USER_ID, how="left_anti")
-                                 .join(F.broadcast(items), on=C.ITEM_ID, how="left_anti"))
+            edges = materialised(
+                edges.join(F.broadcast(users), on=C.USER_ID, how="left_anti").join(
+                    F.broadcast(items), on=C.ITEM_ID, how="left_anti"
+                )
+            )
     else:
         log.warning("k-core did not converge in %d iterations: raise clean.kcore_max_iterations", limit)
     if not low_users:
@@ -406,13 +463,15 @@ def materialised(df: DataFrame) -> DataFrame:
 
 # ---------------------------------------------------------------- users and placeholders
 
+
 def clean_users(raw: DataFrame, bots: DataFrame) -> DataFrame:
     require(raw, (C.USER_ID,), "users")
     extras = [c for c in raw.columns if c != C.USER_ID]
     users = raw.select(id_column(raw, C.USER_ID).alias(C.USER_ID), *extras, F.lit(None).cast("string").alias(C.REASON))
     users = flag(users, invalid(C.USER_ID), "invalid_id")
-    users = flag_repeats(users, [C.USER_ID], [F.col(c).asc_nulls_last() for c in extras] or [F.lit(1)],
-                         "duplicate_user")
+    users = flag_repeats(
+        users, [C.USER_ID], [F.col(c).asc_nulls_last() for c in extras] or [F.lit(1)], "duplicate_user"
+    )
     users = flag(joined_flag(users, bots, C.USER_ID, "_bot"), F.col("_bot"), "bot").drop("_bot")
     return users.select(C.USER_ID, *extras, C.REASON).localCheckpoint()
 
@@ -422,33 +481,43 @@ def placeholder_items(interactions: DataFrame, items: DataFrame, cfg: dict[str, 
     if cfg["orphan_policy"] != "placeholder":
         return None
     known = items.filter(F.col(C.ITEM_ID).isNotNull()).select(C.ITEM_ID).distinct()
-    orphan_ids = (interactions.filter(alive()).select(C.ITEM_ID).distinct()
-                  .join(known, on=C.ITEM_ID, how="left_anti"))
+    orphan_ids = interactions.filter(alive()).select(C.ITEM_ID).distinct().join(known, on=C.ITEM_ID, how="left_anti")
     text = F.lit(cfg["placeholder_text"])
     return orphan_ids.select(C.ITEM_ID, text.alias(C.TITLE), text.alias(C.TEXT)).localCheckpoint()
 
 
 # ---------------------------------------------------------------- writing
 
+
 def kept_items(items: DataFrame, placeholders: DataFrame | None) -> DataFrame:
     extras = [c for c in items.columns if c not in (*C.ITEM_COLUMNS, NORM_TEXT, NORM_TITLE, C.REASON)]
-    kept = items.filter(alive()).select(C.ITEM_ID, F.col(NORM_TITLE).alias(C.TITLE),
-                                        F.col(NORM_TEXT).alias(C.TEXT), *extras)
+    kept = items.filter(alive()).select(
+        C.ITEM_ID, F.col(NORM_TITLE).alias(C.TITLE), F.col(NORM_TEXT).alias(C.TEXT), *extras
+    )
     if placeholders is not None:
         kept = kept.unionByName(placeholders, allowMissingColumns=True)
     return kept
 
 
-def write_outputs(root: Path, interactions: DataFrame, items: DataFrame, users: DataFrame,
-                  placeholders: DataFrame | None, files: int = 1, malformed: DataFrame | None = None,
-                  before_swap: Callable[[Path, Path], None] | None = None) -> None:
+def write_outputs(
+    root: Path,
+    interactions: DataFrame,
+    items: DataFrame,
+    users: DataFrame,
+    placeholders: DataFrame | None,
+    files: int = 1,
+    malformed: DataFrame | None = None,
+    before_swap: Callable[[Path, Path], None] | None = None,
+) -> None:
     """All six tables, or none: each output folder is swapped in only after every write succeeded
     (and `before_swap(clean_dir, quarantine_dir)`, if given, accepted what was written)."""
     interaction_columns = [c for c in interactions.columns if c not in (RAW, C.REASON)]
     item_columns = [c for c in items.columns if c not in (NORM_TEXT, NORM_TITLE)]
     outputs = {
-        "interactions": (interactions.filter(alive()).select(*interaction_columns),
-                         interactions.filter(~alive()).select(*interaction_columns, C.REASON, RAW)),
+        "interactions": (
+            interactions.filter(alive()).select(*interaction_columns),
+            interactions.filter(~alive()).select(*interaction_columns, C.REASON, RAW),
+        ),
         "items": (kept_items(items, placeholders), items.filter(~alive()).select(*item_columns)),
         "users": (users.filter(alive()).drop(C.REASON), users.filter(~alive())),
     }

@@ -10,6 +10,7 @@ Item index i is the position of the id in the sorted item list of data/split/ite
 and user index u the position in the sorted ids of every user with an interaction;
 both orders are deterministic, so two stages reading the same split agree.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -91,15 +92,18 @@ def concat(parts: Sequence[Interactions]) -> Interactions:
     return Interactions(users[order], items[order], stamps[order])
 
 
-def index_interactions(df: pd.DataFrame, user_index: dict[str, int], item_index: dict[str, int],
-                       table: str = "interactions") -> Interactions:
+def index_interactions(
+    df: pd.DataFrame, user_index: dict[str, int], item_index: dict[str, int], table: str = "interactions"
+) -> Interactions:
     """Map id columns to indices; an id outside the maps is a broken split, not a row to drop."""
     users = df[C.USER_ID].astype(str).map(user_index)
     items = df[C.ITEM_ID].astype(str).map(item_index)
     unknown = int(items.isna().sum())
     if unknown:
-        raise PipelineError(f"{unknown} rows of {table} name items missing from the item catalogue: "
-                            "re-run the clean and split stages so every interaction's item is in items")
+        raise PipelineError(
+            f"{unknown} rows of {table} name items missing from the item catalogue: "
+            "re-run the clean and split stages so every interaction's item is in items"
+        )
     if users.isna().any():
         raise PipelineError(f"{table} names users missing from the user index: re-run the split stage")
     if C.TIMESTAMP in df:
@@ -117,7 +121,7 @@ def index_interactions(df: pd.DataFrame, user_index: dict[str, int], item_index:
 def user_histories(inter: Interactions, n_users: int) -> list[np.ndarray]:
     """Split the (user-sorted) item array into one array per user index."""
     bounds = np.searchsorted(inter.users, np.arange(n_users + 1))
-    return [inter.items[bounds[u]:bounds[u + 1]] for u in range(n_users)]
+    return [inter.items[bounds[u] : bounds[u + 1]] for u in range(n_users)]
 
 
 def binary_matrix(inter: Interactions, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -146,12 +150,21 @@ def load_split(root: str | Path) -> SplitData:
     texts = items[C.TEXT].fillna("").astype(str).tolist() if C.TEXT in items else [""] * len(items)
     users = tables["users"].astype({C.USER_ID: str}).drop_duplicates(C.USER_ID).set_index(C.USER_ID).reindex(user_ids)
     return SplitData(
-        item_ids=item_ids, item_index=item_index, user_ids=user_ids, user_index=user_index,
-        train=parts["train"], valid=parts["valid"], test=parts["test"],
-        item_texts=texts, items=items, users=users)
+        item_ids=item_ids,
+        item_index=item_index,
+        user_ids=user_ids,
+        user_index=user_index,
+        train=parts["train"],
+        valid=parts["valid"],
+        test=parts["test"],
+        item_texts=texts,
+        items=items,
+        users=users,
+    )
 
 
 # --- Evaluation tasks: who is ranked, against which target, with which items excluded ---
+
 
 @dataclass(frozen=True)
 class EvalTask:
@@ -177,13 +190,18 @@ def eval_task(split: SplitData, target_split: str) -> EvalTask:
     held_out = split.part(target_split)
     assert len(np.unique(held_out.users)) == len(held_out), "leave-one-out holds one item per user"
     history = split.histories(HISTORY_OF[target_split])
-    return EvalTask(target_split=target_split, history_splits=HISTORY_OF[target_split],
-                    users=held_out.users, targets=held_out.items,
-                    seen=[history[u] for u in held_out.users])
+    return EvalTask(
+        target_split=target_split,
+        history_splits=HISTORY_OF[target_split],
+        users=held_out.users,
+        targets=held_out.items,
+        seen=[history[u] for u in held_out.users],
+    )
 
 
-def rank_in_batches(score_users: Callable[[np.ndarray], np.ndarray], task: EvalTask, k: int,
-                    batch_size: int, desc: str = "ranking") -> np.ndarray:
+def rank_in_batches(
+    score_users: Callable[[np.ndarray], np.ndarray], task: EvalTask, k: int, batch_size: int, desc: str = "ranking"
+) -> np.ndarray:
     """(len(task), k) item indices, best first, seen items excluded.
 
     score_users(user_indices) -> (len(user_indices), n_items) scores in item index order.
@@ -204,11 +222,13 @@ def rank_in_batches(score_users: Callable[[np.ndarray], np.ndarray], task: EvalT
 def ranking_frame(split: SplitData, task: EvalTask, ranked: np.ndarray) -> pd.DataFrame:
     """The top-K table of the contract: user_id, target_item_id, item_ids (ranked id strings)."""
     ids = np.asarray(split.item_ids, dtype=object)
-    return pd.DataFrame({
-        C.USER_ID: [split.user_ids[u] for u in task.users],
-        C.TARGET_ITEM_ID: [split.item_ids[i] for i in task.targets],
-        C.ITEM_IDS: [list(ids[row]) for row in ranked],
-    })
+    return pd.DataFrame(
+        {
+            C.USER_ID: [split.user_ids[u] for u in task.users],
+            C.TARGET_ITEM_ID: [split.item_ids[i] for i in task.targets],
+            C.ITEM_IDS: [list(ids[row]) for row in ranked],
+        }
+    )
 
 
 def ranked_from_frame(split: SplitData, task: EvalTask, frame: pd.DataFrame, k: int, source: str) -> np.ndarray:
@@ -219,18 +239,23 @@ def ranked_from_frame(split: SplitData, task: EvalTask, frame: pd.DataFrame, k: 
     wanted = [split.user_ids[u] for u in task.users]
     missing = [u for u in wanted if u not in by_user.index]
     if missing:
-        raise PipelineError(f"{source} has no ranking for {len(missing)} test users (e.g. {missing[:3]}): "
-                            "it was made from another split; re-run the stage that wrote it")
+        raise PipelineError(
+            f"{source} has no ranking for {len(missing)} test users (e.g. {missing[:3]}): "
+            "it was made from another split; re-run the stage that wrote it"
+        )
     lists = by_user.loc[wanted, C.ITEM_IDS].tolist()
     short = sum(len(items) < k for items in lists)
     if short:
-        raise PipelineError(f"{source} holds {short} rankings shorter than {k}: re-run the stage that wrote it "
-                            "with the current evaluate.ks")
+        raise PipelineError(
+            f"{source} holds {short} rankings shorter than {k}: re-run the stage that wrote it "
+            "with the current evaluate.ks"
+        )
     try:
         ranked = np.array([[split.item_index[str(i)] for i in items[:k]] for items in lists], dtype=np.int64)
     except KeyError as err:
-        raise PipelineError(f"{source} ranks item {err} which is not in data/split/items: "
-                            "re-run the stage that wrote it") from None
+        raise PipelineError(
+            f"{source} ranks item {err} which is not in data/split/items: re-run the stage that wrote it"
+        ) from None
     return ranked.reshape(len(wanted), k)
 
 

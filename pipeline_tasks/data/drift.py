@@ -26,7 +26,11 @@ passes ("no baseline yet").
 Why a folder of its own and not a DVC output: DVC deletes and restores a stage's outputs
 (`dvc repro`, `dvc checkout`), so the previous version's statistics would be replaced by
 the current run's before the comparison. `validated/` is the project's memory across runs.
+
+Longer than most modules on purpose: statistics, saved versions, comparisons, the GX batch and
+the report all work on one `VersionStats`; together they are one gate.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -73,9 +77,15 @@ class VersionStats:
     item_counts: pd.DataFrame  # item_id, interactions (every item)
 
     def summary(self) -> dict[str, Any]:
-        return {"version": self.version, "validated_at": self.validated_at, "rows": self.rows,
-                "users": self.users, "items": self.items, "rating_mean": self.rating_mean,
-                "top_decile_item_share": top_decile_share(self.item_counts)}
+        return {
+            "version": self.version,
+            "validated_at": self.validated_at,
+            "rows": self.rows,
+            "users": self.users,
+            "items": self.items,
+            "rating_mean": self.rating_mean,
+            "top_decile_item_share": top_decile_share(self.item_counts),
+        }
 
 
 @dataclass
@@ -105,13 +115,15 @@ class DriftOutcome:
 
 # --- settings -------------------------------------------------------------------------
 
+
 def settings(params: dict) -> dict[str, Any]:
     """`validate_clean.drift`, checked: severities known, limits not negative."""
     cfg = params["validate_clean"]["drift"]
     for name, severity in cfg["severity"].items():
         if severity not in SEVERITIES:
-            raise ParamsError(f"'validate_clean.drift.severity.{name}' is {severity!r}; "
-                              f"use one of {', '.join(SEVERITIES)}")
+            raise ParamsError(
+                f"'validate_clean.drift.severity.{name}' is {severity!r}; use one of {', '.join(SEVERITIES)}"
+            )
     for key, value in cfg.items():
         if key.startswith("max_") and value < 0:
             raise ParamsError(f"'validate_clean.drift.{key}' must be >= 0, got {value}")
@@ -133,6 +145,7 @@ def baseline_dir(params: dict, root: Path) -> Path:
 
 # --- statistics of the clean data -----------------------------------------------------
 
+
 def comparable(interactions) -> bool:
     """Whether the clean interactions have the columns the statistics need."""
     return {C.USER_ID, C.ITEM_ID, C.RATING} <= set(interactions.columns)
@@ -143,14 +156,18 @@ def compute_stats(interactions, max_ids: int, now: dt.datetime | None = None) ->
     from pyspark.sql import functions as F
 
     now = now or dt.datetime.now(dt.UTC)
-    totals = interactions.agg(F.count(F.lit(1)).alias("rows"), F.avg(C.RATING).alias("mean"),
-                              F.countDistinct(C.USER_ID).alias("users")).first()
-    item_counts = (interactions.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias(COUNT))
-                   .toPandas().sort_values(C.ITEM_ID, ignore_index=True))
+    totals = interactions.agg(
+        F.count(F.lit(1)).alias("rows"), F.avg(C.RATING).alias("mean"), F.countDistinct(C.USER_ID).alias("users")
+    ).first()
+    item_counts = (
+        interactions.groupBy(C.ITEM_ID)
+        .agg(F.count(F.lit(1)).alias(COUNT))
+        .toPandas()
+        .sort_values(C.ITEM_ID, ignore_index=True)
+    )
     buckets = sample_buckets(int(totals["users"]), max_ids)
     bucket = F.pmod(F.xxhash64(C.USER_ID), F.lit(ID_HASH_MODULUS)).cast("int")
-    users = (interactions.select(C.USER_ID, bucket.alias(BUCKET)).where(F.col(BUCKET) < buckets)
-             .distinct().toPandas())
+    users = interactions.select(C.USER_ID, bucket.alias(BUCKET)).where(F.col(BUCKET) < buckets).distinct().toPandas()
     return VersionStats(
         version=f"{now:%Y%m%dT%H%M%S%fZ}",
         validated_at=now.isoformat(timespec="seconds"),
@@ -180,6 +197,7 @@ def user_sample(stats: VersionStats, buckets: int) -> set[str]:
 
 # --- the saved versions ---------------------------------------------------------------
 
+
 def load_previous(folder: Path) -> VersionStats | None:
     """The latest validated version in `folder`, or None on the first run."""
     latest = folder / LATEST_FILE
@@ -189,48 +207,67 @@ def load_previous(folder: Path) -> VersionStats | None:
         version_dir = folder / io.read_json(latest)["version"]
         meta = io.read_json(version_dir / STATS_FILE)
         return VersionStats(
-            version=meta["version"], validated_at=meta["validated_at"], rows=meta["rows"], users=meta["users"],
-            items=meta["items"], rating_mean=meta["rating_mean"], user_buckets=meta["user_id_sample"]["buckets"],
+            version=meta["version"],
+            validated_at=meta["validated_at"],
+            rows=meta["rows"],
+            users=meta["users"],
+            items=meta["items"],
+            rating_mean=meta["rating_mean"],
+            user_buckets=meta["user_id_sample"]["buckets"],
             user_ids=pd.read_parquet(version_dir / USER_IDS_FILE),
             item_counts=pd.read_parquet(version_dir / ITEM_COUNTS_FILE),
         )
     except (OSError, KeyError, ValueError, PipelineError) as err:  # a half-deleted or hand-edited folder
         raise PipelineError(
             f"the drift baseline in {folder} is unreadable ({type(err).__name__}: {err}): point {latest} at an "
-            f"intact version folder there, or delete {folder} to start again with no baseline") from err
+            f"intact version folder there, or delete {folder} to start again with no baseline"
+        ) from err
 
 
 def save_version(stats: VersionStats, folder: Path, keep: int) -> Path:
     """Store `stats` as the latest validated version; keep the `keep` most recent versions."""
     with io.atomic_dir(folder / stats.version) as tmp:
-        meta = {**stats.summary(), "user_id_sample": {
-            "hash": ID_HASH, "modulus": ID_HASH_MODULUS, "buckets": stats.user_buckets,
-            "stored": len(stats.user_ids)}}
+        meta = {
+            **stats.summary(),
+            "user_id_sample": {
+                "hash": ID_HASH,
+                "modulus": ID_HASH_MODULUS,
+                "buckets": stats.user_buckets,
+                "stored": len(stats.user_ids),
+            },
+        }
         io.write_json(meta, tmp / STATS_FILE)
         stats.user_ids.to_parquet(tmp / USER_IDS_FILE, index=False)
         stats.item_counts.to_parquet(tmp / ITEM_COUNTS_FILE, index=False)
     io.write_json({"version": stats.version}, folder / LATEST_FILE)  # the switch: an atomic rename
     versions = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for old in versions[:-max(keep, 1)]:
+    for old in versions[: -max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return folder / stats.version
 
 
 # --- the comparisons ------------------------------------------------------------------
 
-def compare(current: VersionStats, previous: VersionStats, cfg: dict[str, Any]) -> tuple[list[DriftCheck], pd.DataFrame]:
+
+def compare(
+    current: VersionStats, previous: VersionStats, cfg: dict[str, Any]
+) -> tuple[list[DriftCheck], pd.DataFrame]:
     """Every drift check whose severity is not `off`, and the popularity bins behind the PSI."""
     bins = popularity_bins(previous.item_counts, current.item_counts, cfg["popularity_bins"])
     builders: dict[str, Callable[[], DriftCheck]] = {
         "row_count_change": lambda: row_count_change(current, previous, cfg["max_row_count_change"]),
-        "new_user_share": lambda: id_share("new_user_share", *shared_user_samples(current, previous),
-                                           cfg["max_new_user_share"], "users", new=True),
-        "lost_user_share": lambda: id_share("lost_user_share", *shared_user_samples(current, previous),
-                                            cfg["max_lost_user_share"], "users", new=False),
-        "new_item_share": lambda: id_share("new_item_share", *item_sets(current, previous),
-                                           cfg["max_new_item_share"], "items", new=True),
-        "lost_item_share": lambda: id_share("lost_item_share", *item_sets(current, previous),
-                                            cfg["max_lost_item_share"], "items", new=False),
+        "new_user_share": lambda: id_share(
+            "new_user_share", *shared_user_samples(current, previous), cfg["max_new_user_share"], "users", new=True
+        ),
+        "lost_user_share": lambda: id_share(
+            "lost_user_share", *shared_user_samples(current, previous), cfg["max_lost_user_share"], "users", new=False
+        ),
+        "new_item_share": lambda: id_share(
+            "new_item_share", *item_sets(current, previous), cfg["max_new_item_share"], "items", new=True
+        ),
+        "lost_item_share": lambda: id_share(
+            "lost_item_share", *item_sets(current, previous), cfg["max_lost_item_share"], "items", new=False
+        ),
         "rating_mean_shift": lambda: rating_mean_shift(current, previous, cfg["max_rating_mean_shift"]),
         "popularity_psi": lambda: popularity_psi(bins, cfg["max_popularity_psi"], cfg["popularity_bins"]),
     }
@@ -242,7 +279,9 @@ def compare(current: VersionStats, previous: VersionStats, cfg: dict[str, Any]) 
 def row_count_change(current: VersionStats, previous: VersionStats, limit: float) -> DriftCheck:
     change = relative_change(current.rows, previous.rows)
     return DriftCheck(
-        name="row_count_change", value=abs(change), limit=limit,
+        name="row_count_change",
+        value=abs(change),
+        limit=limit,
         observed=f"{change:+.1%} ({current.rows} rows, previously {previous.rows})",
         threshold=f"within ±{limit:.0%} (validate_clean.drift.max_row_count_change)",
     )
@@ -273,20 +312,33 @@ def id_share(name: str, now: set[str], before: set[str], limit: float, what: str
     example = sorted(base - other)[:3]
     observed = f"{share:.1%} ({changed} of {len(base)} {what} {word}"
     observed += f", e.g. {', '.join(map(repr, example))})" if example else ")"
-    return DriftCheck(name=name, value=share, limit=limit, observed=observed,
-                      threshold=f"<= {limit:.0%} (validate_clean.drift.max_{name})")
+    return DriftCheck(
+        name=name,
+        value=share,
+        limit=limit,
+        observed=observed,
+        threshold=f"<= {limit:.0%} (validate_clean.drift.max_{name})",
+    )
 
 
 def rating_mean_shift(current: VersionStats, previous: VersionStats, limit: float) -> DriftCheck:
     threshold = f"<= {limit} stars (validate_clean.drift.max_rating_mean_shift)"
     if current.rating_mean is None or previous.rating_mean is None:
-        seen = (f"no rating now ({current.rows} rows)" if current.rating_mean is None
-                else f"no rating previously ({previous.rows} rows)")
+        seen = (
+            f"no rating now ({current.rows} rows)"
+            if current.rating_mean is None
+            else f"no rating previously ({previous.rows} rows)"
+        )
         both_implicit = current.rating_mean is None and previous.rating_mean is None
         return DriftCheck("rating_mean_shift", None if both_implicit else math.inf, limit, seen, threshold)
     shift = current.rating_mean - previous.rating_mean
-    return DriftCheck("rating_mean_shift", abs(shift), limit,
-                      f"{shift:+.3f} ({current.rating_mean:.3f}, previously {previous.rating_mean:.3f})", threshold)
+    return DriftCheck(
+        "rating_mean_shift",
+        abs(shift),
+        limit,
+        f"{shift:+.3f} ({current.rating_mean:.3f}, previously {previous.rating_mean:.3f})",
+        threshold,
+    )
 
 
 def popularity_bins(previous: pd.DataFrame, current: pd.DataFrame, n_bins: int) -> pd.DataFrame:
@@ -306,14 +358,17 @@ def popularity_bins(previous: pd.DataFrame, current: pd.DataFrame, n_bins: int) 
 
 
 def popularity_psi(bins: pd.DataFrame, limit: float, n_bins: int) -> DriftCheck:
-    threshold = (f"<= {limit} (validate_clean.drift.max_popularity_psi; "
-                 f"PSI over {n_bins} popularity bins of the previous items)")
+    threshold = (
+        f"<= {limit} (validate_clean.drift.max_popularity_psi; PSI over {n_bins} popularity bins of the previous items)"
+    )
     if bins["current_share"].sum() == 0:
         return DriftCheck("popularity_psi", math.inf, limit, "no interaction on any previous item", threshold)
     psi = float(bins["psi"].sum())
     worst = bins.loc[bins["psi"].idxmax()]
-    observed = (f"{psi:.3f} (largest move: popularity bin {int(worst['bin'])} of {len(bins)}, "
-                f"{worst['previous_share']:.1%} -> {worst['current_share']:.1%} of interactions)")
+    observed = (
+        f"{psi:.3f} (largest move: popularity bin {int(worst['bin'])} of {len(bins)}, "
+        f"{worst['previous_share']:.1%} -> {worst['current_share']:.1%} of interactions)"
+    )
     return DriftCheck("popularity_psi", psi, limit, observed, threshold)
 
 
@@ -326,6 +381,7 @@ def top_decile_share(item_counts: pd.DataFrame) -> float | None:
 
 
 # --- the gate -------------------------------------------------------------------------
+
 
 def check_drift(params: dict, root: Path, interactions, now: dt.datetime | None = None) -> DriftOutcome:
     """Compare the clean interactions with the previous validated version; write the report."""
@@ -353,9 +409,15 @@ def gx_batch(outcome: DriftOutcome, spark) -> TableBatch | None:
     E = import_gx().expectations
     schema = T.StructType([T.StructField(c.name, T.DoubleType(), nullable=True) for c in outcome.checks])
     frame = spark.createDataFrame([tuple(c.value for c in outcome.checks)], schema)
-    checks = [Check(name=c.name, threshold=c.threshold, columns=(c.name,),
-                    expectation=E.ExpectColumnValuesToBeBetween(column=c.name, min_value=None, max_value=c.limit))
-              for c in outcome.checks]
+    checks = [
+        Check(
+            name=c.name,
+            threshold=c.threshold,
+            columns=(c.name,),
+            expectation=E.ExpectColumnValuesToBeBetween(column=c.name, min_value=None, max_value=c.limit),
+        )
+        for c in outcome.checks
+    ]
     return TableBatch(TABLE, frame, checks)
 
 
@@ -363,9 +425,12 @@ def described(results: list[CheckResult], outcome: DriftOutcome) -> list[CheckRe
     """GX saw one number per drift check; say what it means (e.g. '-42.0% (580 rows, previously 1000)')."""
     by_name = {c.name: c for c in outcome.checks}
     # Where GX's verdict differs from the arithmetic (GX raised), GX's own words are kept.
-    return [replace(r, observed=by_name[r.name].observed, expectation=f"drift vs version {outcome.previous.version}")
-            if r.table == TABLE and r.name in by_name and r.success == by_name[r.name].success else r
-            for r in results]
+    return [
+        replace(r, observed=by_name[r.name].observed, expectation=f"drift vs version {outcome.previous.version}")
+        if r.table == TABLE and r.name in by_name and r.success == by_name[r.name].success
+        else r
+        for r in results
+    ]
 
 
 def accept(outcome: DriftOutcome, params: dict, root: Path) -> str:
@@ -382,9 +447,17 @@ def metrics(outcome: DriftOutcome, results: list[CheckResult], root: Path, saved
         "status": "compared" if outcome.previous else "no baseline yet",
         "previous": outcome.previous.summary() if outcome.previous else None,
         "current": outcome.current.summary(),
-        "checks": {c.name: {"value": c.value, "limit": c.limit, "success": verdict[c.name],
-                            "severity": outcome.severity[c.name], "observed": c.observed, "threshold": c.threshold}
-                   for c in outcome.checks},
+        "checks": {
+            c.name: {
+                "value": c.value,
+                "limit": c.limit,
+                "success": verdict[c.name],
+                "severity": outcome.severity[c.name],
+                "observed": c.observed,
+                "threshold": c.threshold,
+            }
+            for c in outcome.checks
+        },
         "report": str(outcome.report.relative_to(root)),
         "saved_as": saved_as,
     }
@@ -396,22 +469,29 @@ def hints(outcome: DriftOutcome, results: list[CheckResult], params: dict) -> li
     if not failed:
         return []
     folder = params["validate_clean"]["drift"]["baseline_dir"]
-    return [f"Drift detail (both versions' statistics, popularity bins): {outcome.report}. "
-            f"The previous version stays the baseline ({folder}/{LATEST_FILE}).",
-            "If the change is expected (a new source, a backfill), accept this version as the new baseline: "
-            "re-run once with " + " ".join(f"--set validate_clean.drift.severity.{n}=warn" for n in failed)
-            + " (or those keys set to warn in params.yaml for that run)."]
+    return [
+        f"Drift detail (both versions' statistics, popularity bins): {outcome.report}. "
+        f"The previous version stays the baseline ({folder}/{LATEST_FILE}).",
+        "If the change is expected (a new source, a backfill), accept this version as the new baseline: "
+        "re-run once with "
+        + " ".join(f"--set validate_clean.drift.severity.{n}=warn" for n in failed)
+        + " (or those keys set to warn in params.yaml for that run).",
+    ]
 
 
 # --- the report -----------------------------------------------------------------------
+
 
 def write_report(outcome: DriftOutcome, cfg: dict[str, Any]) -> None:
     """reports/drift.md: what was compared, each check, and the popularity bins."""
     current, previous = outcome.current, outcome.previous
     lines = ["# Drift: clean data vs the previous validated version", ""]
     if previous is None:
-        lines += ["**No baseline yet**: this is the first version; if it passes validate_clean, it becomes "
-                  f"the baseline of the next run (`{cfg['baseline_dir']}/`).", ""]
+        lines += [
+            "**No baseline yet**: this is the first version; if it passes validate_clean, it becomes "
+            f"the baseline of the next run (`{cfg['baseline_dir']}/`).",
+            "",
+        ]
     lines += ["| statistic | previous | current |", "|---|---|---|"]
     before = previous.summary() if previous else {}
     for key, value in current.summary().items():
@@ -423,11 +503,17 @@ def write_report(outcome: DriftOutcome, cfg: dict[str, Any]) -> None:
             verdict = "pass" if check.success else ("**FAIL**" if severity == "fail" else "warn")
             lines.append(f"| {check.name} | {verdict} | {severity} | {check.observed} | {check.threshold} |")
     if outcome.bins is not None:
-        lines += ["", "## Item popularity bins (previous items; bin 1 = most popular)", "",
-                  "| bin | items | previous share | current share | PSI term |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Item popularity bins (previous items; bin 1 = most popular)",
+            "",
+            "| bin | items | previous share | current share | PSI term |",
+            "|---|---|---|---|---|",
+        ]
         for row in outcome.bins.itertuples():
-            lines.append(f"| {row.bin} | {row.items} | {row.previous_share:.2%} | {row.current_share:.2%} "
-                         f"| {row.psi:.4f} |")
+            lines.append(
+                f"| {row.bin} | {row.items} | {row.previous_share:.2%} | {row.current_share:.2%} | {row.psi:.4f} |"
+            )
     outcome.report.parent.mkdir(parents=True, exist_ok=True)
     outcome.report.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

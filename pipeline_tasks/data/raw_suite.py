@@ -1,5 +1,6 @@
 """The checks of the validate_raw gate (Great Expectations via data/validate.py): what raw data must hold,
 as the validate_raw stage's docstring says, and the tables they run on."""
+
 from __future__ import annotations
 
 from pathlib import Path

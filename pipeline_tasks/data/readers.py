@@ -6,7 +6,11 @@ a missing or renamed column, non-UTF-8 bytes where UTF-8 is declared, a truncate
 gzip stream. Lines that are merely malformed (too few fields, a number that does not parse,
 broken JSON) are returned as `Malformed` records, which ingest keeps in data/raw/malformed and
 the clean stage quarantines, up to `ingest.max_bad_line_share` of a file; past it the run stops.
+
+Longer than most modules on purpose: it is the one catalogue of file-level errors every reader
+shares (encodings, delimiters, JSON lines, malformed-line bookkeeping); split, the catalogue would be too.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +45,9 @@ class Malformed:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, table: str, path: Path, line: int, text: str, error: str) -> None:
-        self.rows.append({"table": table, "file": str(path), "line": line, "text": text[:MAX_KEPT_LINE_CHARS],
-                          "error": error})
+        self.rows.append(
+            {"table": table, "file": str(path), "line": line, "text": text[:MAX_KEPT_LINE_CHARS], "error": error}
+        )
 
     def extend(self, other: Malformed) -> None:
         self.rows.extend(other.rows)
@@ -56,6 +61,7 @@ class Malformed:
 
 
 # ---------------------------------------------------------------- files and folders
+
 
 def read_bytes(path: Path, hint: str = "re-download or re-export the file") -> bytes:
     """The whole file (gunzipped if it ends in .gz); a missing, empty or cut-off file is an error."""
@@ -73,20 +79,26 @@ def gunzip(path: Path, data: bytes) -> bytes:
     try:
         return gzip.decompress(data)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise DataSourceError(f"{path} is not a complete gzip file ({err}): the download or copy was cut off; "
-                              f"fetch the file again (check its size or checksum)") from err
+        raise DataSourceError(
+            f"{path} is not a complete gzip file ({err}): the download or copy was cut off; "
+            f"fetch the file again (check its size or checksum)"
+        ) from err
 
 
 def data_files(folder: Path, what: str, suffixes: tuple[str, ...], hint: str) -> list[Path]:
     """The data files in `folder` (sorted); a folder without any is an error that lists what is there."""
     if not folder.is_dir():
         raise DataSourceError(f"{folder} does not exist or is not a folder: {hint}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes)
-                   and not p.name.startswith((".", "_")))
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.lower().endswith(suffixes) and not p.name.startswith((".", "_"))
+    )
     if not files:
         present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
-        raise DataSourceError(f"{folder} holds no {what} (files ending in {', '.join(suffixes)}; found: {present}): "
-                              f"{hint}")
+        raise DataSourceError(
+            f"{folder} holds no {what} (files ending in {', '.join(suffixes)}; found: {present}): {hint}"
+        )
     return files
 
 
@@ -97,24 +109,26 @@ def check_utf8(path: Path, data: bytes, declared: str = "utf-8") -> str:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        snippet = data[max(0, err.start - 20):err.start + 20].decode("utf-8", "replace")
+        snippet = data[max(0, err.start - 20) : err.start + 20].decode("utf-8", "replace")
         raise DataSourceError(
             f"{path}: line {line}, column {column} holds byte 0x{data[err.start]:02x}, which is not UTF-8 "
             f"(near {snippet!r}) but the file is declared {declared}: re-save it as UTF-8 (e.g. "
-            f"`iconv -f latin1 -t utf-8`), or declare its real encoding (ingest.generic.encoding: latin-1)") from err
+            f"`iconv -f latin1 -t utf-8`), or declare its real encoding (ingest.generic.encoding: latin-1)"
+        ) from err
 
 
 def check_complete_last_line(path: Path, data: bytes, n_fields: int, sep: str) -> None:
     """A last line with no newline and too few fields means the file was cut off while copied."""
     if data.endswith(b"\n"):
         return
-    last = data[data.rfind(b"\n") + 1:].decode("utf-8", "replace")
+    last = data[data.rfind(b"\n") + 1 :].decode("utf-8", "replace")
     fields = len(last.split(sep))
     if fields < n_fields:
         line = data.count(b"\n") + 1
         raise DataSourceError(
             f"{path}: line {line} (the last) is cut off: {fields} of {n_fields} fields and no newline at the end "
-            f"({last[:60]!r}): the file was truncated while downloading or copying; fetch it again whole")
+            f"({last[:60]!r}): the file was truncated while downloading or copying; fetch it again whole"
+        )
 
 
 def check_delimiter(path: Path, first_line: str, sep: str, n_fields: int) -> None:
@@ -127,7 +141,8 @@ def check_delimiter(path: Path, first_line: str, sep: str, n_fields: int) -> Non
     raise DataSourceError(
         f"{path}: line 1: expected {n_fields} {DELIMITERS.get(sep, repr(sep))}-separated fields per line but it "
         f"reads {first_line[:80]!r} ({looks}): restore the original file, or declare its delimiter "
-        f"(ingest.generic.delimiter for generic files; a spreadsheet or editor may have re-saved it)")
+        f"(ingest.generic.delimiter for generic files; a spreadsheet or editor may have re-saved it)"
+    )
 
 
 def check_columns(path: Path, present: list[str], required: dict[str, str], setting: str | None) -> None:
@@ -150,11 +165,13 @@ def check_columns(path: Path, present: list[str], required: dict[str, str], sett
             mapping = f" or map it with `{setting}.{canonical}: {guess}` in params.yaml" if setting else ""
             raise DataSourceError(
                 f"{path}: column {name!r} ({canonical}) is missing, but there is a column {guess!r}: it looks renamed; "
-                f"rename it back to {name!r}{mapping} (columns present: {', '.join(present[:20])})")
+                f"rename it back to {name!r}{mapping} (columns present: {', '.join(present[:20])})"
+            )
         mapping = f", or point `{setting}.{canonical}` at the column that holds it" if setting else ""
         raise DataSourceError(
             f"{path}: required column {name!r} ({canonical}) is missing (columns present: {', '.join(present[:20])}): "
-            f"add it to the file{mapping}")
+            f"add it to the file{mapping}"
+        )
 
 
 def check_header(path: Path, line: str, sep: str, names: list[str]) -> None:
@@ -163,8 +180,10 @@ def check_header(path: Path, line: str, sep: str, names: list[str]) -> None:
     if present == names:
         return
     check_columns(path, present, {n: n for n in names}, setting=None)
-    raise DataSourceError(f"{path}: line 1: the columns are {', '.join(present)} but this layout expects "
-                          f"{', '.join(names)} in that order: restore the original file")
+    raise DataSourceError(
+        f"{path}: line 1: the columns are {', '.join(present)} but this layout expects "
+        f"{', '.join(names)} in that order: restore the original file"
+    )
 
 
 def check_bad_share(path: Path, bad: int, lines: int, max_share: float, what: str) -> None:
@@ -172,16 +191,27 @@ def check_bad_share(path: Path, bad: int, lines: int, max_share: float, what: st
         raise DataSourceError(
             f"{path}: {bad} of {lines} lines cannot be parsed as {what}, more than "
             f"ingest.max_bad_line_share={max_share}: repair or re-download the file (or raise "
-            f"ingest.max_bad_line_share to quarantine them and go on)")
+            f"ingest.max_bad_line_share to quarantine them and go on)"
+        )
     if bad:
         log.warning("%s: %d malformed lines of %d quarantined", path, bad, lines)
 
 
 # ---------------------------------------------------------------- delimited text
 
-def read_delimited(path: Path, sep: str, names: list[str], max_bad_share: float, numeric: list[str],
-                   encoding: str = "utf-8", header: bool = False, table: str = "interactions",
-                   malformed: Malformed | None = None, allow_empty: list[str] | tuple = ()) -> tuple[pd.DataFrame, int]:
+
+def read_delimited(
+    path: Path,
+    sep: str,
+    names: list[str],
+    max_bad_share: float,
+    numeric: list[str],
+    encoding: str = "utf-8",
+    header: bool = False,
+    table: str = "interactions",
+    malformed: Malformed | None = None,
+    allow_empty: list[str] | tuple = (),
+) -> tuple[pd.DataFrame, int]:
     """Read a delimited file as strings (numeric-only files as floats), setting malformed lines aside.
 
     Returns the frame of good lines and how many were malformed; the malformed lines themselves
@@ -214,8 +244,15 @@ def read_delimited(path: Path, sep: str, names: list[str], max_bad_share: float,
     if not valid.all():
         numbers = data_line_numbers(data, header, wrong)
         for row in np.flatnonzero(~valid.to_numpy()):
-            bad_col = next((c for c in numeric if pd.isna(pd.to_numeric(frame[c].iloc[row], errors="coerce"))
-                            and (c not in allow_empty or str(frame[c].iloc[row]).strip())), numeric[0])
+            bad_col = next(
+                (
+                    c
+                    for c in numeric
+                    if pd.isna(pd.to_numeric(frame[c].iloc[row], errors="coerce"))
+                    and (c not in allow_empty or str(frame[c].iloc[row]).strip())
+                ),
+                numeric[0],
+            )
             text = raw_sep.join(str(v) for v in frame.iloc[row].tolist())
             found.add(table, path, numbers[row], text, f"{bad_col}={frame[bad_col].iloc[row]!r} is not a number")
     frame = frame[valid].reset_index(drop=True)
@@ -227,10 +264,19 @@ def read_delimited(path: Path, sep: str, names: list[str], max_bad_share: float,
     return frame, bad
 
 
-def parse_delimited(data: bytes, sep: str, names: list[str], numeric: list[str], encoding: str,
-                    header: bool) -> pd.DataFrame:
-    options = dict(sep=sep, header=0 if header else None, names=names, encoding=encoding, on_bad_lines="skip",
-                   keep_default_na=False, quoting=0 if sep == "," else 3, engine="c")
+def parse_delimited(
+    data: bytes, sep: str, names: list[str], numeric: list[str], encoding: str, header: bool
+) -> pd.DataFrame:
+    options = dict(
+        sep=sep,
+        header=0 if header else None,
+        names=names,
+        encoding=encoding,
+        on_bad_lines="skip",
+        keep_default_na=False,
+        quoting=0 if sep == "," else 3,
+        engine="c",
+    )
     try:  # all-numeric files (ratings: up to 32M lines) parse as numbers, far leaner than strings
         if set(numeric) != set(names):
             raise ValueError("has text columns")
@@ -243,8 +289,9 @@ def wrong_field_lines(data: bytes, sep: str, n_fields: int, header: bool, quoted
     """1-based numbers of the non-blank lines whose field count is not `n_fields` (header excluded)."""
     if quoted:  # separators may sit inside quotes: let the csv module count (slower, but such files are small)
         reader = csv.reader(stdio.StringIO(data.decode(encoding, "replace"), newline=""))
-        return [reader.line_num for row in reader if row and len(row) != n_fields
-                and not (header and reader.line_num == 1)]
+        return [
+            reader.line_num for row in reader if row and len(row) != n_fields and not (header and reader.line_num == 1)
+        ]
     arr = np.frombuffer(data, dtype=np.uint8)
     wrong: list[int] = []
     first_line, pos = 1, 0
@@ -268,8 +315,9 @@ def wrong_field_lines(data: bytes, sep: str, n_fields: int, header: bool, quoted
     return wrong
 
 
-def drop_lines(data: bytes, numbers: list[int], path: Path, table: str, found: Malformed, n_fields: int,
-               sep: str, encoding: str) -> bytes:
+def drop_lines(
+    data: bytes, numbers: list[int], path: Path, table: str, found: Malformed, n_fields: int, sep: str, encoding: str
+) -> bytes:
     lines = data.split(b"\n")
     for number in numbers:
         text = lines[number - 1].decode(encoding, "replace").rstrip("\r").replace("\x1f", sep)
@@ -287,14 +335,21 @@ def data_line_numbers(data: bytes, header: bool, dropped: list[int]) -> list[int
 
 # ---------------------------------------------------------------- JSON Lines
 
-def json_lines(path: Path, table: str, malformed: Malformed, max_bad_share: float,
-               ) -> Iterator[tuple[int, dict[str, Any]]]:
+
+def json_lines(
+    path: Path,
+    table: str,
+    malformed: Malformed,
+    max_bad_share: float,
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of a JSON Lines file (plain or .gz); broken lines go to `malformed`."""
     data = read_bytes(path)
-    if not data.endswith(b"\n") and not is_json_object(data[data.rfind(b"\n") + 1:]):
+    if not data.endswith(b"\n") and not is_json_object(data[data.rfind(b"\n") + 1 :]):
         line = data.count(b"\n") + 1
-        raise DataSourceError(f"{path}: line {line} (the last) is cut off mid-record and has no newline: the file "
-                              f"was truncated while downloading or copying; fetch it again whole")
+        raise DataSourceError(
+            f"{path}: line {line} (the last) is cut off mid-record and has no newline: the file "
+            f"was truncated while downloading or copying; fetch it again whole"
+        )
     check_utf8(path, data)
     bad = lines = 0
     for number, raw in enumerate(data.split(b"\n"), start=1):
@@ -337,8 +392,10 @@ def first_json_keys(path: Path) -> list[str]:
                         return list(record)
     except (EOFError, OSError, zlib.error) as err:
         raise DataSourceError(f"{path} cannot be read ({err}): the file is damaged or cut off; fetch it again") from err
-    raise DataSourceError(f"{path} holds no JSON object on any of its first lines: it is not a JSON Lines file "
-                          f"(one JSON object per line); point ingest.path at the reviews/meta .jsonl(.gz) files")
+    raise DataSourceError(
+        f"{path} holds no JSON object on any of its first lines: it is not a JSON Lines file "
+        f"(one JSON object per line); point ingest.path at the reviews/meta .jsonl(.gz) files"
+    )
 
 
 @dataclass

@@ -10,7 +10,11 @@ malformed lines it set aside. Layouts are recognised from the data, not from fil
                  description, categories
   generic  interactions / items / users files (CSV, TSV or Parquet, or folders of parts), with
            the columns mapped onto the canonical ones by `ingest.generic.columns`.
+
+Longer than most modules on purpose: two source formats (Amazon, generic) and the dispatch over
+all of them; each reader is short and shares the column and time-unit helpers below it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,14 +46,31 @@ from pipeline_tasks.data.synthetic import empty_injected, generate, generate_day
 log = logging.getLogger(__name__)
 
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
-AMAZON_HINT = ("put the reviews file(s) and the matching meta_* file(s) (JSON Lines, plain or .gz, from "
-               "https://amazon-reviews-2023.github.io or the 2018 release) in the folder at ingest.path")
+AMAZON_HINT = (
+    "put the reviews file(s) and the matching meta_* file(s) (JSON Lines, plain or .gz, from "
+    "https://amazon-reviews-2023.github.io or the 2018 release) in the folder at ingest.path"
+)
 AMAZON_LAYOUTS: dict[str, dict[str, Any]] = {
-    "amazon-2018": {"user": "reviewerID", "item": "asin", "rating": "overall", "time": "unixReviewTime",
-                    "unit": "s", "meta_item": "asin", "categories": "category", "text": ["description", "feature"]},
-    "amazon-2023": {"user": "user_id", "item": "parent_asin", "rating": "rating", "time": "timestamp",
-                    "unit": "ms", "meta_item": "parent_asin", "categories": "categories",
-                    "text": ["features", "description"]},
+    "amazon-2018": {
+        "user": "reviewerID",
+        "item": "asin",
+        "rating": "overall",
+        "time": "unixReviewTime",
+        "unit": "s",
+        "meta_item": "asin",
+        "categories": "category",
+        "text": ["description", "feature"],
+    },
+    "amazon-2023": {
+        "user": "user_id",
+        "item": "parent_asin",
+        "rating": "rating",
+        "time": "timestamp",
+        "unit": "ms",
+        "meta_item": "parent_asin",
+        "categories": "categories",
+        "text": ["features", "description"],
+    },
 }
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".parquet", ".pq")
 TIME_UNITS = ("s", "ms", "us", "iso")
@@ -57,13 +78,15 @@ TIME_UNITS = ("s", "ms", "us", "iso")
 
 # ---------------------------------------------------------------- any source
 
+
 def read_source(params: dict[str, Any], root: Path, day: int) -> tuple[RawTables, pd.DataFrame]:
     """The chosen source's raw tables and the dirt injected on purpose (none for real data)."""
     cfg = params["ingest"]
     source = cfg["source"]
     if source == "synthetic":
-        data = generate_day(cfg["synthetic"], params["seed"], day) if day else generate(cfg["synthetic"],
-                                                                                         params["seed"])
+        data = (
+            generate_day(cfg["synthetic"], params["seed"], day) if day else generate(cfg["synthetic"], params["seed"])
+        )
         return RawTables(data.interactions, data.items, data.users, layout="synthetic"), data.injected
     if source not in C.INGEST_SOURCES:
         raise ParamsError(f"ingest.source must be one of {', '.join(C.INGEST_SOURCES)}, got {source!r}")
@@ -79,12 +102,16 @@ def read_source(params: dict[str, Any], root: Path, day: int) -> tuple[RawTables
 def source_folder(path: str, root: Path, source: str = "movielens") -> Path:
     hint = DOWNLOAD_HINT if source == "movielens" else f"see the README's 'Data sources and cleaning' ({source})"
     if not path:
-        raise DataSourceError(f"ingest.source is {source!r} but ingest.path is empty: set ingest.path to the "
-                              f"folder holding the source files (e.g. --set ingest.path=/data/ml-100k); {hint}")
+        raise DataSourceError(
+            f"ingest.source is {source!r} but ingest.path is empty: set ingest.path to the "
+            f"folder holding the source files (e.g. --set ingest.path=/data/ml-100k); {hint}"
+        )
     folder = Path(path) if Path(path).is_absolute() else root / path
     if not folder.is_dir():
-        raise DataSourceError(f"ingest.path {folder} does not exist or is not a folder: point ingest.path at the "
-                              f"unpacked source folder; {hint}")
+        raise DataSourceError(
+            f"ingest.path {folder} does not exist or is not a folder: point ingest.path at the "
+            f"unpacked source folder; {hint}"
+        )
     if not any(p.is_file() or p.is_dir() for p in folder.iterdir()):
         raise DataSourceError(f"ingest.path {folder} is an empty folder: no data files to read; {hint}")
     return folder
@@ -104,18 +131,23 @@ def standard_interactions(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- Amazon reviews
 
-def read_amazon(folder: Path, cfg: dict[str, Any], malformed: Malformed) -> tuple[pd.DataFrame, pd.DataFrame,
-                                                                                   pd.DataFrame, str]:
+
+def read_amazon(
+    folder: Path, cfg: dict[str, Any], malformed: Malformed
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
     """(interactions, items, users, layout) of an Amazon reviews folder."""
     files = data_files(folder, "Amazon reviews JSON Lines files", JSON_SUFFIXES, AMAZON_HINT)
     meta = [p for p in files if p.name.lower().startswith("meta")]
     reviews = [p for p in files if p not in meta]
     if not reviews:
-        raise DataSourceError(f"{folder} holds only meta files ({', '.join(p.name for p in meta)}) and no reviews: "
-                              f"{AMAZON_HINT}")
+        raise DataSourceError(
+            f"{folder} holds only meta files ({', '.join(p.name for p in meta)}) and no reviews: {AMAZON_HINT}"
+        )
     if not meta:
-        raise DataSourceError(f"{folder} holds reviews ({', '.join(p.name for p in reviews)}) but no meta_* file: the "
-                              f"item text (title, description, categories) comes from it; {AMAZON_HINT}")
+        raise DataSourceError(
+            f"{folder} holds reviews ({', '.join(p.name for p in reviews)}) but no meta_* file: the "
+            f"item text (title, description, categories) comes from it; {AMAZON_HINT}"
+        )
     layout = amazon_layout(reviews[0])
     spec = AMAZON_LAYOUTS[layout]
     share = cfg["max_bad_line_share"]
@@ -155,8 +187,15 @@ def amazon_reviews(path: Path, spec: dict[str, Any], share: float, malformed: Ma
         ratings.append(rating)
         times.append(stamp)
     stamps = pd.to_datetime(pd.Series(times, dtype="float64"), unit=spec["unit"], utc=True)
-    return pd.DataFrame({C.USER_ID: as_ids(users), C.ITEM_ID: as_ids(items),
-                         C.RATING: pd.Series(ratings, dtype="float64"), C.TIMESTAMP: stamps, C.EVENT: "review"})
+    return pd.DataFrame(
+        {
+            C.USER_ID: as_ids(users),
+            C.ITEM_ID: as_ids(items),
+            C.RATING: pd.Series(ratings, dtype="float64"),
+            C.TIMESTAMP: stamps,
+            C.EVENT: "review",
+        }
+    )
 
 
 def amazon_meta(path: Path, spec: dict[str, Any], share: float, malformed: Malformed) -> pd.DataFrame:
@@ -196,21 +235,25 @@ def as_ids(values: list[Any]) -> pd.Series:
 
 # ---------------------------------------------------------------- generic tables
 
+
 def check_generic(cfg: dict[str, Any]) -> None:
     gen = cfg["generic"]
     if gen["format"] not in ("auto", "csv", "parquet"):
         raise ParamsError(f"ingest.generic.format must be auto, csv or parquet, got {gen['format']!r}")
     if gen["timestamp_unit"] not in TIME_UNITS:
-        raise ParamsError(f"ingest.generic.timestamp_unit must be one of {', '.join(TIME_UNITS)}, "
-                          f"got {gen['timestamp_unit']!r}")
+        raise ParamsError(
+            f"ingest.generic.timestamp_unit must be one of {', '.join(TIME_UNITS)}, got {gen['timestamp_unit']!r}"
+        )
     for key in (C.USER_ID, C.ITEM_ID, C.TIMESTAMP):
         if not gen["columns"][key]:
-            raise ParamsError(f"ingest.generic.columns.{key} is empty: name the column of your interactions file "
-                              f"that holds the {key}")
+            raise ParamsError(
+                f"ingest.generic.columns.{key} is empty: name the column of your interactions file that holds the {key}"
+            )
 
 
-def read_generic(folder: Path, cfg: dict[str, Any], malformed: Malformed) -> tuple[pd.DataFrame, pd.DataFrame,
-                                                                                    pd.DataFrame, str]:
+def read_generic(
+    folder: Path, cfg: dict[str, Any], malformed: Malformed
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
     """(interactions, items, users, layout) of a folder of column-mapped CSV / Parquet files."""
     check_generic(cfg)
     gen, cols = cfg["generic"], cfg["generic"]["columns"]
@@ -226,8 +269,9 @@ def read_generic(folder: Path, cfg: dict[str, Any], malformed: Malformed) -> tup
     item_files = table_files(folder, gen["items"], gen["format"], required=True)
     item_cols = {C.ITEM_ID: cols[C.ITEM_ID]} | ({C.TITLE: cols[C.TITLE]} if cols[C.TITLE] else {})
     text_cols = {f"text:{c}": c for c in gen["text_columns"]}
-    items = generic_items(read_table_files(item_files, item_cols | text_cols, {}, [], cfg, "items", malformed),
-                          cols, gen["text_columns"])
+    items = generic_items(
+        read_table_files(item_files, item_cols | text_cols, {}, [], cfg, "items", malformed), cols, gen["text_columns"]
+    )
 
     user_files = table_files(folder, gen["users"], gen["format"], required=False)
     if user_files:
@@ -242,13 +286,19 @@ def read_generic(folder: Path, cfg: dict[str, Any], malformed: Malformed) -> tup
 def table_files(folder: Path, name: str, fmt: str, required: bool) -> list[Path]:
     """`name` as a file (with or without its extension) or a folder of part files."""
     if not folder.is_dir():
-        raise DataSourceError(f"ingest.path {folder} does not exist or is not a folder: point it at the folder "
-                              f"holding {name}.csv / {name}.parquet")
+        raise DataSourceError(
+            f"ingest.path {folder} does not exist or is not a folder: point it at the folder "
+            f"holding {name}.csv / {name}.parquet"
+        )
     suffixes = {"auto": TABLE_SUFFIXES, "csv": TABLE_SUFFIXES[:5], "parquet": TABLE_SUFFIXES[5:]}[fmt]
     target = folder / name
     if target.is_dir():
-        return data_files(target, f"'{name}' data files", suffixes,
-                          f"put the {name} table's CSV or Parquet part files there (or fix ingest.generic.{name})")
+        return data_files(
+            target,
+            f"'{name}' data files",
+            suffixes,
+            f"put the {name} table's CSV or Parquet part files there (or fix ingest.generic.{name})",
+        )
     candidates = [target] if target.is_file() else [folder / f"{name}{s}" for s in suffixes]
     found = [p for p in candidates if p.is_file()]
     if found:
@@ -256,18 +306,34 @@ def table_files(folder: Path, name: str, fmt: str, required: bool) -> list[Path]
     if not required:
         return []
     present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
-    raise DataSourceError(f"{folder} holds no '{name}' table ({name}.csv, {name}.parquet or a folder {name}/ of "
-                          f"parts; found: {present}): add it, or name the file with ingest.generic.{name}")
+    raise DataSourceError(
+        f"{folder} holds no '{name}' table ({name}.csv, {name}.parquet or a folder {name}/ of "
+        f"parts; found: {present}): add it, or name the file with ingest.generic.{name}"
+    )
 
 
-def read_table_files(files: list[Path], required: dict[str, str], optional: dict[str, str], numeric: list[str],
-                     cfg: dict[str, Any], table: str, malformed: Malformed) -> pd.DataFrame:
+def read_table_files(
+    files: list[Path],
+    required: dict[str, str],
+    optional: dict[str, str],
+    numeric: list[str],
+    cfg: dict[str, Any],
+    table: str,
+    malformed: Malformed,
+) -> pd.DataFrame:
     frames = [read_one_table(p, required, optional, numeric, cfg, table, malformed) for p in files]
     return pd.concat(frames, ignore_index=True)
 
 
-def read_one_table(path: Path, required: dict[str, str], optional: dict[str, str], numeric: list[str],
-                   cfg: dict[str, Any], table: str, malformed: Malformed) -> pd.DataFrame:
+def read_one_table(
+    path: Path,
+    required: dict[str, str],
+    optional: dict[str, str],
+    numeric: list[str],
+    cfg: dict[str, Any],
+    table: str,
+    malformed: Malformed,
+) -> pd.DataFrame:
     setting = "ingest.generic.columns"
     if path.suffix in (".parquet", ".pq"):
         try:
@@ -287,15 +353,27 @@ def read_one_table(path: Path, required: dict[str, str], optional: dict[str, str
     if len(names) == 1 and len(required) > 1:
         seen = max((d for d in DELIMITERS if d != sep), key=header.count)
         looks = f"it looks {DELIMITERS[seen]}-separated" if header.count(seen) else "it has one column"
-        raise DataSourceError(f"{path}: line 1 (the header) reads {header[:80]!r}: no {DELIMITERS.get(sep, sep)} "
-                              f"between the column names ({looks}): set ingest.generic.delimiter to the file's "
-                              f"delimiter, or re-save the file {DELIMITERS.get(sep, sep)}-separated")
+        raise DataSourceError(
+            f"{path}: line 1 (the header) reads {header[:80]!r}: no {DELIMITERS.get(sep, sep)} "
+            f"between the column names ({looks}): set ingest.generic.delimiter to the file's "
+            f"delimiter, or re-save the file {DELIMITERS.get(sep, sep)}-separated"
+        )
     check_columns(path, [n.strip() for n in names], required | optional, setting)
     if gen["encoding"].lower().replace("_", "-") in ("utf-8", "utf8"):
         check_utf8(path, data)
     names = [n.strip() for n in names]
-    frame, _ = read_delimited(path, sep, names, cfg["max_bad_line_share"], numeric, encoding=gen["encoding"],
-                              header=True, table=table, malformed=malformed, allow_empty=numeric)
+    frame, _ = read_delimited(
+        path,
+        sep,
+        names,
+        cfg["max_bad_line_share"],
+        numeric,
+        encoding=gen["encoding"],
+        header=True,
+        table=table,
+        malformed=malformed,
+        allow_empty=numeric,
+    )
     return frame
 
 
@@ -305,12 +383,19 @@ def generic_interactions(raw: pd.DataFrame, cols: dict[str, str], unit: str) -> 
         stamps = pd.to_datetime(stamp.replace("", None), utc=True, errors="coerce", format="mixed")
     else:
         stamps = pd.to_datetime(pd.to_numeric(stamp, errors="coerce"), unit=unit, utc=True)
-    rating = (pd.to_numeric(raw[cols[C.RATING]], errors="coerce") if cols[C.RATING]
-              else pd.Series(np.nan, index=raw.index))
+    rating = (
+        pd.to_numeric(raw[cols[C.RATING]], errors="coerce") if cols[C.RATING] else pd.Series(np.nan, index=raw.index)
+    )
     event = raw[cols[C.EVENT]].astype(str) if cols[C.EVENT] else "interaction"
-    return pd.DataFrame({C.USER_ID: clean_id_strings(raw[cols[C.USER_ID]]),
-                         C.ITEM_ID: clean_id_strings(raw[cols[C.ITEM_ID]]),
-                         C.RATING: rating.astype(float), C.TIMESTAMP: stamps, C.EVENT: event})
+    return pd.DataFrame(
+        {
+            C.USER_ID: clean_id_strings(raw[cols[C.USER_ID]]),
+            C.ITEM_ID: clean_id_strings(raw[cols[C.ITEM_ID]]),
+            C.RATING: rating.astype(float),
+            C.TIMESTAMP: stamps,
+            C.EVENT: event,
+        }
+    )
 
 
 def generic_items(raw: pd.DataFrame, cols: dict[str, str], text_columns: list[str]) -> pd.DataFrame:
@@ -319,16 +404,19 @@ def generic_items(raw: pd.DataFrame, cols: dict[str, str], text_columns: list[st
     parts = [title.where(title == "", title + ".")]
     parts += [raw[c].fillna("").astype(str).str.strip() for c in text_columns]
     text = pd.concat(parts, axis=1).apply(lambda row: " ".join(p for p in row if p), axis=1) if len(raw) else title
-    return pd.DataFrame({C.ITEM_ID: clean_id_strings(raw[cols[C.ITEM_ID]]), C.TITLE: title.to_numpy(),
-                         C.TEXT: text.to_numpy()})
+    return pd.DataFrame(
+        {C.ITEM_ID: clean_id_strings(raw[cols[C.ITEM_ID]]), C.TITLE: title.to_numpy(), C.TEXT: text.to_numpy()}
+    )
 
 
 def clean_id_strings(values: pd.Series) -> pd.Series:
     """Ids as strings; whole floats lose '.0' (a CSV id column with a gap reads as float)."""
+
     def one(v: Any) -> Any:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return None
         if isinstance(v, (float, np.floating)) and float(v).is_integer():
             return str(int(v))
         return str(v)
+
     return pd.Series([one(v) for v in values], dtype=object, index=values.index)

@@ -1,4 +1,5 @@
 """One SparkSession per process, configured from params.yaml's `spark` section."""
+
 from __future__ import annotations
 
 import os

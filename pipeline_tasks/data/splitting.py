@@ -1,4 +1,5 @@
 """Leave-one-out by time and the cold-start protocol (the split stage's docstring says how)."""
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,9 @@ def choose_cold_items(test: pd.DataFrame, share: float, seed: int) -> list[str]:
     return chosen
 
 
-def withhold_cold_items(interactions: pd.DataFrame, which: pd.Series, share: float,
-                        seed: int) -> tuple[pd.Series, list[str]]:
+def withhold_cold_items(
+    interactions: pd.DataFrame, which: pd.Series, share: float, seed: int
+) -> tuple[pd.Series, list[str]]:
     """Mark every train/valid row of the chosen cold items 'withheld'; their test rows stay test."""
     chosen = choose_cold_items(interactions[which == "test"], share, seed)
     of_chosen = interactions[C.ITEM_ID].astype(str).isin(chosen)
@@ -64,8 +66,10 @@ def check_params(cfg: dict) -> None:
         raise ParamsError(f"split.min_user_interactions must be >= 1, got {cfg['min_user_interactions']}")
     share = cfg["cold_start_share"]
     if not 0.0 <= share < 1.0:
-        raise ParamsError(f"split.cold_start_share must be in [0, 1) (the share of test rows given a cold-start "
-                          f"target; 0 = none), got {share}")
+        raise ParamsError(
+            f"split.cold_start_share must be in [0, 1) (the share of test rows given a cold-start "
+            f"target; 0 = none), got {share}"
+        )
 
 
 def check_inputs(interactions: pd.DataFrame, items: pd.DataFrame) -> None:
@@ -73,16 +77,24 @@ def check_inputs(interactions: pd.DataFrame, items: pd.DataFrame) -> None:
     if missing:
         raise PipelineError(f"data/clean/interactions lacks columns {missing}: re-run the clean stage")
     if interactions[[C.USER_ID, C.ITEM_ID, C.TIMESTAMP]].isna().any().any():
-        raise PipelineError("data/clean/interactions holds null ids or timestamps: re-run the clean stage "
-                            "(its rules quarantine such rows)")
+        raise PipelineError(
+            "data/clean/interactions holds null ids or timestamps: re-run the clean stage "
+            "(its rules quarantine such rows)"
+        )
     orphans = ~interactions[C.ITEM_ID].isin(items[C.ITEM_ID])
     if orphans.any():
-        raise PipelineError(f"{int(orphans.sum())} clean interactions name items missing from data/clean/items: "
-                            "re-run the clean stage (clean.orphan_policy drops or adds them)")
+        raise PipelineError(
+            f"{int(orphans.sum())} clean interactions name items missing from data/clean/items: "
+            "re-run the clean stage (clean.orphan_policy drops or adds them)"
+        )
 
 
-def split_metrics(parts: dict[str, pd.DataFrame], items: pd.DataFrame, withheld: pd.DataFrame | None = None,
-                  cold_items: list[str] | None = None) -> dict:
+def split_metrics(
+    parts: dict[str, pd.DataFrame],
+    items: pd.DataFrame,
+    withheld: pd.DataFrame | None = None,
+    cold_items: list[str] | None = None,
+) -> dict:
     train_items = set(parts["train"][C.ITEM_ID])
     cold = parts["test"].loc[~parts["test"][C.ITEM_ID].isin(train_items), C.ITEM_ID]
     return {

@@ -11,7 +11,11 @@ injected row in `injected`, so tests and the clean stage can be checked against 
 `generate_day(cfg, seed, N)` emits day N after that history (a nightly increment): the day's
 events, the items released that day, a bot and the day's dirt, recorded the same way.
 Pure numpy/pandas; the default size (params `ingest.synthetic`) takes about a second.
+
+Longer than most modules on purpose: a third of it is the word lists the catalogue is written
+from; the generator itself (world, interactions, increments, dirt) reads top to bottom.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -27,78 +31,297 @@ from pipeline_tasks.core.errors import ParamsError
 # Per-topic vocabulary: nouns and adjectives that say which topic an item is about.
 TOPICS: dict[str, dict[str, list[str]]] = {
     "space": {
-        "nouns": ["orbit", "rocket", "nebula", "galaxy", "comet", "astronaut", "telescope", "black hole",
-                  "moon landing", "space station", "supernova", "satellite", "launch pad", "exoplanet", "asteroid"],
+        "nouns": [
+            "orbit",
+            "rocket",
+            "nebula",
+            "galaxy",
+            "comet",
+            "astronaut",
+            "telescope",
+            "black hole",
+            "moon landing",
+            "space station",
+            "supernova",
+            "satellite",
+            "launch pad",
+            "exoplanet",
+            "asteroid",
+        ],
         "adjectives": ["interstellar", "lunar", "cosmic", "orbital", "solar", "celestial", "galactic", "stellar"],
     },
     "cooking": {
-        "nouns": ["sourdough", "risotto", "cast iron pan", "spice rack", "pastry", "broth", "kitchen", "recipe",
-                  "dumpling", "marinade", "chef", "bread oven", "curry", "knife skills", "dessert"],
+        "nouns": [
+            "sourdough",
+            "risotto",
+            "cast iron pan",
+            "spice rack",
+            "pastry",
+            "broth",
+            "kitchen",
+            "recipe",
+            "dumpling",
+            "marinade",
+            "chef",
+            "bread oven",
+            "curry",
+            "knife skills",
+            "dessert",
+        ],
         "adjectives": ["slow-cooked", "crispy", "homemade", "savory", "seasonal", "rustic", "spicy", "buttery"],
     },
     "football": {
-        "nouns": ["goalkeeper", "striker", "penalty", "derby", "league", "stadium", "midfield", "transfer window",
-                  "world cup", "free kick", "offside rule", "manager", "cup final", "hat-trick", "dugout"],
-        "adjectives": ["legendary", "relegated", "unbeaten", "tactical", "last-minute", "title-winning",
-                       "underdog", "attacking"],
+        "nouns": [
+            "goalkeeper",
+            "striker",
+            "penalty",
+            "derby",
+            "league",
+            "stadium",
+            "midfield",
+            "transfer window",
+            "world cup",
+            "free kick",
+            "offside rule",
+            "manager",
+            "cup final",
+            "hat-trick",
+            "dugout",
+        ],
+        "adjectives": [
+            "legendary",
+            "relegated",
+            "unbeaten",
+            "tactical",
+            "last-minute",
+            "title-winning",
+            "underdog",
+            "attacking",
+        ],
     },
     "jazz": {
-        "nouns": ["saxophone", "trumpet", "bebop", "improvisation", "big band", "double bass", "jam session",
-                  "swing", "piano trio", "blue note", "club", "standard", "drummer", "solo", "chord changes"],
+        "nouns": [
+            "saxophone",
+            "trumpet",
+            "bebop",
+            "improvisation",
+            "big band",
+            "double bass",
+            "jam session",
+            "swing",
+            "piano trio",
+            "blue note",
+            "club",
+            "standard",
+            "drummer",
+            "solo",
+            "chord changes",
+        ],
         "adjectives": ["smoky", "cool", "modal", "swinging", "late-night", "bluesy", "improvised", "soulful"],
     },
     "gardening": {
-        "nouns": ["compost", "tomato", "greenhouse", "seedling", "rose", "soil", "allotment", "herb garden",
-                  "pruning", "raised bed", "orchard", "perennial", "watering can", "hedge", "vegetable patch"],
+        "nouns": [
+            "compost",
+            "tomato",
+            "greenhouse",
+            "seedling",
+            "rose",
+            "soil",
+            "allotment",
+            "herb garden",
+            "pruning",
+            "raised bed",
+            "orchard",
+            "perennial",
+            "watering can",
+            "hedge",
+            "vegetable patch",
+        ],
         "adjectives": ["organic", "blooming", "shady", "evergreen", "fertile", "wild", "potted", "hardy"],
     },
     "crime": {
-        "nouns": ["detective", "murder", "alibi", "suspect", "heist", "inspector", "witness", "crime scene",
-                  "forensics", "smuggler", "cold case", "interrogation", "informant", "gangster", "verdict"],
+        "nouns": [
+            "detective",
+            "murder",
+            "alibi",
+            "suspect",
+            "heist",
+            "inspector",
+            "witness",
+            "crime scene",
+            "forensics",
+            "smuggler",
+            "cold case",
+            "interrogation",
+            "informant",
+            "gangster",
+            "verdict",
+        ],
         "adjectives": ["gritty", "deadly", "unsolved", "noir", "ruthless", "hidden", "silent", "corrupt"],
     },
     "finance": {
-        "nouns": ["stock market", "dividend", "portfolio", "inflation", "interest rate", "hedge fund", "budget",
-                  "pension", "startup", "bond", "index fund", "bank", "crash", "mortgage", "tax return"],
+        "nouns": [
+            "stock market",
+            "dividend",
+            "portfolio",
+            "inflation",
+            "interest rate",
+            "hedge fund",
+            "budget",
+            "pension",
+            "startup",
+            "bond",
+            "index fund",
+            "bank",
+            "crash",
+            "mortgage",
+            "tax return",
+        ],
         "adjectives": ["bullish", "volatile", "frugal", "profitable", "risky", "long-term", "passive", "global"],
     },
     "travel": {
-        "nouns": ["backpack", "road trip", "island", "hostel", "passport", "mountain pass", "train journey",
-                  "beach", "old town", "ferry", "itinerary", "desert", "street market", "harbour", "camino"],
+        "nouns": [
+            "backpack",
+            "road trip",
+            "island",
+            "hostel",
+            "passport",
+            "mountain pass",
+            "train journey",
+            "beach",
+            "old town",
+            "ferry",
+            "itinerary",
+            "desert",
+            "street market",
+            "harbour",
+            "camino",
+        ],
         "adjectives": ["remote", "coastal", "sunlit", "budget", "scenic", "hidden", "tropical", "alpine"],
     },
     "wildlife": {
-        "nouns": ["wolf", "elephant", "coral reef", "savanna", "eagle", "rainforest", "migration", "predator",
-                  "whale", "jaguar", "penguin colony", "wetland", "bear", "ecosystem", "hummingbird"],
+        "nouns": [
+            "wolf",
+            "elephant",
+            "coral reef",
+            "savanna",
+            "eagle",
+            "rainforest",
+            "migration",
+            "predator",
+            "whale",
+            "jaguar",
+            "penguin colony",
+            "wetland",
+            "bear",
+            "ecosystem",
+            "hummingbird",
+        ],
         "adjectives": ["endangered", "wild", "nocturnal", "untamed", "migratory", "arctic", "native", "rare"],
     },
     "programming": {
-        "nouns": ["compiler", "algorithm", "database", "python", "debugger", "open source", "cloud", "API",
-                  "refactoring", "unit test", "kernel", "framework", "data structure", "git", "microservice"],
+        "nouns": [
+            "compiler",
+            "algorithm",
+            "database",
+            "python",
+            "debugger",
+            "open source",
+            "cloud",
+            "API",
+            "refactoring",
+            "unit test",
+            "kernel",
+            "framework",
+            "data structure",
+            "git",
+            "microservice",
+        ],
         "adjectives": ["functional", "scalable", "concurrent", "clean", "legacy", "distributed", "typed", "fast"],
     },
     "history": {
-        "nouns": ["empire", "revolution", "castle", "pharaoh", "medieval village", "dynasty", "battle",
-                  "archive", "cathedral", "monarch", "treaty", "silk road", "legion", "manuscript", "ruins"],
+        "nouns": [
+            "empire",
+            "revolution",
+            "castle",
+            "pharaoh",
+            "medieval village",
+            "dynasty",
+            "battle",
+            "archive",
+            "cathedral",
+            "monarch",
+            "treaty",
+            "silk road",
+            "legion",
+            "manuscript",
+            "ruins",
+        ],
         "adjectives": ["ancient", "forgotten", "imperial", "victorian", "bronze age", "royal", "feudal", "lost"],
     },
     "fitness": {
-        "nouns": ["marathon", "kettlebell", "yoga", "workout", "sprint", "stretching", "gym", "deadlift",
-                  "cycling", "core strength", "interval training", "recovery", "treadmill", "triathlon", "squat"],
-        "adjectives": ["high-intensity", "daily", "beginner", "explosive", "endurance", "lean", "athletic",
-                       "full-body"],
+        "nouns": [
+            "marathon",
+            "kettlebell",
+            "yoga",
+            "workout",
+            "sprint",
+            "stretching",
+            "gym",
+            "deadlift",
+            "cycling",
+            "core strength",
+            "interval training",
+            "recovery",
+            "treadmill",
+            "triathlon",
+            "squat",
+        ],
+        "adjectives": [
+            "high-intensity",
+            "daily",
+            "beginner",
+            "explosive",
+            "endurance",
+            "lean",
+            "athletic",
+            "full-body",
+        ],
     },
 }
 
 # Names, some with accents: a few items spell them in decomposed (NFD) form, which clean normalises.
-NAMES = ["Ada Brennan", "Renée Laurent", "José Ortega", "Zoë Hart", "Björn Lind", "Mara Okafor", "Jonas Weber",
-         "Priya Nair", "Tomás Silva", "Hana Sato", "Leo Marsh", "Amélie Roux", "Kofi Mensah", "Ines Moreau"]
+NAMES = [
+    "Ada Brennan",
+    "Renée Laurent",
+    "José Ortega",
+    "Zoë Hart",
+    "Björn Lind",
+    "Mara Okafor",
+    "Jonas Weber",
+    "Priya Nair",
+    "Tomás Silva",
+    "Hana Sato",
+    "Leo Marsh",
+    "Amélie Roux",
+    "Kofi Mensah",
+    "Ines Moreau",
+]
 FORMATS = ["book", "documentary", "podcast series", "online course", "field guide", "film", "audiobook", "magazine"]
 
 TITLE_TEMPLATES = [
-    "The {Adj} {Noun}", "{Noun} and {Noun2}", "A Field Guide to {Noun}", "{Adj} {Noun}: {Noun2} Stories",
-    "Notes on {Noun}", "{Noun} of the {Adj} {Noun2}", "Inside the {Noun}", "Everything About {Noun}",
-    "{Name}'s {Noun}", "The {Noun} Handbook", "Beyond the {Noun}", "{Adj} Nights: {Noun}",
+    "The {Adj} {Noun}",
+    "{Noun} and {Noun2}",
+    "A Field Guide to {Noun}",
+    "{Adj} {Noun}: {Noun2} Stories",
+    "Notes on {Noun}",
+    "{Noun} of the {Adj} {Noun2}",
+    "Inside the {Noun}",
+    "Everything About {Noun}",
+    "{Name}'s {Noun}",
+    "The {Noun} Handbook",
+    "Beyond the {Noun}",
+    "{Adj} Nights: {Noun}",
 ]
 DESCRIPTION_TEMPLATES = [
     "{A_adj} look at {noun} and {noun2}, from {noun3} to the {adj2} {noun4}.",
@@ -108,13 +331,21 @@ DESCRIPTION_TEMPLATES = [
     "Everything you wanted to know about {noun}: {noun2}, {noun3} and the {adj} {noun4}.",
     "{A_format} for anyone curious about {noun} and {adj2} {noun2}.",
 ]
-FILLER = ["A must-have for your collection.", "Now in a new edition.", "Loved by readers and critics alike.",
-          "Short, sharp and surprisingly funny.", "Includes a foreword by the author.", ""]
+FILLER = [
+    "A must-have for your collection.",
+    "Now in a new edition.",
+    "Loved by readers and critics alike.",
+    "Short, sharp and surprisingly funny.",
+    "Includes a foreword by the author.",
+    "",
+]
 
 GENDERS = (["F", "M"], [0.49, 0.51])
 AGE_GROUPS = (["18-24", "25-34", "35-44", "45-54", "55+"], [0.2, 0.32, 0.22, 0.15, 0.11])
-COUNTRIES = (["US", "GB", "DE", "FR", "IN", "BR", "JP", "ES", "CA", "PL"],
-             [0.3, 0.12, 0.1, 0.08, 0.12, 0.08, 0.06, 0.05, 0.05, 0.04])
+COUNTRIES = (
+    ["US", "GB", "DE", "FR", "IN", "BR", "JP", "ES", "CA", "PL"],
+    [0.3, 0.12, 0.1, 0.08, 0.12, 0.08, 0.06, 0.05, 0.05, 0.04],
+)
 
 BROKEN_TEXTS = ["", "   \n\t  ", "<p><br/></p>", "<div>&nbsp;</div>", "<span>  </span>\n"]
 BAD_RATINGS = [0.0, -1.0, 6.0, 7.0, 10.0, 99.0]
@@ -188,6 +419,7 @@ def check_config(cfg: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- catalogue
 
+
 def make_catalogue(cfg: dict[str, Any], topics: list[str], rng: np.random.Generator) -> Catalogue:
     n = cfg["n_items"]
     topic_of = rng.integers(0, len(topics), size=n)
@@ -217,17 +449,20 @@ def make_catalogue(cfg: dict[str, Any], topics: list[str], rng: np.random.Genera
     return Catalogue(items=items, topic_of=topic_of, first_seen_days=first_seen, weight=weight)
 
 
-def catalogue_frame(cfg: dict, ids: list[str], titles: list[str], texts: list[str], genres: list[str],
-                    first_seen_days: np.ndarray) -> pd.DataFrame:
+def catalogue_frame(
+    cfg: dict, ids: list[str], titles: list[str], texts: list[str], genres: list[str], first_seen_days: np.ndarray
+) -> pd.DataFrame:
     """The items table; first_seen is counted in days from ingest.synthetic.start_date."""
     start = pd.Timestamp(cfg["start_date"], tz="UTC")
-    return pd.DataFrame({
-        C.ITEM_ID: ids,
-        C.TITLE: titles,
-        C.TEXT: texts,
-        "genres": genres,
-        "first_seen": (start + pd.to_timedelta(first_seen_days, unit="D")).astype("datetime64[us, UTC]"),
-    })
+    return pd.DataFrame(
+        {
+            C.ITEM_ID: ids,
+            C.TITLE: titles,
+            C.TEXT: texts,
+            "genres": genres,
+            "first_seen": (start + pd.to_timedelta(first_seen_days, unit="D")).astype("datetime64[us, UTC]"),
+        }
+    )
 
 
 def item_text(vocab: dict[str, list[str]], rng: np.random.Generator) -> tuple[str, str]:
@@ -235,13 +470,23 @@ def item_text(vocab: dict[str, list[str]], rng: np.random.Generator) -> tuple[st
     nouns = rng.choice(vocab["nouns"], size=4, replace=False).tolist()
     adjectives = rng.choice(vocab["adjectives"], size=2, replace=False).tolist()
     slots = {
-        "noun": nouns[0], "noun2": nouns[1], "noun3": nouns[2], "noun4": nouns[3],
-        "adj": adjectives[0], "adj2": adjectives[1],
-        "Noun": title_case(nouns[0]), "Noun2": title_case(nouns[1]), "Adj": title_case(adjectives[0]),
-        "Name": str(rng.choice(NAMES)), "format": str(rng.choice(FORMATS)),
+        "noun": nouns[0],
+        "noun2": nouns[1],
+        "noun3": nouns[2],
+        "noun4": nouns[3],
+        "adj": adjectives[0],
+        "adj2": adjectives[1],
+        "Noun": title_case(nouns[0]),
+        "Noun2": title_case(nouns[1]),
+        "Adj": title_case(adjectives[0]),
+        "Name": str(rng.choice(NAMES)),
+        "format": str(rng.choice(FORMATS)),
     }
-    slots.update(A_adj=with_article(slots["adj"]).capitalize(), a_noun=with_article(slots["noun"]),
-                 A_format=with_article(slots["format"]).capitalize())
+    slots.update(
+        A_adj=with_article(slots["adj"]).capitalize(),
+        a_noun=with_article(slots["noun"]),
+        A_format=with_article(slots["format"]).capitalize(),
+    )
     title = str(rng.choice(TITLE_TEMPLATES)).format(**slots)
     n_sentences = int(rng.integers(1, 3))
     templates = rng.choice(DESCRIPTION_TEMPLATES, size=n_sentences, replace=False)
@@ -274,18 +519,21 @@ def messy(text: str, rng: np.random.Generator, share: float) -> str:
 
 # ---------------------------------------------------------------- users and interactions
 
+
 def user_preferences(n_users: int, n_topics: int, rng: np.random.Generator) -> np.ndarray:
     """[n_users, 2, n_topics]: taste at the start and the taste it drifts towards."""
     return rng.dirichlet(np.full(n_topics, 0.3), size=(n_users, 2))
 
 
 def make_users(n_users: int, rng: np.random.Generator) -> pd.DataFrame:
-    return pd.DataFrame({
-        C.USER_ID: [f"u{u + 1:04d}" for u in range(n_users)],
-        "gender": rng.choice(GENDERS[0], size=n_users, p=GENDERS[1]),
-        "age_group": rng.choice(AGE_GROUPS[0], size=n_users, p=AGE_GROUPS[1]),
-        "country": rng.choice(COUNTRIES[0], size=n_users, p=COUNTRIES[1]),
-    })
+    return pd.DataFrame(
+        {
+            C.USER_ID: [f"u{u + 1:04d}" for u in range(n_users)],
+            "gender": rng.choice(GENDERS[0], size=n_users, p=GENDERS[1]),
+            "age_group": rng.choice(AGE_GROUPS[0], size=n_users, p=AGE_GROUPS[1]),
+            "country": rng.choice(COUNTRIES[0], size=n_users, p=COUNTRIES[1]),
+        }
+    )
 
 
 def activity_counts(n_users: int, mean: float, rng: np.random.Generator) -> np.ndarray:
@@ -295,8 +543,9 @@ def activity_counts(n_users: int, mean: float, rng: np.random.Generator) -> np.n
     return np.clip(np.round(counts), 3, 3.5 * mean).astype(int)
 
 
-def make_interactions(cfg: dict[str, Any], cat: Catalogue, prefs: np.ndarray, start: pd.Timestamp,
-                      rng: np.random.Generator) -> pd.DataFrame:
+def make_interactions(
+    cfg: dict[str, Any], cat: Catalogue, prefs: np.ndarray, start: pd.Timestamp, rng: np.random.Generator
+) -> pd.DataFrame:
     days, n_topics = float(cfg["days"]), prefs.shape[2]
     by_topic = [np.flatnonzero(cat.topic_of == k) for k in range(n_topics)]
     quality = rng.normal(0.0, 0.4, size=len(cat.topic_of))
@@ -309,8 +558,11 @@ def make_interactions(cfg: dict[str, Any], cat: Catalogue, prefs: np.ndarray, st
         seen: set[int] = set()
         for t in times:
             taste = drifted(prefs[user], t / days, cfg["drift"])
-            topic = int(rng.choice(n_topics, p=taste)) if rng.random() < cfg["topic_affinity"] \
+            topic = (
+                int(rng.choice(n_topics, p=taste))
+                if rng.random() < cfg["topic_affinity"]
                 else int(rng.integers(n_topics))
+            )
             item = pick_item(by_topic, topic, t, cat, seen, rng)
             if item < 0:
                 continue
@@ -320,13 +572,15 @@ def make_interactions(cfg: dict[str, Any], cat: Catalogue, prefs: np.ndarray, st
             rows.append((user, item, float(rating), t))
     user_idx, item_idx, ratings, times = map(np.array, zip(*rows))
     seconds = np.round(times * 86400.0)  # logs carry whole seconds
-    return pd.DataFrame({
-        C.USER_ID: [f"u{u + 1:04d}" for u in user_idx],
-        C.ITEM_ID: cat.items[C.ITEM_ID].to_numpy()[item_idx],
-        C.RATING: ratings.astype(float),
-        C.TIMESTAMP: (start + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us, UTC]"),
-        C.EVENT: "rating",
-    })
+    return pd.DataFrame(
+        {
+            C.USER_ID: [f"u{u + 1:04d}" for u in user_idx],
+            C.ITEM_ID: cat.items[C.ITEM_ID].to_numpy()[item_idx],
+            C.RATING: ratings.astype(float),
+            C.TIMESTAMP: (start + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us, UTC]"),
+            C.EVENT: "rating",
+        }
+    )
 
 
 def drifted(pref: np.ndarray, progress: float, drift: float) -> np.ndarray:
@@ -336,8 +590,9 @@ def drifted(pref: np.ndarray, progress: float, drift: float) -> np.ndarray:
     return taste / taste.sum()
 
 
-def pick_item(by_topic: list[np.ndarray], topic: int, t: float, cat: Catalogue, seen: set[int],
-              rng: np.random.Generator) -> int:
+def pick_item(
+    by_topic: list[np.ndarray], topic: int, t: float, cat: Catalogue, seen: set[int], rng: np.random.Generator
+) -> int:
     """A popularity-weighted item of `topic` already released at day t and new to the user (-1: none)."""
     for candidates in (by_topic[topic], np.arange(len(cat.topic_of))):
         weight = cat.weight[candidates] * (cat.first_seen_days[candidates] <= t)
@@ -350,6 +605,7 @@ def pick_item(by_topic: list[np.ndarray], topic: int, t: float, cat: Catalogue, 
 
 
 # ---------------------------------------------------------------- nightly increments ("day N")
+
 
 def generate_day(cfg: dict[str, Any], seed: int, day: int) -> SyntheticData:
     """Day `day` (1, 2, ...) after the history: that day's events, the items released that day, and dirt.
@@ -365,8 +621,9 @@ def generate_day(cfg: dict[str, Any], seed: int, day: int) -> SyntheticData:
     good = day_interactions(cfg, catalogue, world.preferences, world.start, day, seed, rng)
     users = world.users.iloc[:0]
     day_cfg = {**cfg, "days": 1}  # bots strike within this day
-    return inject_dirt(day_cfg, good, released[-1].items, users, day_start, rng, tag=f"d{day:04d}",
-                       catalogue=catalogue.items)
+    return inject_dirt(
+        day_cfg, good, released[-1].items, users, day_start, rng, tag=f"d{day:04d}", catalogue=catalogue.items
+    )
 
 
 def new_items(cfg: dict[str, Any], topics: list[str], seed: int, day: int) -> Catalogue:
@@ -388,20 +645,30 @@ def new_items(cfg: dict[str, Any], topics: list[str], seed: int, day: int) -> Ca
 
 def with_new_items(base: Catalogue, released: list[Catalogue]) -> Catalogue:
     parts = [base, *released]
-    return Catalogue(items=pd.concat([p.items for p in parts], ignore_index=True),
-                     topic_of=np.concatenate([p.topic_of for p in parts]),
-                     first_seen_days=np.concatenate([p.first_seen_days for p in parts]),
-                     weight=np.concatenate([p.weight for p in parts]))
+    return Catalogue(
+        items=pd.concat([p.items for p in parts], ignore_index=True),
+        topic_of=np.concatenate([p.topic_of for p in parts]),
+        first_seen_days=np.concatenate([p.first_seen_days for p in parts]),
+        weight=np.concatenate([p.weight for p in parts]),
+    )
 
 
-def day_interactions(cfg: dict[str, Any], cat: Catalogue, prefs: np.ndarray, start: pd.Timestamp, day: int,
-                     seed: int, rng: np.random.Generator) -> pd.DataFrame:
+def day_interactions(
+    cfg: dict[str, Any],
+    cat: Catalogue,
+    prefs: np.ndarray,
+    start: pd.Timestamp,
+    day: int,
+    seed: int,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
     """One day of events at the history's average rate, by the same taste model (at its drifted end)."""
     n_users, n_topics = prefs.shape[0], prefs.shape[2]
     stable = np.random.default_rng([seed, 0, 2])  # who is active and what is good does not change by day
     activity = stable.lognormal(0.0, 0.7, size=n_users)
-    quality = np.concatenate([stable.normal(0.0, 0.4, size=cfg["n_items"]),
-                              rng.normal(0.0, 0.4, size=len(cat.topic_of) - cfg["n_items"])])
+    quality = np.concatenate(
+        [stable.normal(0.0, 0.4, size=cfg["n_items"]), rng.normal(0.0, 0.4, size=len(cat.topic_of) - cfg["n_items"])]
+    )
     n_events = int(rng.poisson(n_users * cfg["mean_interactions_per_user"] / cfg["days"]))
     by_topic = [np.flatnonzero(cat.topic_of == k) for k in range(n_topics)]
     who = rng.choice(n_users, size=n_events, p=activity / activity.sum())
@@ -409,28 +676,39 @@ def day_interactions(cfg: dict[str, Any], cat: Catalogue, prefs: np.ndarray, sta
     rows: list[tuple[int, int, float, float]] = []
     for user, t in zip(who, when):
         taste = drifted(prefs[user], 1.0, cfg["drift"])
-        topic = int(rng.choice(n_topics, p=taste)) if rng.random() < cfg["topic_affinity"] \
-            else int(rng.integers(n_topics))
+        topic = (
+            int(rng.choice(n_topics, p=taste)) if rng.random() < cfg["topic_affinity"] else int(rng.integers(n_topics))
+        )
         item = pick_item(by_topic, topic, t, cat, set(), rng)
         match = taste[cat.topic_of[item]] / taste.max()
         rating = np.clip(np.round(1.5 + 3.0 * match + quality[item] + rng.normal(0, 0.8)), 1, 5)
         rows.append((int(user), item, float(rating), float(t)))
     frame = pd.DataFrame(rows, columns=["u", "i", "r", "t"])
     seconds = np.round(frame["t"].to_numpy(dtype=float) * 86400.0)
-    return pd.DataFrame({
-        C.USER_ID: [f"u{u + 1:04d}" for u in frame["u"]],
-        C.ITEM_ID: cat.items[C.ITEM_ID].to_numpy()[frame["i"].to_numpy(dtype=int)],
-        C.RATING: frame["r"].astype(float),
-        C.TIMESTAMP: (start + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us, UTC]"),
-        C.EVENT: "rating",
-    })
+    return pd.DataFrame(
+        {
+            C.USER_ID: [f"u{u + 1:04d}" for u in frame["u"]],
+            C.ITEM_ID: cat.items[C.ITEM_ID].to_numpy()[frame["i"].to_numpy(dtype=int)],
+            C.RATING: frame["r"].astype(float),
+            C.TIMESTAMP: (start + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us, UTC]"),
+            C.EVENT: "rating",
+        }
+    )
 
 
 # ---------------------------------------------------------------- dirt
 
-def inject_dirt(cfg: dict[str, Any], good: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
-                start: pd.Timestamp, rng: np.random.Generator, tag: str = "",
-                catalogue: pd.DataFrame | None = None) -> SyntheticData:
+
+def inject_dirt(
+    cfg: dict[str, Any],
+    good: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    start: pd.Timestamp,
+    rng: np.random.Generator,
+    tag: str = "",
+    catalogue: pd.DataFrame | None = None,
+) -> SyntheticData:
     """Append dirty rows (and break some item texts), recording each one in `injected`.
 
     `tag` names a day's orphan and bot ids so they never meet another day's; bots pick their
@@ -442,8 +720,12 @@ def inject_dirt(cfg: dict[str, Any], good: pd.DataFrame, items: pd.DataFrame, us
     parts: list[tuple[str, pd.DataFrame]] = [
         ("duplicate", good.iloc[sample(n, dirt["duplicate_rate"], rng)].copy()),
         ("null_id", null_ids(good, sample(n, dirt["null_id_rate"], rng), rng)),
-        ("bad_rating", shifted(good, sample(n, dirt["bad_rating_rate"], rng), rng)
-            .assign(**{C.RATING: lambda d: rng.choice(BAD_RATINGS, size=len(d))})),
+        (
+            "bad_rating",
+            shifted(good, sample(n, dirt["bad_rating_rate"], rng), rng).assign(
+                **{C.RATING: lambda d: rng.choice(BAD_RATINGS, size=len(d))}
+            ),
+        ),
         ("future_timestamp", future(good, sample(n, dirt["future_timestamp_rate"], rng), rng)),
         ("orphan_item", orphans(good, sample(n, dirt["orphan_item_rate"], rng), len(items), rng, tag)),
     ]
@@ -456,8 +738,12 @@ def inject_dirt(cfg: dict[str, Any], good: pd.DataFrame, items: pd.DataFrame, us
     dirty[C.TIMESTAMP] = dirty[C.TIMESTAMP].astype("datetime64[us, UTC]")
     injected = pd.concat([record(kind, rows) for kind, rows in parts] + [broken], ignore_index=True)
     injected[C.TIMESTAMP] = injected[C.TIMESTAMP].astype("datetime64[us, UTC]")
-    return SyntheticData(interactions=dirty, items=items, users=pd.concat([users, bot_users], ignore_index=True),
-                         injected=injected[INJECTED_COLUMNS])
+    return SyntheticData(
+        interactions=dirty,
+        items=items,
+        users=pd.concat([users, bot_users], ignore_index=True),
+        injected=injected[INJECTED_COLUMNS],
+    )
 
 
 def sample(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -486,16 +772,24 @@ def future(good: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> pd
     return out
 
 
-def orphans(good: pd.DataFrame, rows: np.ndarray, n_items: int, rng: np.random.Generator,
-            tag: str = "") -> pd.DataFrame:
+def orphans(
+    good: pd.DataFrame, rows: np.ndarray, n_items: int, rng: np.random.Generator, tag: str = ""
+) -> pd.DataFrame:
     out = shifted(good, rows, rng)
     # Never in the catalogue (a day's new items are named "<tag>-i..." and base items "i0...").
     out[C.ITEM_ID] = [f"{tag}-x{j + 1:05d}" if tag else f"i{n_items + 1000 + j:05d}" for j in range(len(out))]
     return out
 
 
-def bots(dirt: dict[str, Any], items: pd.DataFrame, users: pd.DataFrame, start: pd.Timestamp, days: float,
-         rng: np.random.Generator, tag: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+def bots(
+    dirt: dict[str, Any],
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    start: pd.Timestamp,
+    days: float,
+    rng: np.random.Generator,
+    tag: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Bot accounts (they register like people) that fire `bot_events` events within a few minutes."""
     n_bots, n_events = dirt["bot_users"], dirt["bot_events"]
     ids = [f"{tag}-bot{b + 1}" if tag else f"u{len(users) + b + 1:04d}" for b in range(n_bots)]
@@ -505,13 +799,19 @@ def bots(dirt: dict[str, Any], items: pd.DataFrame, users: pd.DataFrame, start: 
         begin = start + pd.Timedelta(seconds=float(rng.uniform(0.1, 0.9) * days * 86400))
         # Microsecond jitter keeps every bot event distinct: the bot rule, not dedup, must catch them.
         offsets = np.sort(rng.uniform(0, n_events / BOT_EVENTS_PER_SECOND, size=n_events))
-        frames.append(pd.DataFrame({
-            C.USER_ID: bot,
-            C.ITEM_ID: rng.choice(items[C.ITEM_ID].to_numpy(), size=n_events, replace=n_events > len(items)),
-            C.RATING: 5.0,
-            C.TIMESTAMP: (begin + pd.to_timedelta(np.round(offsets * 1e6), unit="us")).astype("datetime64[us, UTC]"),
-            C.EVENT: "rating",
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    C.USER_ID: bot,
+                    C.ITEM_ID: rng.choice(items[C.ITEM_ID].to_numpy(), size=n_events, replace=n_events > len(items)),
+                    C.RATING: 5.0,
+                    C.TIMESTAMP: (begin + pd.to_timedelta(np.round(offsets * 1e6), unit="us")).astype(
+                        "datetime64[us, UTC]"
+                    ),
+                    C.EVENT: "rating",
+                }
+            )
+        )
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=C.INTERACTION_COLUMNS)
     return accounts, rows
 
@@ -522,11 +822,18 @@ def break_texts(items: pd.DataFrame, rate: float, rng: np.random.Generator) -> t
     items = items.copy()
     texts = rng.choice(BROKEN_TEXTS, size=len(broken_rows))
     items.loc[items.index[broken_rows], C.TEXT] = texts
-    record_frame = pd.DataFrame({
-        "kind": "broken_text", "table": "items", C.USER_ID: None,
-        C.ITEM_ID: items[C.ITEM_ID].to_numpy()[broken_rows], C.TIMESTAMP: pd.NaT, C.RATING: np.nan,
-        C.EVENT: None, "detail": texts,
-    })
+    record_frame = pd.DataFrame(
+        {
+            "kind": "broken_text",
+            "table": "items",
+            C.USER_ID: None,
+            C.ITEM_ID: items[C.ITEM_ID].to_numpy()[broken_rows],
+            C.TIMESTAMP: pd.NaT,
+            C.RATING: np.nan,
+            C.EVENT: None,
+            "detail": texts,
+        }
+    )
     return items, record_frame
 
 

@@ -10,7 +10,11 @@ updated, and a `fail` raises DataValidationError naming each failed check, what 
 observed, the threshold, and the Data Docs page to open.
 
 The GX project itself (suites, checkpoints, stored results) lives in `<root>/gx`.
+
+Longer than most modules on purpose: all of the Great Expectations glue (contexts, suites, Data
+Docs, severities, the gate's verdict) in one place, so a GX upgrade touches one file.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +69,9 @@ class CheckResult:
     threshold: str
 
     def line(self) -> str:
-        return (f"{self.name} [{self.expectation} on {self.table}]: observed {self.observed}; "
-                f"threshold: {self.threshold}")
+        return (
+            f"{self.name} [{self.expectation} on {self.table}]: observed {self.observed}; threshold: {self.threshold}"
+        )
 
 
 @dataclass
@@ -79,6 +84,7 @@ class GateRun:
 
 
 # --- checks every gate uses -----------------------------------------------------------
+
 
 def columns_present(table: str, columns: list[str]) -> Check:
     E = import_gx().expectations
@@ -102,6 +108,7 @@ def not_null(table: str, column: str, max_null_share: float = 0.0) -> Check:
 
 
 # --- GX objects -----------------------------------------------------------------------
+
 
 def import_gx():
     """great_expectations, imported with analytics off (the import alone would phone home)."""
@@ -182,15 +189,18 @@ def build_checkpoint(context, gate: str, table: str, checks: list[Check], severi
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=name, data=batch_definition(context, name), suite=suite)
     )
-    return context.checkpoints.add_or_update(gx.Checkpoint(
-        name=name,
-        validation_definitions=[definition],
-        actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
-        result_format=RESULT_FORMAT,
-    ))
+    return context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
+            result_format=RESULT_FORMAT,
+        )
+    )
 
 
 # --- running a gate -------------------------------------------------------------------
+
 
 def severities_of(gate_params: dict, gate: str) -> dict[str, str]:
     """`<gate>.severity` checked: every value is fail, warn or off."""
@@ -216,8 +226,9 @@ def runnable(batch: TableBatch, severities: dict[str, str]) -> tuple[list[Check]
     return to_run, skipped
 
 
-def validate_table(context, gate: str, batch: TableBatch, checks: list[Check],
-                   severities: dict[str, str]) -> tuple[list[CheckResult], Path | None]:
+def validate_table(
+    context, gate: str, batch: TableBatch, checks: list[Check], severities: dict[str, str]
+) -> tuple[list[CheckResult], Path | None]:
     """Run one table's suite on its DataFrame; return the results and its Data Docs page."""
     checkpoint = build_checkpoint(context, gate, batch.table, checks, severities)
     frame = batch.frame.cache()  # GX scans the frame once per metric bundle
@@ -232,15 +243,17 @@ def validate_table(context, gate: str, batch: TableBatch, checks: list[Check],
         page = docs_page(context, identifier)
         for result in suite_result.results:
             name = result.expectation_config.meta["check"]
-            results.append(CheckResult(
-                name=name,
-                table=batch.table,
-                expectation=result.expectation_config.type,
-                severity=severities[name],
-                success=bool(result.success),
-                observed=describe_observed(result),
-                threshold=by_name[name].threshold,
-            ))
+            results.append(
+                CheckResult(
+                    name=name,
+                    table=batch.table,
+                    expectation=result.expectation_config.type,
+                    severity=severities[name],
+                    success=bool(result.success),
+                    observed=describe_observed(result),
+                    threshold=by_name[name].threshold,
+                )
+            )
     return results, page
 
 
@@ -256,8 +269,11 @@ def docs_page(context, identifier) -> Path | None:
 def describe_observed(result) -> str:
     """What GX saw, in one line: an exception, the unexpected rows, missing columns or a value."""
     info = result.exception_info or {}
-    raised = [info] if info.get("raised_exception") else [
-        v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    raised = (
+        [info]
+        if info.get("raised_exception")
+        else [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    )
     if raised:
         return f"error: {raised[0].get('exception_message')}"
     detail = result.result or {}
@@ -346,15 +362,26 @@ def summarize(results: list[CheckResult], skipped: list[str], root: Path) -> dic
         "skipped": skipped,
         "docs": str((docs_dir(root) / "index.html").relative_to(root)),
         "checks": {
-            r.name: {"table": r.table, "severity": r.severity, "success": r.success,
-                     "observed": r.observed, "threshold": r.threshold}
+            r.name: {
+                "table": r.table,
+                "severity": r.severity,
+                "success": r.success,
+                "observed": r.observed,
+                "threshold": r.threshold,
+            }
             for r in results
         },
     }
 
 
-def failure_message(gate: str, failures: list[CheckResult], results: list[CheckResult],
-                    pages: dict[str, Path], root: Path, hints: Iterable[str] = ()) -> str:
+def failure_message(
+    gate: str,
+    failures: list[CheckResult],
+    results: list[CheckResult],
+    pages: dict[str, Path],
+    root: Path,
+    hints: Iterable[str] = (),
+) -> str:
     lines = [f"{len(failures)} of {len(results)} expectations of the {gate} gate failed:"]
     lines += [f"  - {r.line()}" for r in failures]
     warned = [r for r in results if not r.success and r.severity == "warn"]
@@ -362,15 +389,21 @@ def failure_message(gate: str, failures: list[CheckResult], results: list[CheckR
         lines.append("warnings (not blocking):")
         lines += [f"  - {r.line()}" for r in warned]
     failed_tables = sorted({r.table for r in failures})
-    lines.append("Data Docs: " + ", ".join(str(pages[t]) for t in failed_tables if t in pages)
-                 + f" (index: {docs_dir(root) / 'index.html'})")
-    lines.append(f"Fix the data upstream, or, if a threshold is wrong, change it in params.yaml; "
-                 f"`{gate}.severity.<check>: warn` only reports a check.")
+    lines.append(
+        "Data Docs: "
+        + ", ".join(str(pages[t]) for t in failed_tables if t in pages)
+        + f" (index: {docs_dir(root) / 'index.html'})"
+    )
+    lines.append(
+        f"Fix the data upstream, or, if a threshold is wrong, change it in params.yaml; "
+        f"`{gate}.severity.<check>: warn` only reports a check."
+    )
     lines += list(hints)
     return "\n".join(lines)
 
 
 # --- inputs ---------------------------------------------------------------------------
+
 
 def read_spark_table(spark, path: Path, stage_hint: str):
     """A Parquet table directory as a Spark DataFrame, or a PipelineError naming the stage to run."""

@@ -15,6 +15,7 @@ user `postgres` through `runuser`; as any other user it runs as that user. The s
 127.0.0.1 only, with password (scram) auth over TCP and trust only on its private unix socket,
 which is how this module itself creates roles and databases.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,10 @@ def new_password() -> str:
 
 
 def make_url(user: str, password: str, port: int, database: str, host: str = HOST) -> str:
-    return (f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}"
-            f"@{host}:{port}/{quote(database, safe='')}")
+    return (
+        f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}"
+        f"@{host}:{port}/{quote(database, safe='')}"
+    )
 
 
 def free_port(host: str = HOST) -> int:
@@ -104,10 +107,17 @@ def free_port(host: str = HOST) -> int:
         return sock.getsockname()[1]
 
 
-def start_postgres(base_dir: str | Path, *, database: str = "recpipe", user: str = "recpipe",
-                   password: str | None = None, port: int | None = None,
-                   bin_dir: str | Path | None = None, timeout_s: float = 60.0,
-                   durable: bool = False) -> PostgresServer:
+def start_postgres(
+    base_dir: str | Path,
+    *,
+    database: str = "recpipe",
+    user: str = "recpipe",
+    password: str | None = None,
+    port: int | None = None,
+    bin_dir: str | Path | None = None,
+    timeout_s: float = 60.0,
+    durable: bool = False,
+) -> PostgresServer:
     """Initialise (first time) and start a cluster in `base_dir`, wait until it accepts
     connections, create `user` and `database`, and return the running server.
 
@@ -120,8 +130,10 @@ def start_postgres(base_dir: str | Path, *, database: str = "recpipe", user: str
     if not (base / "data" / "PG_VERSION").exists():
         _initdb(base, bins)
     if is_running(base, bins):
-        raise PostgresError(f"a PostgreSQL server already runs on {base / 'data'}; "
-                            f"stop it first (stop_postgres('{base}') or `make services-down`)")
+        raise PostgresError(
+            f"a PostgreSQL server already runs on {base / 'data'}; "
+            f"stop it first (stop_postgres('{base}') or `make services-down`)"
+        )
     chosen = _start_on_free_port(base, bins, port, timeout_s, durable)
     server = PostgresServer(base, chosen, database, user, password or new_password(), bins)
     try:
@@ -132,8 +144,9 @@ def start_postgres(base_dir: str | Path, *, database: str = "recpipe", user: str
     return server
 
 
-def stop_postgres(server_or_dir: PostgresServer | str | Path, *, bin_dir: str | Path | None = None,
-                  timeout_s: float = 60.0) -> None:
+def stop_postgres(
+    server_or_dir: PostgresServer | str | Path, *, bin_dir: str | Path | None = None, timeout_s: float = 60.0
+) -> None:
     """Stop the cluster (fast shutdown: open sessions are rolled back). No-op when not running."""
     if isinstance(server_or_dir, PostgresServer):
         base, bins = server_or_dir.base_dir, server_or_dir.bin_dir
@@ -141,11 +154,16 @@ def stop_postgres(server_or_dir: PostgresServer | str | Path, *, bin_dir: str | 
         base, bins = Path(server_or_dir).resolve(), find_binaries(bin_dir)
     if not is_running(base, bins):
         return
-    result = _as_server_user([str(bins / "pg_ctl"), "stop", "-D", str(base / "data"), "-m", "fast",
-                              "-w", "-t", str(int(timeout_s))], cwd=base, timeout=timeout_s + 10)
+    result = _as_server_user(
+        [str(bins / "pg_ctl"), "stop", "-D", str(base / "data"), "-m", "fast", "-w", "-t", str(int(timeout_s))],
+        cwd=base,
+        timeout=timeout_s + 10,
+    )
     if result.returncode != 0 and is_running(base, bins):
-        raise PostgresError(f"could not stop PostgreSQL in {base / 'data'}: {result.stderr.strip()}\n"
-                            f"Log: {base / 'run' / 'postgres.log'}")
+        raise PostgresError(
+            f"could not stop PostgreSQL in {base / 'data'}: {result.stderr.strip()}\n"
+            f"Log: {base / 'run' / 'postgres.log'}"
+        )
 
 
 @contextmanager
@@ -172,9 +190,11 @@ def find_binaries(bin_dir: str | Path | None = None) -> Path:
     path = Path(bin_dir or os.environ.get("RECPIPE_PG_BIN") or DEFAULT_BIN_DIR)
     missing = [name for name in NEEDED_BINARIES if not (path / name).is_file()]
     if missing:
-        raise PostgresError(f"PostgreSQL server binaries not found in {path} (missing: {', '.join(missing)}). "
-                            f"Install them with `apt-get install postgresql-15`, or point "
-                            f"RECPIPE_PG_BIN at a folder that holds initdb, pg_ctl and psql.")
+        raise PostgresError(
+            f"PostgreSQL server binaries not found in {path} (missing: {', '.join(missing)}). "
+            f"Install them with `apt-get install postgresql-15`, or point "
+            f"RECPIPE_PG_BIN at a folder that holds initdb, pg_ctl and psql."
+        )
     return path
 
 
@@ -188,13 +208,16 @@ def _server_account() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
-        raise PostgresError(f"we run as root, and PostgreSQL must run as the user '{SERVER_USER}', "
-                            f"which does not exist. `apt-get install postgresql-15` creates it "
-                            f"(or `useradd --system {SERVER_USER}`).") from None
+        raise PostgresError(
+            f"we run as root, and PostgreSQL must run as the user '{SERVER_USER}', "
+            f"which does not exist. `apt-get install postgresql-15` creates it "
+            f"(or `useradd --system {SERVER_USER}`)."
+        ) from None
 
 
-def _as_server_user(cmd: list[str], *, cwd: Path, input: str | None = None,
-                    timeout: float = 60.0) -> subprocess.CompletedProcess:
+def _as_server_user(
+    cmd: list[str], *, cwd: Path, input: str | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess:
     account = _server_account()
     full = ["runuser", "-u", account.pw_name, "--", *cmd] if account else cmd
     # HOME of the server user: psql/pg_ctl must not try to read root's dotfiles.
@@ -203,8 +226,7 @@ def _as_server_user(cmd: list[str], *, cwd: Path, input: str | None = None,
         env["HOME"] = account.pw_dir
     env.pop("PGPASSWORD", None)
     try:
-        return subprocess.run(full, cwd=cwd, input=input, capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        return subprocess.run(full, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         raise PostgresError(f"`{' '.join(cmd[:2])}` did not finish in {timeout:.0f} s") from exc
 
@@ -220,24 +242,39 @@ def _prepare_dirs(base: Path) -> None:
             os.chown(path, account.pw_uid, account.pw_gid)
         path.chmod(mode)
     if account:
-        check = subprocess.run(["runuser", "-u", account.pw_name, "--", "test", "-w", str(base / "run")],
-                               capture_output=True)
+        check = subprocess.run(
+            ["runuser", "-u", account.pw_name, "--", "test", "-w", str(base / "run")], capture_output=True
+        )
         if check.returncode != 0:
-            raise PostgresError(f"the user '{account.pw_name}' cannot reach {base} (a parent folder is "
-                                f"private, e.g. mode 0700). Put the cluster under a folder every user can "
-                                f"traverse (chmod o+x on each parent), e.g. the project's services/ folder.")
+            raise PostgresError(
+                f"the user '{account.pw_name}' cannot reach {base} (a parent folder is "
+                f"private, e.g. mode 0700). Put the cluster under a folder every user can "
+                f"traverse (chmod o+x on each parent), e.g. the project's services/ folder."
+            )
 
 
 def _initdb(base: Path, bins: Path) -> None:
-    result = _as_server_user([str(bins / "initdb"), "-D", str(base / "data"), "-U", SUPERUSER,
-                              "--auth-local=trust", "--auth-host=scram-sha-256",
-                              "--encoding=UTF8", "--locale=C", "--no-sync"], cwd=base, timeout=120)
+    result = _as_server_user(
+        [
+            str(bins / "initdb"),
+            "-D",
+            str(base / "data"),
+            "-U",
+            SUPERUSER,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        cwd=base,
+        timeout=120,
+    )
     if result.returncode != 0:
         raise PostgresError(f"initdb failed in {base / 'data'}: {result.stderr.strip()[-2000:]}")
 
 
-def _start_on_free_port(base: Path, bins: Path, port: int | None, timeout_s: float,
-                        durable: bool) -> int:
+def _start_on_free_port(base: Path, bins: Path, port: int | None, timeout_s: float, durable: bool) -> int:
     """Start on `port`, or on a free port; retry on a fresh port if another process took it meanwhile."""
     attempts = 1 if port else 3
     for _ in range(attempts):
@@ -246,15 +283,31 @@ def _start_on_free_port(base: Path, bins: Path, port: int | None, timeout_s: flo
         options = f"-p {chosen} -h {HOST} -k {base / 'run'} -c shared_buffers=16MB -c max_connections=100"
         if not durable:
             options += " -c fsync=off -c full_page_writes=off"
-        result = _as_server_user([str(bins / "pg_ctl"), "start", "-D", str(base / "data"), "-w",
-                                  "-t", str(int(timeout_s)), "-l", str(base / "run" / "postgres.log"),
-                                  "-o", options], cwd=base, timeout=timeout_s + 10)
+        result = _as_server_user(
+            [
+                str(bins / "pg_ctl"),
+                "start",
+                "-D",
+                str(base / "data"),
+                "-w",
+                "-t",
+                str(int(timeout_s)),
+                "-l",
+                str(base / "run" / "postgres.log"),
+                "-o",
+                options,
+            ],
+            cwd=base,
+            timeout=timeout_s + 10,
+        )
         if result.returncode == 0 and _accepts_connections(base, bins, chosen, timeout_s):
             return chosen
         if is_running(base, bins):  # started but not answering: do not leave it behind
             stop_postgres(base, bin_dir=bins)
-    raise PostgresError(f"PostgreSQL did not start in {base / 'data'} "
-                        f"(port {port or 'auto'}): {result.stderr.strip()}\n{_log_tail(base)}")
+    raise PostgresError(
+        f"PostgreSQL did not start in {base / 'data'} "
+        f"(port {port or 'auto'}): {result.stderr.strip()}\n{_log_tail(base)}"
+    )
 
 
 def _accepts_connections(base: Path, bins: Path, port: int, timeout_s: float) -> bool:
@@ -279,13 +332,30 @@ GRANT ALL PRIVILEGES ON DATABASE :"db" TO :"user";
 
 
 def _create_role_and_database(server: PostgresServer, database: str, user: str, password: str) -> None:
-    cmd = [str(server.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-           "-h", str(server.run_dir), "-p", str(server.port), "-U", SUPERUSER, "-d", "postgres",
-           "-v", f"db={database}", "-v", f"user={user}", "-v", f"pw={password}"]
+    cmd = [
+        str(server.bin_dir / "psql"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        str(server.run_dir),
+        "-p",
+        str(server.port),
+        "-U",
+        SUPERUSER,
+        "-d",
+        "postgres",
+        "-v",
+        f"db={database}",
+        "-v",
+        f"user={user}",
+        "-v",
+        f"pw={password}",
+    ]
     result = _as_server_user(cmd, cwd=server.base_dir, input=_CREATE_SQL)
     if result.returncode != 0:
-        raise PostgresError(f"could not create role '{user}' / database '{database}': "
-                            f"{result.stderr.strip()}")
+        raise PostgresError(f"could not create role '{user}' / database '{database}': {result.stderr.strip()}")
 
 
 def _log_tail(base: Path, lines: int = 15) -> str:

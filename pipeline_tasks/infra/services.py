@@ -18,7 +18,11 @@ docker/ compose stack does with containers:
 Everything lives in the git-ignored state folder (default `services/`): state.json (pids,
 ports), logs/, the cluster, the artifacts, and the generated secrets (secrets.json,
 credentials.env, pgpass; mode 0600). Secrets are generated on the first `up` and reused.
+
+Longer than most modules on purpose: each service's start, readiness check and stop sit beside
+the others' so `up`/`down` stay symmetric; none of it is imported by the pipeline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +65,19 @@ class ServicesError(RecpipeError):
 
 
 def _paths(state_dir: Path) -> dict[str, Path]:
-    return {name: state_dir / rel for name, rel in {
-        "state": "state.json", "secrets": "secrets.json", "credentials": "credentials.env",
-        "pgpass": "pgpass", "logs": "logs", "postgres": "postgres", "mlflow": "mlflow",
-        "airflow": "airflow"}.items()}
+    return {
+        name: state_dir / rel
+        for name, rel in {
+            "state": "state.json",
+            "secrets": "secrets.json",
+            "credentials": "credentials.env",
+            "pgpass": "pgpass",
+            "logs": "logs",
+            "postgres": "postgres",
+            "mlflow": "mlflow",
+            "airflow": "airflow",
+        }.items()
+    }
 
 
 def read_state(state_dir: Path) -> dict:
@@ -89,13 +102,15 @@ def load_secrets(state_dir: Path) -> dict[str, str]:
     stored = json.loads(path.read_text()) if path.exists() else {}
     from cryptography.fernet import Fernet  # Airflow's own dependency
 
-    wanted = {**{f"pg_{db}": secrets_lib.token_urlsafe(18) for db in DATABASES},
-              "mlflow_admin_password": secrets_lib.token_urlsafe(18),  # MLflow wants >= 12 chars
-              "mlflow_flask_secret": secrets_lib.token_hex(32),
-              "airflow_admin_password": secrets_lib.token_urlsafe(12),
-              "airflow_jwt_secret": secrets_lib.token_hex(32),
-              "airflow_api_secret": secrets_lib.token_hex(32),
-              "airflow_fernet_key": Fernet.generate_key().decode()}
+    wanted = {
+        **{f"pg_{db}": secrets_lib.token_urlsafe(18) for db in DATABASES},
+        "mlflow_admin_password": secrets_lib.token_urlsafe(18),  # MLflow wants >= 12 chars
+        "mlflow_flask_secret": secrets_lib.token_hex(32),
+        "airflow_admin_password": secrets_lib.token_urlsafe(12),
+        "airflow_jwt_secret": secrets_lib.token_hex(32),
+        "airflow_api_secret": secrets_lib.token_hex(32),
+        "airflow_fernet_key": Fernet.generate_key().decode(),
+    }
     merged = {**wanted, **stored}
     if merged != stored:
         _write_private(path, json.dumps(merged, indent=2) + "\n")
@@ -121,7 +136,7 @@ def _start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return None if fields[0] == "Z" else fields[19]
 
 
@@ -129,10 +144,15 @@ def _spawn(state_dir: Path, state: dict, name: str, cmd: list[str], env: dict[st
     log = _paths(state_dir)["logs"] / f"{name}.log"
     with open(log, "ab") as out:
         # Own session = own process group, so `down` stops the workers a server forks, too.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=state_dir,
-                                start_new_session=True)
-    state["processes"][name] = {"pid": proc.pid, "start": _start_time(proc.pid), "log": str(log),
-                                "cmd": " ".join(cmd[:3])}
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=state_dir, start_new_session=True
+        )
+    state["processes"][name] = {
+        "pid": proc.pid,
+        "start": _start_time(proc.pid),
+        "log": str(log),
+        "cmd": " ".join(cmd[:3]),
+    }
     _write_state(state_dir, state)
 
 
@@ -178,8 +198,9 @@ def _log_tail(info: dict, lines: int = 20) -> str:
     return f"Last lines of {path}:\n" + "\n".join(text)
 
 
-def _wait_http(name: str, info: dict, url: str, timeout_s: float, ok=lambda body: True,
-               headers: dict | None = None) -> bytes:
+def _wait_http(
+    name: str, info: dict, url: str, timeout_s: float, ok=lambda body: True, headers: dict | None = None
+) -> bytes:
     """Poll `url` until it answers 200 and `ok(body)`; fail early when the process died."""
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
@@ -195,14 +216,18 @@ def _wait_http(name: str, info: dict, url: str, timeout_s: float, ok=lambda body
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(1.0)
-    raise ServicesError(f"{name} did not become ready at {url} within {timeout_s:.0f} s ({last}). "
-                        f"{_log_tail(info)}")
+    raise ServicesError(f"{name} did not become ready at {url} within {timeout_s:.0f} s ({last}). {_log_tail(info)}")
 
 
 def _base_env() -> dict[str, str]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **C.OFFLINE_ENVIRONMENT}
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                "RECPIPE_PARENT_RUN_ID", "AIRFLOW_HOME"):
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "RECPIPE_PARENT_RUN_ID",
+        "AIRFLOW_HOME",
+    ):
         env.pop(key, None)  # the caller's settings must not leak into the services
     return env
 
@@ -213,15 +238,22 @@ def _base_env() -> dict[str, str]:
 def start_postgres_service(state_dir: Path, state: dict, secrets: dict) -> dict[str, str]:
     """The cluster and one database + owner per client; returns database -> URL."""
     paths = _paths(state_dir)
-    server = postgres.start_postgres(paths["postgres"], database="mlflow", user="mlflow",
-                                     password=secrets["pg_mlflow"], port=choose_port("postgres"),
-                                     durable=True, timeout_s=120)
+    server = postgres.start_postgres(
+        paths["postgres"],
+        database="mlflow",
+        user="mlflow",
+        password=secrets["pg_mlflow"],
+        port=choose_port("postgres"),
+        durable=True,
+        timeout_s=120,
+    )
     state["postgres"] = {"base_dir": str(server.base_dir), "port": server.port}
     _write_state(state_dir, state)
     urls = {db: server.create_database(db, user=db, password=secrets[f"pg_{db}"]) for db in DATABASES}
     # libpq reads passwords from PGPASSFILE: tune.storage can then be a URL without one.
-    _write_private(paths["pgpass"], "".join(f"{HOST}:{server.port}:{db}:{db}:{secrets[f'pg_{db}']}\n"
-                                            for db in DATABASES))
+    _write_private(
+        paths["pgpass"], "".join(f"{HOST}:{server.port}:{db}:{db}:{secrets[f'pg_{db}']}\n" for db in DATABASES)
+    )
     state["urls"]["postgres"] = f"{HOST}:{server.port}"
     _write_state(state_dir, state)
     return urls
@@ -231,84 +263,126 @@ def _auth_header(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def start_mlflow(state_dir: Path, state: dict, secrets: dict, db_urls: dict[str, str],
-                 timeout_s: float) -> str:
+def start_mlflow(state_dir: Path, state: dict, secrets: dict, db_urls: dict[str, str], timeout_s: float) -> str:
     mlflow_dir = _paths(state_dir)["mlflow"]
     (mlflow_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     config = mlflow_dir / "basic_auth.ini"
     # No password in the file: MLFLOW_AUTH_ADMIN_PASSWORD creates the admin on the first start.
-    _write_private(config, "[mlflow]\ndefault_permission = READ\n"
-                           f"database_uri = {db_urls['mlflow_auth']}\nadmin_username = {ADMIN}\n"
-                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    _write_private(
+        config,
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {db_urls['mlflow_auth']}\nadmin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
     port = choose_port("mlflow")
-    env = {**_base_env(), "MLFLOW_AUTH_CONFIG_PATH": str(config),
-           "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN, "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["mlflow_admin_password"],
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["mlflow_flask_secret"],
-           # The job runner (GenAI scorers) forks ~8 huey consumers; the pipeline uses none of it.
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port),
-           "--workers", "1", "--backend-store-uri", db_urls["mlflow"],
-           "--serve-artifacts", "--artifacts-destination", (mlflow_dir / "artifacts").resolve().as_uri()]
+    env = {
+        **_base_env(),
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["mlflow_admin_password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["mlflow_flask_secret"],
+        # The job runner (GenAI scorers) forks ~8 huey consumers; the pipeline uses none of it.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        db_urls["mlflow"],
+        "--serve-artifacts",
+        "--artifacts-destination",
+        (mlflow_dir / "artifacts").resolve().as_uri(),
+    ]
     _spawn(state_dir, state, "mlflow", cmd, env)
     url = f"http://{HOST}:{port}"
     info = state["processes"]["mlflow"]
     _wait_http("MLflow", info, f"{url}/health", timeout_s)
-    _wait_http("MLflow (with login)", info, f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
-               timeout_s, headers=_auth_header(ADMIN, secrets["mlflow_admin_password"]))
+    _wait_http(
+        "MLflow (with login)",
+        info,
+        f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+        timeout_s,
+        headers=_auth_header(ADMIN, secrets["mlflow_admin_password"]),
+    )
     state["urls"]["mlflow"] = url
     _write_state(state_dir, state)
     return url
 
 
-def airflow_env(state_dir: Path, secrets: dict, db_urls: dict[str, str], api_port: int,
-                mlflow_url: str | None) -> dict[str, str]:
+def airflow_env(
+    state_dir: Path, secrets: dict, db_urls: dict[str, str], api_port: int, mlflow_url: str | None
+) -> dict[str, str]:
     home = _paths(state_dir)["airflow"]
     base = f"http://{HOST}:{api_port}"
-    env = {**_base_env(), "AIRFLOW_HOME": str(home), "RECPIPE_PROJECT_DIR": str(PROJECT_DIR),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-           "AIRFLOW__CORE__PARALLELISM": "4",  # each worker is ~130 MB; 2 shared cores here
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_urls["airflow"],
-           "AIRFLOW__CORE__FERNET_KEY": secrets["airflow_fernet_key"],
-           "AIRFLOW__API_AUTH__JWT_SECRET": secrets["airflow_jwt_secret"],
-           "AIRFLOW__API__SECRET_KEY": secrets["airflow_api_secret"],
-           "AIRFLOW__API__BASE_URL": base,
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-           "PGPASSFILE": str(_paths(state_dir)["pgpass"])}
+    env = {
+        **_base_env(),
+        "AIRFLOW_HOME": str(home),
+        "RECPIPE_PROJECT_DIR": str(PROJECT_DIR),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",  # each worker is ~130 MB; 2 shared cores here
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_urls["airflow"],
+        "AIRFLOW__CORE__FERNET_KEY": secrets["airflow_fernet_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets["airflow_jwt_secret"],
+        "AIRFLOW__API__SECRET_KEY": secrets["airflow_api_secret"],
+        "AIRFLOW__API__BASE_URL": base,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "PGPASSFILE": str(_paths(state_dir)["pgpass"]),
+    }
     if mlflow_url:  # DAG runs log to the tracking server
-        env.update({"MLFLOW_TRACKING_URI": mlflow_url, "MLFLOW_TRACKING_USERNAME": ADMIN,
-                    "MLFLOW_TRACKING_PASSWORD": secrets["mlflow_admin_password"]})
+        env.update(
+            {
+                "MLFLOW_TRACKING_URI": mlflow_url,
+                "MLFLOW_TRACKING_USERNAME": ADMIN,
+                "MLFLOW_TRACKING_PASSWORD": secrets["mlflow_admin_password"],
+            }
+        )
     return env
 
 
-def start_airflow(state_dir: Path, state: dict, secrets: dict, db_urls: dict[str, str],
-                  mlflow_url: str | None, timeout_s: float) -> str:
+def start_airflow(
+    state_dir: Path, state: dict, secrets: dict, db_urls: dict[str, str], mlflow_url: str | None, timeout_s: float
+) -> str:
     home = _paths(state_dir)["airflow"]
     home.mkdir(parents=True, exist_ok=True)
     _write_private(home / "passwords.json", json.dumps({ADMIN: secrets["airflow_admin_password"]}) + "\n")
     port = choose_port("airflow")
     env = airflow_env(state_dir, secrets, db_urls, port, mlflow_url)
-    migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=state_dir,
-                             capture_output=True, text=True, timeout=900)
+    migrate = subprocess.run(
+        [str(BIN / "airflow"), "db", "migrate"], env=env, cwd=state_dir, capture_output=True, text=True, timeout=900
+    )
     if migrate.returncode != 0:
         raise ServicesError(f"`airflow db migrate` failed: {migrate.stderr.strip()[-2000:]}")
-    commands = {"api-server": ["api-server", "--host", HOST, "--port", str(port), "--workers", "1"],
-                "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
+    commands = {
+        "api-server": ["api-server", "--host", HOST, "--port", str(port), "--workers", "1"],
+        "scheduler": ["scheduler"],
+        "dag-processor": ["dag-processor"],
+    }
     for name in AIRFLOW_PROCESSES:
         _spawn(state_dir, state, f"airflow-{name}", [str(BIN / "airflow"), *commands[name]], env)
     url = f"http://{HOST}:{port}"
 
     def healthy(body: bytes) -> bool:
         health = json.loads(body)
-        return all(health.get(part, {}).get("status") == "healthy"
-                   for part in ("metadatabase", "scheduler", "dag_processor"))
+        return all(
+            health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "dag_processor")
+        )
 
-    _wait_http("Airflow", state["processes"]["airflow-api-server"], f"{url}/api/v2/monitor/health",
-               timeout_s, ok=healthy)
+    _wait_http(
+        "Airflow", state["processes"]["airflow-api-server"], f"{url}/api/v2/monitor/health", timeout_s, ok=healthy
+    )
     state["urls"]["airflow"] = url
     _write_state(state_dir, state)
     return url
@@ -317,23 +391,58 @@ def start_airflow(state_dir: Path, state: dict, secrets: dict, db_urls: dict[str
 def start_spark(state_dir: Path, state: dict, timeout_s: float) -> str:
     """A standalone master and one worker from pyspark's own Spark: `spark.master` = the URL."""
     port, ui_port = choose_port("spark"), choose_port("spark_ui")
-    env = {**_base_env(), "SPARK_LOCAL_IP": HOST, "SPARK_NO_DAEMONIZE": "1",
-           "PYSPARK_PYTHON": sys.executable, "SPARK_LOG_DIR": str(_paths(state_dir)["logs"]),
-           # Executor scratch and logs; the default ($SPARK_HOME/work) is inside the venv.
-           "SPARK_WORKER_DIR": str(state_dir / "spark-work")}
+    env = {
+        **_base_env(),
+        "SPARK_LOCAL_IP": HOST,
+        "SPARK_NO_DAEMONIZE": "1",
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_LOG_DIR": str(_paths(state_dir)["logs"]),
+        # Executor scratch and logs; the default ($SPARK_HOME/work) is inside the venv.
+        "SPARK_WORKER_DIR": str(state_dir / "spark-work"),
+    }
     master = f"spark://{HOST}:{port}"
-    _spawn(state_dir, state, "spark-master", [str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master",
-           "--host", HOST, "--port", str(port), "--webui-port", str(ui_port)], env)
-    _spawn(state_dir, state, "spark-worker", [str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker",
-           master, "--host", HOST, "--cores", os.environ.get("RECPIPE_SPARK_WORKER_CORES", "2"),
-           "--memory", os.environ.get("RECPIPE_SPARK_WORKER_MEMORY", "2g"),
-           "--webui-port", str(postgres.free_port())], env)
+    _spawn(
+        state_dir,
+        state,
+        "spark-master",
+        [
+            str(BIN / "spark-class"),
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui_port),
+        ],
+        env,
+    )
+    _spawn(
+        state_dir,
+        state,
+        "spark-worker",
+        [
+            str(BIN / "spark-class"),
+            "org.apache.spark.deploy.worker.Worker",
+            master,
+            "--host",
+            HOST,
+            "--cores",
+            os.environ.get("RECPIPE_SPARK_WORKER_CORES", "2"),
+            "--memory",
+            os.environ.get("RECPIPE_SPARK_WORKER_MEMORY", "2g"),
+            "--webui-port",
+            str(postgres.free_port()),
+        ],
+        env,
+    )
 
     def worker_alive(body: bytes) -> bool:
         return any(w.get("state") == "ALIVE" for w in json.loads(body).get("workers", []))
 
-    _wait_http("Spark master", state["processes"]["spark-master"], f"http://{HOST}:{ui_port}/json/",
-               timeout_s, ok=worker_alive)
+    _wait_http(
+        "Spark master", state["processes"]["spark-master"], f"http://{HOST}:{ui_port}/json/", timeout_s, ok=worker_alive
+    )
     state["urls"].update({"spark": master, "spark_ui": f"http://{HOST}:{ui_port}"})
     _write_state(state_dir, state)
     return master
@@ -341,18 +450,28 @@ def start_spark(state_dir: Path, state: dict, timeout_s: float) -> str:
 
 def _write_credentials(state_dir: Path, state: dict, secrets: dict) -> Path:
     urls, path = state["urls"], _paths(state_dir)["credentials"]
-    lines = ["# Written by `make services` (pipeline_tasks/infra/services.py). Private: never commit.",
-             "# Use: set -a; source services/credentials.env; set +a"]
+    lines = [
+        "# Written by `make services` (pipeline_tasks/infra/services.py). Private: never commit.",
+        "# Use: set -a; source services/credentials.env; set +a",
+    ]
     if "postgres" in state:
         port = state["postgres"]["port"]
-        lines += [f"PGPASSFILE={_paths(state_dir)['pgpass']}",
-                  f"RECPIPE_OPTUNA_STORAGE=postgresql+psycopg2://optuna@{HOST}:{port}/optuna"]
+        lines += [
+            f"PGPASSFILE={_paths(state_dir)['pgpass']}",
+            f"RECPIPE_OPTUNA_STORAGE=postgresql+psycopg2://optuna@{HOST}:{port}/optuna",
+        ]
     if "mlflow" in urls:
-        lines += [f"MLFLOW_TRACKING_URI={urls['mlflow']}", f"MLFLOW_TRACKING_USERNAME={ADMIN}",
-                  f"MLFLOW_TRACKING_PASSWORD={secrets['mlflow_admin_password']}"]
+        lines += [
+            f"MLFLOW_TRACKING_URI={urls['mlflow']}",
+            f"MLFLOW_TRACKING_USERNAME={ADMIN}",
+            f"MLFLOW_TRACKING_PASSWORD={secrets['mlflow_admin_password']}",
+        ]
     if "airflow" in urls:
-        lines += [f"AIRFLOW_URL={urls['airflow']}", f"AIRFLOW_USERNAME={ADMIN}",
-                  f"AIRFLOW_PASSWORD={secrets['airflow_admin_password']}"]
+        lines += [
+            f"AIRFLOW_URL={urls['airflow']}",
+            f"AIRFLOW_USERNAME={ADMIN}",
+            f"AIRFLOW_PASSWORD={secrets['airflow_admin_password']}",
+        ]
     _write_private(path, "\n".join(lines) + "\n")
     return path
 
@@ -360,8 +479,9 @@ def _write_credentials(state_dir: Path, state: dict, secrets: dict) -> Path:
 # --- commands ------------------------------------------------------------------------------
 
 
-def up(state_dir: Path = DEFAULT_STATE_DIR, components: tuple[str, ...] = DEFAULT_COMPONENTS,
-       timeout_s: float = 300.0) -> dict:
+def up(
+    state_dir: Path = DEFAULT_STATE_DIR, components: tuple[str, ...] = DEFAULT_COMPONENTS, timeout_s: float = 300.0
+) -> dict:
     """Start the services (PostgreSQL always: the others need it); return the state."""
     state_dir = Path(state_dir).resolve()
     unknown = set(components) - set(COMPONENTS)
@@ -370,8 +490,10 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, components: tuple[str, ...] = DEFAUL
     state = read_state(state_dir)
     running = [name for name, info in state.get("processes", {}).items() if is_alive(info)]
     if running or postgres.is_running(_paths(state_dir)["postgres"]):
-        raise ServicesError(f"services already run from {state_dir} ({', '.join(running) or 'postgres'}); "
-                            f"see `python -m pipeline_tasks.infra.services status`, or `make services-down` first")
+        raise ServicesError(
+            f"services already run from {state_dir} ({', '.join(running) or 'postgres'}); "
+            f"see `python -m pipeline_tasks.infra.services status`, or `make services-down` first"
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o755)  # the `postgres` user must reach the cluster inside it
     _paths(state_dir)["logs"].mkdir(exist_ok=True)
@@ -431,22 +553,31 @@ def describe(state_dir: Path, state: dict) -> str:
     if "airflow" in urls:
         lines.append(f"  Airflow     {urls['airflow']}  (user {ADMIN}; this project's dags/)")
     if "spark" in urls:
-        lines.append(f"  Spark       {urls['spark']}  (UI {urls['spark_ui']}; use it with --set spark.master={urls['spark']})")
-    lines += [f"Passwords and URLs: {rel}/credentials.env (mode 600). To point the pipeline at them:",
-              f"  set -a; source {rel}/credentials.env; set +a",
-              "  and set tune.storage in params.yaml to $RECPIPE_OPTUNA_STORAGE (no password in it: libpq reads PGPASSFILE)",
-              "Stop everything with `make services-down`."]
+        lines.append(
+            f"  Spark       {urls['spark']}  (UI {urls['spark_ui']}; use it with --set spark.master={urls['spark']})"
+        )
+    lines += [
+        f"Passwords and URLs: {rel}/credentials.env (mode 600). To point the pipeline at them:",
+        f"  set -a; source {rel}/credentials.env; set +a",
+        "  and set tune.storage in params.yaml to $RECPIPE_OPTUNA_STORAGE (no password in it: libpq reads PGPASSFILE)",
+        "Stop everything with `make services-down`.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline_tasks.infra.services", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline_tasks.infra.services",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    parser.add_argument("--only", default=",".join(DEFAULT_COMPONENTS),
-                        help="comma-separated subset of postgres,mlflow,airflow,spark "
-                             "(default: postgres,mlflow,airflow)")
+    parser.add_argument(
+        "--only",
+        default=",".join(DEFAULT_COMPONENTS),
+        help="comma-separated subset of postgres,mlflow,airflow,spark (default: postgres,mlflow,airflow)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each service")
     args = parser.parse_args(argv)
     try:

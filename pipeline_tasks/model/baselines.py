@@ -1,5 +1,6 @@
 """The baselines: Pop, ItemKNN, EASE, ALS (Spark MLlib) and SASRec-ID, each selected on validation
 and refit on train + valid (the protocol is in the baselines stage's docstring)."""
+
 from __future__ import annotations
 
 import copy
@@ -44,7 +45,7 @@ Prepared = Callable[[Any], Scorer]
 
 def prepare_pop(x: sp.csr_matrix) -> Prepared:
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
-    return lambda _unused: (lambda users: np.broadcast_to(counts, (len(users), counts.size)))
+    return lambda _unused: lambda users: np.broadcast_to(counts, (len(users), counts.size))
 
 
 def cosine_neighbours(x: sp.csr_matrix, max_n: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +112,13 @@ def prepare_als(x: sp.csr_matrix, params: dict) -> Prepared:
 
     spark = get_spark(params)
     coo = x.tocoo()
-    frame = pd.DataFrame({"user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
-                          "rating": np.ones(coo.nnz, dtype=np.float32)})
+    frame = pd.DataFrame(
+        {
+            "user": coo.row.astype(np.int32),
+            "item": coo.col.astype(np.int32),
+            "rating": np.ones(coo.nnz, dtype=np.float32),
+        }
+    )
     ratings = spark.createDataFrame(frame).cache()
 
     def with_values(values: dict) -> Scorer:
@@ -126,14 +132,25 @@ def als_factors(ratings: Any, values: dict, shape: tuple[int, int], params: dict
     """(n_users, rank), (n_items, rank) factor matrices; zero rows for users/items without data."""
     from pyspark.ml.recommendation import ALS
 
-    als = ALS(rank=int(values["rank"]), regParam=float(values["reg_param"]), alpha=float(values["alpha"]),
-              maxIter=params["baselines"]["als_max_iter"], implicitPrefs=True, userCol="user", itemCol="item",
-              ratingCol="rating", seed=params["seed"],
-              # Spark's default of 10 blocks per side is overhead on one machine; one per shuffle partition.
-              numUserBlocks=params["spark"]["shuffle_partitions"], numItemBlocks=params["spark"]["shuffle_partitions"])
+    als = ALS(
+        rank=int(values["rank"]),
+        regParam=float(values["reg_param"]),
+        alpha=float(values["alpha"]),
+        maxIter=params["baselines"]["als_max_iter"],
+        implicitPrefs=True,
+        userCol="user",
+        itemCol="item",
+        ratingCol="rating",
+        seed=params["seed"],
+        # Spark's default of 10 blocks per side is overhead on one machine; one per shuffle partition.
+        numUserBlocks=params["spark"]["shuffle_partitions"],
+        numItemBlocks=params["spark"]["shuffle_partitions"],
+    )
     model = als.fit(ratings)
-    return (factor_matrix(model.userFactors.toPandas(), shape[0], int(values["rank"])),
-            factor_matrix(model.itemFactors.toPandas(), shape[1], int(values["rank"])))
+    return (
+        factor_matrix(model.userFactors.toPandas(), shape[0], int(values["rank"])),
+        factor_matrix(model.itemFactors.toPandas(), shape[1], int(values["rank"])),
+    )
 
 
 def factor_matrix(frame: Any, n: int, rank: int) -> np.ndarray:
@@ -144,8 +161,10 @@ def factor_matrix(frame: Any, n: int, rank: int) -> np.ndarray:
 
 
 def als_grid(cfg: dict) -> list[dict]:
-    return [{"rank": r, "reg_param": reg, "alpha": a}
-            for r, reg, a in itertools.product(cfg["als_ranks"], cfg["als_reg_params"], cfg["als_alphas"])]
+    return [
+        {"rank": r, "reg_param": reg, "alpha": a}
+        for r, reg, a in itertools.product(cfg["als_ranks"], cfg["als_reg_params"], cfg["als_alphas"])
+    ]
 
 
 def grid_of(name: str, params: dict) -> tuple[str | None, list]:
@@ -153,10 +172,17 @@ def grid_of(name: str, params: dict) -> tuple[str | None, list]:
     cfg = params["baselines"]
     if name not in MATRIX_MODELS:
         raise ParamsError(f"unknown baseline {name!r} in baselines.models; known: {list(KNOWN)}")
-    grids = {"Pop": (None, [None]), "ItemKNN": ("neighbors", cfg["itemknn_neighbors"]),
-             "EASE": ("lambda", cfg["ease_lambdas"]), "ALS": ("params", als_grid(cfg))}
-    param_key = {"ItemKNN": "baselines.itemknn_neighbors", "EASE": "baselines.ease_lambdas",
-                 "ALS": "baselines.als_ranks, als_reg_params and als_alphas"}
+    grids = {
+        "Pop": (None, [None]),
+        "ItemKNN": ("neighbors", cfg["itemknn_neighbors"]),
+        "EASE": ("lambda", cfg["ease_lambdas"]),
+        "ALS": ("params", als_grid(cfg)),
+    }
+    param_key = {
+        "ItemKNN": "baselines.itemknn_neighbors",
+        "EASE": "baselines.ease_lambdas",
+        "ALS": "baselines.als_ranks, als_reg_params and als_alphas",
+    }
     key, values = grids[name]
     if not values:
         raise ParamsError(f"the grid for {name} is empty: give {param_key[name]} at least one value")
@@ -170,15 +196,19 @@ def check_models(params: dict) -> None:
             raise ParamsError(f"unknown baseline {name!r} in baselines.models; known: {list(KNOWN)}")
     cfg = params["baselines"]
     if cfg["als_max_iter"] < 1 or cfg["sasrec_epochs"] < 0 or cfg["sasrec_patience"] < 0:
-        raise ParamsError("baselines.als_max_iter must be >= 1, baselines.sasrec_epochs >= 0 (0 = train.epochs) "
-                          "and baselines.sasrec_patience >= 0 (0 = no early stop)")
+        raise ParamsError(
+            "baselines.als_max_iter must be >= 1, baselines.sasrec_epochs >= 0 (0 = train.epochs) "
+            "and baselines.sasrec_patience >= 0 (0 = no early stop)"
+        )
 
 
 def prepare(name: str, x: sp.csr_matrix, params: dict) -> Prepared:
     if name in DENSE and x.shape[1] > params["baselines"]["max_dense_items"]:
-        raise PipelineError(f"{name} needs an item x item matrix and the catalogue has {x.shape[1]} items "
-                            f"(> baselines.max_dense_items={params['baselines']['max_dense_items']}): "
-                            f"remove {name} from baselines.models or raise the limit if memory allows")
+        raise PipelineError(
+            f"{name} needs an item x item matrix and the catalogue has {x.shape[1]} items "
+            f"(> baselines.max_dense_items={params['baselines']['max_dense_items']}): "
+            f"remove {name} from baselines.models or raise the limit if memory allows"
+        )
     if name == "Pop":
         return prepare_pop(x)
     if name == "ItemKNN":
@@ -224,12 +254,18 @@ def fit_and_rank_test(name: str, value: Any, split: SplitData, params: dict, k: 
 
 # --- SASRec-ID: the sequential model without text -----------------------------------------
 
+
 def sasrec_params(params: dict) -> dict:
     """The train params with text off; no checkpoints, no tuned params (those were tuned with text).
     Its epoch budget for the selection on valid; the refit takes the selected count."""
     out = copy.deepcopy(params)
-    out["train"].update(use_text=False, use_id_embedding=True, checkpoint_every=0, use_best_params=False,
-                        epochs=params["baselines"]["sasrec_epochs"] or params["train"]["epochs"])
+    out["train"].update(
+        use_text=False,
+        use_id_embedding=True,
+        checkpoint_every=0,
+        use_best_params=False,
+        epochs=params["baselines"]["sasrec_epochs"] or params["train"]["epochs"],
+    )
     return out
 
 
@@ -248,7 +284,7 @@ def select_sasrec(root: Path, params: dict) -> tuple[int, dict]:
 
     def on_epoch(epoch: int, value: float) -> None:
         per_epoch[epoch] = value
-        if patience and epoch - max(per_epoch, key=per_epoch.get) >= patience:
+        if patience and epoch - max(per_epoch, key=lambda e: per_epoch[e]) >= patience:
             raise StopEarly
 
     started = time.perf_counter()
@@ -256,11 +292,16 @@ def select_sasrec(root: Path, params: dict) -> tuple[int, dict]:
         try:
             fit(sasrec_params(params), root, on_epoch=on_epoch)
         except StopEarly:
-            log.info("%s: no better valid NDCG@10 for %d epochs, stopped after epoch %d", SASREC, patience,
-                     max(per_epoch))
-    best = max(per_epoch, key=per_epoch.get)  # first of equals: fewer epochs
-    record = {"epochs": best, "valid_ndcg@10": per_epoch[best], "grid": {str(e): v for e, v in per_epoch.items()},
-              "seconds": time.perf_counter() - started}
+            log.info(
+                "%s: no better valid NDCG@10 for %d epochs, stopped after epoch %d", SASREC, patience, max(per_epoch)
+            )
+    best = max(per_epoch, key=lambda e: per_epoch[e])  # first of equals: fewer epochs
+    record = {
+        "epochs": best,
+        "valid_ndcg@10": per_epoch[best],
+        "grid": {str(e): v for e, v in per_epoch.items()},
+        "seconds": time.perf_counter() - started,
+    }
     return best, record
 
 

@@ -6,6 +6,7 @@ point and restarted with the same params and data therefore continues where its 
 was and ends with the same model as an uninterrupted run (on the same device and thread count;
 CUDA kernels may differ in the last bits).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,12 @@ BEST_FILE = "best.pt"
 
 def rng_state(generator: torch.Generator) -> dict:
     """Every random source a training step draws from."""
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-             "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -49,4 +54,3 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-

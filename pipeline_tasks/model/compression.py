@@ -8,6 +8,7 @@ Pruning and distillation recover against the fp32 model's own text vectors (proj
 pooled encoder output): the compressed tower should reproduce the trained one, and that needs
 only the catalogue texts, not another pass over the interactions.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +36,7 @@ from pipeline_tasks.core.errors import ParamsError, PipelineError
 from pipeline_tasks.model import towers
 from pipeline_tasks.model.measuring import NDCG, EvalData, check_stored_table, load_eval_data, measure, relative_drop
 from pipeline_tasks.model.recommender import Recommender
+from pipeline_tasks.model.towers import Encoder
 from pipeline_tasks.model.variants import (
     INT8,
     INT8_STATE_FILE,
@@ -55,7 +57,8 @@ log = logging.getLogger(__name__)
 
 # --- torch int8 and ONNX ---------------------------------------------------------------------
 
-def save_int8_encoder(encoder: nn.Module, tokenizer, encoder_dir: Path) -> None:
+
+def save_int8_encoder(encoder: Encoder, tokenizer, encoder_dir: Path) -> None:
     """HF config + tokenizer + the quantised state dict (no fp32 weights)."""
     encoder_dir.mkdir(parents=True, exist_ok=True)
     encoder.config.save_pretrained(encoder_dir)
@@ -92,22 +95,36 @@ def quiet_onnx() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def export_onnx(encoder: nn.Module, tokenizer, max_text_len: int, path: Path) -> None:
+def export_onnx(encoder: Encoder, tokenizer, max_text_len: int, path: Path) -> None:
     """Dynamo export with dynamic batch and sequence axes, one self-contained file."""
     length = max(2, max_text_len)  # a length of 1 would be specialised into the graph
-    example = tokenizer(["an example item", "another example item text"], truncation=True, max_length=length,
-                        padding="max_length", return_tensors="pt")
+    example = tokenizer(
+        ["an example item", "another example item text"],
+        truncation=True,
+        max_length=length,
+        padding="max_length",
+        return_tensors="pt",
+    )
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with quiet_onnx():
-            torch.onnx.export(HiddenStates(encoder.cpu().eval()), (example["input_ids"], example["attention_mask"]),
-                              str(path), input_names=["input_ids", "attention_mask"],
-                              output_names=["last_hidden_state"], dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+            torch.onnx.export(
+                HiddenStates(encoder.cpu().eval()),
+                (example["input_ids"], example["attention_mask"]),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"],
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            )
     except Exception as err:  # the exporter raises many types; all mean "this encoder does not export"
-        raise PipelineError(f"ONNX export of the {type(encoder).__name__} encoder failed ({type(err).__name__}: "
-                            f"{str(err)[:300]}); remove onnx_fp32/onnx_int8 from compress.variants") from err
+        raise PipelineError(
+            f"ONNX export of the {type(encoder).__name__} encoder failed ({type(err).__name__}: "
+            f"{str(err)[:300]}); remove onnx_fp32/onnx_int8 from compress.variants"
+        ) from err
 
 
 def quantize_onnx_int8(fp32_path: Path, int8_path: Path, per_channel: bool) -> None:
@@ -115,13 +132,19 @@ def quantize_onnx_int8(fp32_path: Path, int8_path: Path, per_channel: bool) -> N
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet_onnx():
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=["MatMul", "Gather"])
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=["MatMul", "Gather"],
+        )
 
 
 # --- pruning and distillation -----------------------------------------------------------------
 
-def layer_list(encoder: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+
+def layer_list(encoder: Encoder) -> tuple[Encoder, str, nn.ModuleList]:
     """(parent, attribute, layers) of the encoder's transformer blocks (BERT, DistilBERT, others)."""
     for path in ("encoder.layer", "transformer.layer", "layers"):
         parent: Any = encoder
@@ -131,11 +154,13 @@ def layer_list(encoder: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
         layers = getattr(parent, attr, None) if parent is not None else None
         if isinstance(layers, nn.ModuleList) and len(layers):
             return parent, attr, layers
-    raise PipelineError(f"cannot find the transformer layers of {type(encoder).__name__} to build a student; "
-                        "remove `distilled` from compress.variants")
+    raise PipelineError(
+        f"cannot find the transformer layers of {type(encoder).__name__} to build a student; "
+        "remove `distilled` from compress.variants"
+    )
 
 
-def make_student(teacher: nn.Module, n_layers: int) -> nn.Module:
+def make_student(teacher: Encoder, n_layers: int) -> Encoder:
     """A copy of the teacher keeping n evenly spaced layers (first and last included)."""
     student = copy.deepcopy(teacher)
     parent, attr, layers = layer_list(student)
@@ -147,19 +172,21 @@ def make_student(teacher: nn.Module, n_layers: int) -> nn.Module:
     return student
 
 
-def student_layers(teacher: nn.Module, wanted: int) -> int:
+def student_layers(teacher: Encoder, wanted: int) -> int:
     """`compress.student_layers`, but always fewer than the teacher has (a tiny teacher gets L-1)."""
     total = len(layer_list(teacher)[2])
     n = min(wanted, total - 1)
     if n < 1:
-        raise PipelineError(f"the encoder has {total} layer(s): a student needs fewer, so `distilled` cannot be "
-                            "built; remove it from compress.variants")
+        raise PipelineError(
+            f"the encoder has {total} layer(s): a student needs fewer, so `distilled` cannot be "
+            "built; remove it from compress.variants"
+        )
     if n != wanted:
         log.warning("compress: the encoder has %d layers, so the student gets %d (not %d)", total, n, wanted)
     return n
 
 
-def prune_linear_weights(encoder: nn.Module, amount: float) -> list[nn.Module]:
+def prune_linear_weights(encoder: Encoder, amount: float) -> list[Encoder]:
     """Zero the smallest-|w| share of every Linear weight (masks stay on until `make_permanent`)."""
     from torch.nn.utils import prune
 
@@ -169,7 +196,7 @@ def prune_linear_weights(encoder: nn.Module, amount: float) -> list[nn.Module]:
     return linears
 
 
-def make_permanent(linears: list[nn.Module]) -> float:
+def make_permanent(linears: list[Encoder]) -> float:
     """Fold the masks into the weights; returns the share of zero weights."""
     from torch.nn.utils import prune
 
@@ -181,28 +208,36 @@ def make_permanent(linears: list[nn.Module]) -> float:
     return zeros / max(total, 1)
 
 
+def projection_of(tower: towers.ItemTower) -> nn.Linear:
+    """The text projection (only text models have an encoder to compress)."""
+    assert tower.projection is not None, "the model has no text tower"
+    return tower.projection
+
+
 def text_vectors(tower: towers.ItemTower, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
     """(n, dim) projected pooled text: the item tower's text part, before the ID embedding."""
-    return tower.projection(tower.pooled(tokens["input_ids"], tokens["attention_mask"]))
+    return projection_of(tower)(tower.pooled(tokens["input_ids"], tokens["attention_mask"]))
 
 
-def fit_to_teacher(rec: Recommender, targets: torch.Tensor, tokens: dict[str, torch.Tensor],
-                   cfg: dict, epochs: int, seed: int) -> float:
+def fit_to_teacher(
+    rec: Recommender, targets: torch.Tensor, tokens: dict[str, torch.Tensor], cfg: dict, epochs: int, seed: int
+) -> float:
     """Train rec's encoder so its text vectors match `targets` (MSE); projection and IDs stay fixed.
 
     Returns the last epoch's mean loss. Dropout is off: this is regression onto fixed targets.
     """
     tower = rec.model.item_tower
-    tower.projection.requires_grad_(False)
+    projection_of(tower).requires_grad_(False)
     encoder = tower.encoder.train(False).requires_grad_(True)
-    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=cfg["distill_lr"],
-                                  weight_decay=0.0)  # no pull towards zero: the start is the teacher
+    optimizer = torch.optim.AdamW(
+        [p for p in encoder.parameters() if p.requires_grad], lr=cfg["distill_lr"], weight_decay=0.0
+    )  # no pull towards zero: the start is the teacher
     generator = torch.Generator().manual_seed(seed)
     n, batch, loss_sum = len(targets), cfg["distill_batch_size"], 0.0
     for epoch in range(epochs):
         order, loss_sum = torch.randperm(n, generator=generator), 0.0
         for start in range(0, n, batch):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             loss = F.mse_loss(text_vectors(tower, {k: v[rows] for k, v in tokens.items()}), targets[rows])
             optimizer.zero_grad()
             loss.backward()
@@ -215,6 +250,7 @@ def fit_to_teacher(rec: Recommender, targets: torch.Tensor, tokens: dict[str, to
 
 # --- building variants -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Job:
     """One variant to build: where from, where to, what with."""
@@ -226,12 +262,12 @@ class Job:
     seed: int
 
 
-def copy_model(job: Job, with_encoder: bool = True, **config_updates: Any) -> dict:
+def copy_model(job: Job, config_updates: dict[str, Any] | None = None, with_encoder: bool = True) -> dict:
     """The source model directory copied to job.out (optionally without encoder/), config updated."""
     config = io.read_json(job.source / towers.CONFIG_FILE)
     ignore = None if with_encoder else shutil.ignore_patterns(config["encoder_dir"])
     shutil.copytree(job.source, job.out, ignore=ignore)
-    config = {**config, **config_updates}
+    config = {**config, **(config_updates or {})}
     io.write_json(config, job.out / towers.CONFIG_FILE)
     return config
 
@@ -246,7 +282,7 @@ def build_fp32(job: Job) -> None:
 
 
 def build_item_table_fp16(job: Job) -> None:
-    config = copy_model(job, **{TABLE_FORMAT_KEY: "fp16"})
+    config = copy_model(job, {TABLE_FORMAT_KEY: "fp16"})
     table = np.load(job.out / config["item_table_file"])
     np.save(job.out / config["item_table_file"], table.astype(np.float16))  # upcast by np.asarray on load
 
@@ -259,8 +295,9 @@ def quantize_table_int8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_item_table_int8(job: Job) -> None:
-    config = copy_model(job, **{TABLE_FORMAT_KEY: TABLE_INT8, "item_table_scale_file": TABLE_SCALE_FILE,
-                                QUANTIZATION_KEY: "fp32"})  # the plain loader cannot read an int8 table
+    config = copy_model(
+        job, {TABLE_FORMAT_KEY: TABLE_INT8, "item_table_scale_file": TABLE_SCALE_FILE, QUANTIZATION_KEY: "fp32"}
+    )  # marks a compressed variant (before the package layout only compress.load_variant read one)
     table, scale = quantize_table_int8(np.load(job.out / config["item_table_file"]))
     np.save(job.out / config["item_table_file"], table)
     np.save(job.out / TABLE_SCALE_FILE, scale)
@@ -270,14 +307,14 @@ def build_int8_dynamic(job: Job) -> None:
     rec = Recommender.load(job.source)
     rec.encoder = quantize_int8(rec.encoder)
     table = recomputed_table(rec, job.data)
-    config = copy_model(job, with_encoder=False, **{QUANTIZATION_KEY: INT8})
+    config = copy_model(job, {QUANTIZATION_KEY: INT8}, with_encoder=False)
     save_int8_encoder(rec.encoder, rec.model.tokenizer, job.out / config["encoder_dir"])
     np.save(job.out / config["item_table_file"], table)
 
 
 def build_onnx(job: Job, quantized: bool) -> None:
     rec = Recommender.load(job.source)
-    config = copy_model(job, with_encoder=False, **{QUANTIZATION_KEY: ONNX_INT8 if quantized else ONNX_FP32})
+    config = copy_model(job, {QUANTIZATION_KEY: ONNX_INT8 if quantized else ONNX_FP32}, with_encoder=False)
     encoder_dir = job.out / config["encoder_dir"]
     rec.model.tokenizer.save_pretrained(encoder_dir)
     rec.encoder.config.save_pretrained(encoder_dir)
@@ -302,13 +339,13 @@ def teacher_targets(rec: Recommender, tokens: dict[str, torch.Tensor]) -> torch.
     tower = rec.model.item_tower
     with torch.no_grad():
         pooled = rec.model.encode_pooled(tokens, desc="teacher vectors")
-        return tower.projection(pooled)
+        return projection_of(tower)(pooled)
 
 
 def save_with_encoder(rec: Recommender, job: Job, **config_updates: Any) -> None:
     """A plain model directory (fp32 HF encoder) holding rec's encoder and a recomputed table."""
     table = recomputed_table(rec, job.data)
-    config = copy_model(job, with_encoder=False, **config_updates)
+    config = copy_model(job, config_updates, with_encoder=False)
     rec.encoder.save_pretrained(job.out / config["encoder_dir"])
     rec.model.tokenizer.save_pretrained(job.out / config["encoder_dir"])
     np.save(job.out / config["item_table_file"], table)
@@ -348,19 +385,24 @@ BUILDERS: dict[str, Builder] = {
 }
 NEEDS_ENCODER = {INT8, ONNX_FP32, ONNX_INT8, "pruned", "distilled"}
 
+
 def check_params(cfg: dict) -> None:
     unknown = [name for name in cfg["variants"] if name not in BUILDERS]
     if unknown:
         raise ParamsError(f"compress.variants names unknown variants {unknown}; choose from {sorted(BUILDERS)}")
     if cfg["max_ndcg_drop"] < 0:
-        raise ParamsError(f"compress.max_ndcg_drop={cfg['max_ndcg_drop']} is negative, so not even the fp32 "
-                          "reference would qualify; set it to 0 (no loss allowed) or more")
+        raise ParamsError(
+            f"compress.max_ndcg_drop={cfg['max_ndcg_drop']} is negative, so not even the fp32 "
+            "reference would qualify; set it to 0 (no loss allowed) or more"
+        )
     for key in ("latency_calls", "throughput_items", "timing_rounds", "student_layers", "distill_batch_size"):
         if cfg[key] < 1:
             raise ParamsError(f"compress.{key}={cfg[key]} must be at least 1")
     if not 0 < cfg["prune_amount"] < 1:
-        raise ParamsError(f"compress.prune_amount={cfg['prune_amount']} must be a share strictly between 0 and 1 "
-                          "(e.g. 0.5 zeroes half of every encoder weight matrix)")
+        raise ParamsError(
+            f"compress.prune_amount={cfg['prune_amount']} must be a share strictly between 0 and 1 "
+            "(e.g. 0.5 zeroes half of every encoder weight matrix)"
+        )
 
 
 def variant_names(cfg: dict, has_encoder: bool) -> list[str]:
@@ -369,7 +411,6 @@ def variant_names(cfg: dict, has_encoder: bool) -> list[str]:
     if skipped:
         log.warning("skipping %s: the model has no text encoder (train.use_text=false)", skipped)
     return [n for n in names if n not in skipped]
-
 
 
 def build_and_measure(params: dict, root: Path, out: Path) -> dict[str, dict]:
@@ -388,10 +429,13 @@ def build_and_measure(params: dict, root: Path, out: Path) -> dict[str, dict]:
         started = time.perf_counter()
         BUILDERS[name](Job(source=source, out=out / name, data=data, cfg=cfg, seed=int(params["seed"])))
         variants[name] = measure(Recommender.load(out / name), out / name, data, cfg)
-        log.info("compress: %s built and measured in %.0f s: %s", name, time.perf_counter() - started,
-                 json.dumps(variants[name]))
+        log.info(
+            "compress: %s built and measured in %.0f s: %s",
+            name,
+            time.perf_counter() - started,
+            json.dumps(variants[name]),
+        )
         gc.collect()  # one variant's encoder at a time in memory
     for m in variants.values():
         m["ndcg_drop_rel"] = relative_drop(variants[REFERENCE][NDCG], m[NDCG])
     return variants
-

@@ -1,4 +1,5 @@
 """Several training processes under torchrun: rank, process group, gradient averaging."""
+
 from __future__ import annotations
 
 import os
@@ -55,6 +56,5 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     flat /= world
     offset = 0
     for param, grad in zip(params, grads):
-        param.grad = flat[offset:offset + grad.numel()].view_as(grad)
+        param.grad = flat[offset : offset + grad.numel()].view_as(grad)
         offset += grad.numel()
-

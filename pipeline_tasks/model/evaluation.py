@@ -4,6 +4,7 @@ cold-start and long-tail targets, user attributes) with a fairness ratio, and bo
 Everything is computed from top-K index arrays aligned with an EvalTask's users (data/dataset.py),
 with the metric functions of core/metrics.py; the evaluate stage and the register gate share it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,7 @@ import pandas as pd
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import metrics as M
 from pipeline_tasks.core.errors import PipelineError
-from pipeline_tasks.data.dataset import EvalTask, SplitData, eval_task, ranked_from_frame, read_ranking
+from pipeline_tasks.data.dataset import EvalTask, SplitData, eval_task, rank_in_batches, ranked_from_frame, read_ranking
 from pipeline_tasks.model.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -26,20 +27,26 @@ FAIRNESS_METRIC = "ndcg@10"
 
 # --- Rankings -----------------------------------------------------------------------------
 
+
 def baseline_rankings(split: SplitData, task: EvalTask, params: dict, root: Path, k: int) -> dict[str, np.ndarray]:
     """The baselines' stored test top-K lists, as index arrays aligned with the task's users."""
     folder = Path(root) / C.DATA_BASELINES / "topk"
-    return {name: ranked_from_frame(split, task, read_ranking(folder / f"{name}.parquet"), k,
-                                    source=f"{folder / name}.parquet")
-            for name in params["baselines"]["models"]}
+    return {
+        name: ranked_from_frame(
+            split, task, read_ranking(folder / f"{name}.parquet"), k, source=f"{folder / name}.parquet"
+        )
+        for name in params["baselines"]["models"]
+    }
 
 
 def model_ranking(split: SplitData, task: EvalTask, model_dir: Path, k: int, batch_size: int) -> np.ndarray:
     """A trained Recommender's full ranking of every task user, seen items excluded."""
     model_dir = Path(model_dir)
     if not model_dir.exists():
-        raise PipelineError(f"no trained model at {model_dir}: run the train stage first "
-                            "(`python -m pipeline_tasks.train` or `dvc repro train`)")
+        raise PipelineError(
+            f"no trained model at {model_dir}: run the train stage first "
+            "(`python -m pipeline_tasks.train` or `dvc repro train`)"
+        )
     rec = Recommender.load(model_dir)
     columns = model_columns(rec.item_ids, split)
     position = {u: j for j, u in enumerate(task.users)}
@@ -49,18 +56,23 @@ def model_ranking(split: SplitData, task: EvalTask, model_dir: Path, k: int, bat
         scores = np.asarray(rec.scores([histories[position[u]] for u in users]), dtype=np.float32)
         return scores[:, columns]
 
+    return rank_in_batches(score_users, task, k, batch_size, desc=f"{model_dir.name} {task.target_split}")
+
 
 def model_columns(model_item_ids: list[str], split: SplitData) -> np.ndarray:
     """Column of each split item (in split order) in the model's score matrix."""
     where = {item: j for j, item in enumerate(model_item_ids)}
     missing = [item for item in split.item_ids if item not in where]
     if missing:
-        raise PipelineError(f"the trained model does not know {len(missing)} items of data/split/items "
-                            f"(e.g. {missing[:3]}): it was trained on another catalogue; re-run the train stage")
+        raise PipelineError(
+            f"the trained model does not know {len(missing)} items of data/split/items "
+            f"(e.g. {missing[:3]}): it was trained on another catalogue; re-run the train stage"
+        )
     return np.array([where[item] for item in split.item_ids], dtype=np.int64)
 
 
 # --- Slices ---------------------------------------------------------------------------------
+
 
 def history_groups(lengths: np.ndarray, bins: list[int]) -> pd.Categorical:
     """Label users by history length with half-open bins: '<20', '20-99', '>=100' for bins [20, 100]."""
@@ -112,19 +124,27 @@ def user_slices(split: SplitData, task: EvalTask, ctx: M.EvalContext, params: di
     return slices
 
 
-def slice_metrics(rankings: dict[str, np.ndarray], targets: np.ndarray, groups: pd.Categorical,
-                  ctx: M.EvalContext, min_group_users: int, with_fairness: bool) -> dict:
+def slice_metrics(
+    rankings: dict[str, np.ndarray],
+    targets: np.ndarray,
+    groups: pd.Categorical,
+    ctx: M.EvalContext,
+    min_group_users: int,
+    with_fairness: bool,
+) -> dict:
     """{users: {group: n}, metrics: {model: {group: {ndcg@10, recall@10}}}, [fairness: {model: ...}]}."""
     groups = pd.Categorical(groups)
     labels = [g for g in groups.categories if (groups == g).any()]
     groups = np.asarray(groups, dtype=object)
     result: dict = {"users": {g: int((groups == g).sum()) for g in labels}, "metrics": {}}
     for name, ranked in rankings.items():
-        result["metrics"][name] = {g: M.compute_all(ranked[groups == g], targets[groups == g], ctx, SLICE_METRICS)
-                                   for g in labels}
+        result["metrics"][name] = {
+            g: M.compute_all(ranked[groups == g], targets[groups == g], ctx, SLICE_METRICS) for g in labels
+        }
     if with_fairness:
-        result["fairness"] = {name: fairness(per_group, result["users"], min_group_users)
-                              for name, per_group in result["metrics"].items()}
+        result["fairness"] = {
+            name: fairness(per_group, result["users"], min_group_users) for name, per_group in result["metrics"].items()
+        }
     return result
 
 
@@ -133,12 +153,13 @@ def fairness(per_group: dict[str, dict], sizes: dict[str, int], min_group_users:
     eligible = {g: m[FAIRNESS_METRIC] for g, m in per_group.items() if sizes[g] >= min_group_users}
     if len(eligible) < 2:
         return {"ratio": None, "worst": None, "best": None, "groups_judged": len(eligible)}
-    worst, best = min(eligible, key=eligible.get), max(eligible, key=eligible.get)
+    worst, best = min(eligible, key=lambda g: eligible[g]), max(eligible, key=lambda g: eligible[g])
     ratio = eligible[worst] / eligible[best] if eligible[best] > 0 else None
     return {"ratio": ratio, "worst": worst, "best": best, "groups_judged": len(eligible)}
 
 
 # --- Intervals ------------------------------------------------------------------------------
+
 
 def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n_series) means of `values` (n_series, n_users) over users drawn with replacement.
@@ -155,8 +176,15 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     return np.concatenate(out) if out else np.zeros((0, n_series))
 
 
-def bootstrap_intervals(rankings: dict[str, np.ndarray], targets: np.ndarray, resamples: int, level: float,
-                        seed: int, model: str | None = None, reference: str | None = None) -> dict:
+def bootstrap_intervals(
+    rankings: dict[str, np.ndarray],
+    targets: np.ndarray,
+    resamples: int,
+    level: float,
+    seed: int,
+    model: str | None = None,
+    reference: str | None = None,
+) -> dict:
     """{model: {metric: {mean, low, high}}}, plus the model's paired difference to `reference`."""
     names = list(rankings)
     series = [(name, f"{m}@{k}", M.PER_USER[m](rankings[name], targets, k)) for name in names for m, k in CI_METRICS]
@@ -184,8 +212,10 @@ def bootstrap_intervals(rankings: dict[str, np.ndarray], targets: np.ndarray, re
 
 # --- The whole evaluation -------------------------------------------------------------------
 
-def evaluate_rankings(split: SplitData, rankings: dict[str, np.ndarray], params: dict,
-                      model: str | None = C.MODEL_NAME) -> dict:
+
+def evaluate_rankings(
+    split: SplitData, rankings: dict[str, np.ndarray], params: dict, model: str | None = C.MODEL_NAME
+) -> dict:
     """Metrics, slices and intervals of test rankings (index arrays aligned with eval_task(split, 'test'))."""
     cfg = params["evaluate"]
     task = eval_task(split, "test")
@@ -194,10 +224,26 @@ def evaluate_rankings(split: SplitData, rankings: dict[str, np.ndarray], params:
     models = {name: M.compute_all(ranked, task.targets, ctx, which) for name, ranked in rankings.items()}
     baselines = [name for name in rankings if name != model]
     best_baseline = max(baselines, key=lambda n: models[n]["ndcg@10"]) if baselines else None
-    slices = {name: slice_metrics(rankings, task.targets, groups, ctx, cfg["min_group_users"],
-                                  with_fairness=name.startswith("user."))
-              for name, groups in user_slices(split, task, ctx, params).items()}
-    intervals = bootstrap_intervals(rankings, task.targets, cfg["bootstrap_resamples"], cfg["ci_level"],
-                                    params["seed"], model=model, reference=best_baseline)
-    return {"models": models, "model": model, "best_baseline": best_baseline, "users": len(task),
-            "slices": slices, "intervals": intervals}
+    slices = {
+        name: slice_metrics(
+            rankings, task.targets, groups, ctx, cfg["min_group_users"], with_fairness=name.startswith("user.")
+        )
+        for name, groups in user_slices(split, task, ctx, params).items()
+    }
+    intervals = bootstrap_intervals(
+        rankings,
+        task.targets,
+        cfg["bootstrap_resamples"],
+        cfg["ci_level"],
+        params["seed"],
+        model=model,
+        reference=best_baseline,
+    )
+    return {
+        "models": models,
+        "model": model,
+        "best_baseline": best_baseline,
+        "users": len(task),
+        "slices": slices,
+        "intervals": intervals,
+    }

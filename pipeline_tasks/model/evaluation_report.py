@@ -1,4 +1,5 @@
 """The evaluate stage's reports: a Markdown summary and two plots (metrics with intervals, slices)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,15 +21,25 @@ def markdown_report(result: dict) -> str:
     """A human summary of the returned dict: headline table with CIs, then one table per slice."""
     models = result["models"]
     metric_names = list(next(iter(models.values())))
-    lines = [f"# Evaluation ({result['users']} test users)", "",
-             f"Trained model: **{result['model']}**; best baseline: **{result['best_baseline']}**.", "",
-             "| model | " + " | ".join(metric_names) + " |", "|---" * (len(metric_names) + 1) + "|"]
+    lines = [
+        f"# Evaluation ({result['users']} test users)",
+        "",
+        f"Trained model: **{result['model']}**; best baseline: **{result['best_baseline']}**.",
+        "",
+        "| model | " + " | ".join(metric_names) + " |",
+        "|---" * (len(metric_names) + 1) + "|",
+    ]
     for name, values in models.items():
         lines.append(f"| {name} | " + " | ".join(fmt(values[m]) for m in metric_names) + " |")
     intervals = result["intervals"]
     ci_names = [f"{m}@{k}" for m, k in CI_METRICS]
-    lines += ["", "## Bootstrap intervals", "", "| model | " + " | ".join(ci_names) + " |",
-              "|---" * (len(ci_names) + 1) + "|"]
+    lines += [
+        "",
+        "## Bootstrap intervals",
+        "",
+        "| model | " + " | ".join(ci_names) + " |",
+        "|---" * (len(ci_names) + 1) + "|",
+    ]
     for name in models:
         cells = [ci_cell(intervals[name][m]) for m in ci_names] if name in intervals else ["-"] * len(ci_names)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -38,10 +49,15 @@ def markdown_report(result: dict) -> str:
         lines.append(f"| {result['model']} - {delta['reference']} | " + " | ".join(cells) + " |")
     for slice_name, data in result["slices"].items():
         groups = list(data["users"])
-        lines += ["", f"## Slice: {slice_name} ({FAIRNESS_METRIC})", "",
-                  "| model | " + " | ".join(f"{g} (n={data['users'][g]})" for g in groups)
-                  + (" | worst/best |" if "fairness" in data else " |"),
-                  "|---" * (len(groups) + 1 + ("fairness" in data)) + "|"]
+        lines += [
+            "",
+            f"## Slice: {slice_name} ({FAIRNESS_METRIC})",
+            "",
+            "| model | "
+            + " | ".join(f"{g} (n={data['users'][g]})" for g in groups)
+            + (" | worst/best |" if "fairness" in data else " |"),
+            "|---" * (len(groups) + 1 + ("fairness" in data)) + "|",
+        ]
         for name, per_group in data["metrics"].items():
             row = f"| {name} | " + " | ".join(fmt(per_group[g][FAIRNESS_METRIC]) for g in groups)
             if "fairness" in data:
@@ -64,8 +80,12 @@ def plot_metrics(result: dict, path: Path) -> None:
         metric = f"{m}@{k}"
         heights = np.array([result["models"][n][metric] for n in names])
         ci = result["intervals"]
-        errors = np.array([[heights[i] - ci[n][metric]["low"], ci[n][metric]["high"] - heights[i]]
-                           if n in ci else [0.0, 0.0] for i, n in enumerate(names)]).T
+        errors = np.array(
+            [
+                [heights[i] - ci[n][metric]["low"], ci[n][metric]["high"] - heights[i]] if n in ci else [0.0, 0.0]
+                for i, n in enumerate(names)
+            ]
+        ).T
         ax.bar(np.arange(len(names)) + j * width, heights, width, yerr=np.maximum(errors, 0), capsize=3, label=metric)
     ax.set_xticks(np.arange(len(names)) + width * (len(CI_METRICS) - 1) / 2, names)
     ax.set_ylabel("test score")
@@ -93,9 +113,13 @@ def plot_slices(result: dict, path: Path) -> None:
             heights = [data["metrics"][name][g][FAIRNESS_METRIC] for g in groups]
             ax.bar(np.arange(len(groups)) + j * width, heights, width, label=name)
         crowded = len(groups) > 6  # e.g. occupations: tilt the labels so they stay legible
-        ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2,
-                      [f"{g} (n={data['users'][g]})" if crowded else f"{g}\n(n={data['users'][g]})" for g in groups],
-                      fontsize=7 if crowded else 8, rotation=35 if crowded else 0, ha="right" if crowded else "center")
+        ax.set_xticks(
+            np.arange(len(groups)) + width * (len(names) - 1) / 2,
+            [f"{g} (n={data['users'][g]})" if crowded else f"{g}\n(n={data['users'][g]})" for g in groups],
+            fontsize=7 if crowded else 8,
+            rotation=35 if crowded else 0,
+            ha="right" if crowded else "center",
+        )
         ax.set_title(f"{slice_name}: {FAIRNESS_METRIC}", fontsize=10)
     axes[0, 0].legend(fontsize=8, ncol=min(5, len(result["models"])))
     fig.tight_layout()

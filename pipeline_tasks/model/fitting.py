@@ -1,6 +1,7 @@
 """Entry points of training: `fit` (one training run, also a tune trial), `fit_final` (the train
 stage's model: select the epoch count on valid, then refit on train + valid), `refit` (shared with
 the SASRec-ID baseline) and `with_best_params` (the tune stage's result applied)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,15 @@ from pipeline_tasks.model.trainer import OnEpoch, Trainer, resolve_device
 log = logging.getLogger(__name__)
 
 
-def fit(params: dict, root: Path, on_epoch: OnEpoch | None = None, output_dir: Path | None = None,
-        checkpoint_dir: Path | None = None, train_splits: tuple[str, ...] = ("train",),
-        keep_checkpoint: bool = False) -> dict:
+def fit(
+    params: dict,
+    root: Path,
+    on_epoch: OnEpoch | None = None,
+    output_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    train_splits: tuple[str, ...] = ("train",),
+    keep_checkpoint: bool = False,
+) -> dict:
     """Train, validate each epoch, save the best epoch to output_dir (None: save nothing).
 
     on_epoch(epoch, valid_ndcg10) runs after each epoch; an exception from it (optuna.TrialPruned)
@@ -72,27 +79,40 @@ def fit_final(params: dict, root: Path, output_dir: Path, checkpoint_dir: Path |
     return refit_summary(selected, final)
 
 
-def refit(params: dict, root: Path, epochs: int, output_dir: Path, checkpoint_dir: Path | None = None,
-          name: str = C.MODEL_NAME) -> dict:
+def refit(
+    params: dict,
+    root: Path,
+    epochs: int,
+    output_dir: Path,
+    checkpoint_dir: Path | None = None,
+    name: str = C.MODEL_NAME,
+) -> dict:
     """Fit from scratch on train + valid for `epochs` (the count selected on valid), as an MLflow child
     run `<name> refit`: the final version of a model selected on validation."""
     params = copy.deepcopy(params)
     params["train"]["epochs"] = epochs
     log.info("%s: refit on train + valid for the selected %d epochs", name, epochs)
     with tracking.child_run(f"{name} refit"):
-        return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir,
-                   train_splits=("train", "valid"))
+        return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir, train_splits=("train", "valid"))
 
 
 def refit_summary(selected: dict, final: dict) -> dict:
     """The selection's validation figures, the refit's loss, time and throughput over both phases."""
     done = selected["sequences_done"] + final["sequences_done"]
     busy = selected["step_seconds"] + final["step_seconds"]
-    return {**selected, "final_loss": final["final_loss"], "refit_epochs": final["epochs"],
-            "selection_seconds": selected["seconds"], "refit_seconds": final["seconds"],
-            "seconds": selected["seconds"] + final["seconds"], "sequences_done": done, "step_seconds": busy,
-            "sequences_per_s": done / busy if busy else 0.0, "refit_n_sequences": final["n_sequences"],
-            "resumed_from_step": selected["resumed_from_step"] + final["resumed_from_step"]}
+    return {
+        **selected,
+        "final_loss": final["final_loss"],
+        "refit_epochs": final["epochs"],
+        "selection_seconds": selected["seconds"],
+        "refit_seconds": final["seconds"],
+        "seconds": selected["seconds"] + final["seconds"],
+        "sequences_done": done,
+        "step_seconds": busy,
+        "sequences_per_s": done / busy if busy else 0.0,
+        "refit_n_sequences": final["n_sequences"],
+        "resumed_from_step": selected["resumed_from_step"] + final["resumed_from_step"],
+    }
 
 
 def with_best_params(params: dict, root: Path) -> tuple[dict, dict]:
@@ -102,10 +122,9 @@ def with_best_params(params: dict, root: Path) -> tuple[dict, dict]:
         return params, {}
     best = io.read_json(path)
     if not isinstance(best, dict):
-        raise ParamsError(f"{path} must map dotted keys to values (e.g. {{\"train.lr\": 0.001}}): re-run the tune stage")
+        raise ParamsError(f'{path} must map dotted keys to values (e.g. {{"train.lr": 0.001}}): re-run the tune stage')
     tuned = copy.deepcopy(params)
     for dotted, value in best.items():
         P.set_dotted(tuned, dotted, value)
     log.info("applied tuned params from %s: %s", path, best)
     return tuned, best
-

@@ -1,5 +1,6 @@
 """Measuring compressed variants on equal terms: size, single-request latency, item-encoding
 throughput and validation NDCG@10 (full ranking, train items excluded), and the choice among them."""
+
 from __future__ import annotations
 
 import logging
@@ -44,12 +45,16 @@ def load_eval_data(root: Path, model_item_ids: list[str]) -> EvalData:
     missing = [item for item in split.item_ids if item not in where]
     unknown = [item for item in model_item_ids if item not in text_of]
     if missing or unknown:
-        raise PipelineError(f"models/model and data/split/items disagree ({len(missing)} split items unknown to the "
-                            f"model, {len(unknown)} model items not in the split): re-run the train stage")
-    return EvalData(task=task, histories=[[split.item_ids[i] for i in seen] for seen in task.seen],
-                    columns=np.array([where[item] for item in split.item_ids], dtype=np.int64),
-                    texts=[text_of[item] for item in model_item_ids])
-
+        raise PipelineError(
+            f"models/model and data/split/items disagree ({len(missing)} split items unknown to the "
+            f"model, {len(unknown)} model items not in the split): re-run the train stage"
+        )
+    return EvalData(
+        task=task,
+        histories=[[split.item_ids[i] for i in seen] for seen in task.seen],
+        columns=np.array([where[item] for item in split.item_ids], dtype=np.int64),
+        texts=[text_of[item] for item in model_item_ids],
+    )
 
 
 def latency_ms(rec: Recommender, histories: list[list[str]], calls: int, warmup: int) -> tuple[float, float]:
@@ -71,7 +76,7 @@ def encode_items_per_s(rec: Recommender, texts: list[str], n_items: int, rounds:
     """
     n = min(n_items, len(texts))
     idx = list(range(n))
-    rec.encode_items(texts[:min(8, n)], item_idx=idx[:min(8, n)])  # warm-up: allocations, lazy init
+    rec.encode_items(texts[: min(8, n)], item_idx=idx[: min(8, n)])  # warm-up: allocations, lazy init
     speeds = []
     for _ in range(rounds):
         started = time.perf_counter()
@@ -115,7 +120,6 @@ def choose(variants: dict[str, dict], max_drop: float) -> str:
     return min(allowed, key=lambda name: (variants[name]["size_mb"], variants[name]["latency_p50_ms"]))
 
 
-
 def report(variants: dict[str, dict], chosen: str, path: Path) -> None:
     """The trade-off table as Markdown, for people and the MLflow run."""
     keys = ["size_mb", "latency_p50_ms", "latency_p99_ms", "encode_items_per_s", NDCG, "ndcg_drop_rel"]
@@ -127,8 +131,7 @@ def report(variants: dict[str, dict], chosen: str, path: Path) -> None:
     path.write_text("# Compression trade-offs (validation split)\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
-def check_stored_table(reference: Recommender, data: EvalData, sample: int = 64,
-                       tolerance: float = 1e-3) -> float:
+def check_stored_table(reference: Recommender, data: EvalData, sample: int = 64, tolerance: float = 1e-3) -> float:
     """Warn when models/model's item table is not what its own item tower computes.
 
     Variants that re-encode the catalogue are compared with the stored table; a gap between
@@ -139,8 +142,11 @@ def check_stored_table(reference: Recommender, data: EvalData, sample: int = 64,
     recomputed = reference.encode_items(data.texts[:n], item_idx=list(range(n)))
     gap = float(np.abs(recomputed - reference.item_table[:n]).max())
     if gap > tolerance:
-        log.warning("compress: models/model/item_table.npy differs from what its saved encoder computes "
-                    "(max |difference| %.3g over %d items): every re-encoded variant's NDCG drop includes this "
-                    "gap; the train stage should save the table its saved weights produce", gap, n)
+        log.warning(
+            "compress: models/model/item_table.npy differs from what its saved encoder computes "
+            "(max |difference| %.3g over %d items): every re-encoded variant's NDCG drop includes this "
+            "gap; the train stage should save the table its saved weights produce",
+            gap,
+            n,
+        )
     return gap
-

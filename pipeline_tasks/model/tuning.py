@@ -1,6 +1,7 @@
 """Hyperparameter search with Optuna: the search space from `tune.search_space`, the study's
 storage, pruner and sampler, the objective (one `fit` per trial, pruned on validation NDCG@10
 after each epoch) and the study's summary and plots. The tune stage runs it."""
+
 from __future__ import annotations
 
 import copy
@@ -30,6 +31,7 @@ SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "condition"}
 
 # --- the search space -------------------------------------------------------------------
 
+
 def suggest_params(trial: optuna.trial.BaseTrial, space: dict[str, dict], base: dict) -> dict[str, Any]:
     """Map `tune.search_space` onto `trial.suggest_*`; returns {dotted name: value}.
 
@@ -48,11 +50,13 @@ def suggest_params(trial: optuna.trial.BaseTrial, space: dict[str, dict], base: 
             continue
         kind = spec["type"]
         if kind == "float":
-            chosen[name] = trial.suggest_float(name, spec["low"], spec["high"],
-                                               log=spec.get("log", False), step=spec.get("step"))
+            chosen[name] = trial.suggest_float(
+                name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step")
+            )
         elif kind == "int":
-            chosen[name] = trial.suggest_int(name, spec["low"], spec["high"],
-                                             log=spec.get("log", False), step=spec.get("step", 1))
+            chosen[name] = trial.suggest_int(
+                name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1)
+            )
         else:
             chosen[name] = trial.suggest_categorical(name, spec["choices"])
     return chosen
@@ -87,8 +91,10 @@ def check_space(params: dict) -> dict[str, dict]:
     """Every searched key must be a real parameter, and every entry well formed."""
     space = params["tune"]["search_space"]
     if not space:
-        raise ParamsError("tune.search_space is empty: add at least one entry, e.g. "
-                          "'train.lr: {type: float, low: 0.0005, high: 0.005, log: true}'")
+        raise ParamsError(
+            "tune.search_space is empty: add at least one entry, e.g. "
+            "'train.lr: {type: float, low: 0.0005, high: 0.005, log: true}'"
+        )
     for name, spec in space.items():
         P.get_dotted(params, name)  # raises ParamsError naming an unknown key
         check_spec(name, spec)
@@ -109,14 +115,17 @@ def trial_params(params: dict, suggested: dict[str, Any], number: int) -> dict:
 
 # --- the study ----------------------------------------------------------------------------
 
+
 def storage_url(params: dict, root: Path) -> str:
     """tune.storage, or SQLite under optuna/; refuses to share the MLflow database."""
     url = params["tune"]["storage"] or f"sqlite:///{(root / C.OPTUNA_DIR / 'study.db').resolve()}"
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     if url == tracking.tracking_uri(params, root):
-        raise ParamsError(f"tune.storage {url} is the MLflow tracking database: both keep an alembic_version "
-                          "table and break each other; set tune.storage to another URL or leave it empty")
+        raise ParamsError(
+            f"tune.storage {url} is the MLflow tracking database: both keep an alembic_version "
+            "table and break each other; set tune.storage to another URL or leave it empty"
+        )
     return url
 
 
@@ -125,8 +134,9 @@ def make_pruner(params: dict) -> optuna.pruners.BasePruner:
     kind = tune["pruner"]
     if kind == "median":
         # Epochs are reported 1-based: warm-up epochs 1..w are never pruned.
-        return optuna.pruners.MedianPruner(n_startup_trials=tune["pruner_startup_trials"],
-                                           n_warmup_steps=tune["pruner_warmup_epochs"] + 1)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=tune["pruner_startup_trials"], n_warmup_steps=tune["pruner_warmup_epochs"] + 1
+        )
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tune["epochs"])
     if kind == "none":
@@ -141,8 +151,14 @@ def open_study(params: dict, root: Path) -> optuna.Study:
     name = params["tune"]["study_name"]
     existing = existing_trials(storage, name)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed(params, url, existing))
-    return optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                               pruner=make_pruner(params), load_if_exists=True)
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=make_pruner(params),
+        load_if_exists=True,
+    )
 
 
 def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -158,9 +174,11 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
             return optuna.storages.RDBStorage(url)
         except sqlalchemy.exc.DBAPIError as err:
             if attempt == attempts:
-                raise PipelineError(f"cannot open the Optuna storage {redact(url)} ({type(err.orig).__name__}: "
-                                    f"{str(err.orig).strip()[:200]}); check tune.storage and that the database "
-                                    "server is running") from err
+                raise PipelineError(
+                    f"cannot open the Optuna storage {redact(url)} ({type(err.orig).__name__}: "
+                    f"{str(err.orig).strip()[:200]}); check tune.storage and that the database "
+                    "server is running"
+                ) from err
             log.info("tune: storage not ready (%s), retry %d/%d", type(err.orig).__name__, attempt, attempts - 1)
             time.sleep(0.5 * attempt)
     raise AssertionError("unreachable")
@@ -203,10 +221,12 @@ def epoch_reporter(trial: optuna.Trial) -> Callable[[int, float], None]:
 
     (fit itself logs the per-epoch curve into the active MLflow run: the trial's child run.)
     """
+
     def on_epoch(epoch: int, value: float) -> None:
         trial.report(value, step=epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch} ({OBJECTIVE}={value:.4f})")
+
     return on_epoch
 
 
@@ -217,8 +237,7 @@ def make_objective(params: dict, root: Path, space: dict[str, dict]) -> Callable
         with tracking.child_run(f"trial-{trial.number}", tags={"optuna.trial": str(trial.number)}):
             tracking.log_params(suggested)
             try:
-                result = fit(trial_params(params, suggested, trial.number), root,
-                                   on_epoch=epoch_reporter(trial))
+                result = fit(trial_params(params, suggested, trial.number), root, on_epoch=epoch_reporter(trial))
             except optuna.TrialPruned:
                 set_tag("optuna.state", "PRUNED")
                 pruned = True
@@ -243,13 +262,16 @@ def set_tag(key: str, value: str) -> None:
 
 # --- results ---------------------------------------------------------------------------------
 
+
 def summarise(study: optuna.Study) -> dict[str, Any]:
     states = [t.state for t in study.trials]
     complete = states.count(optuna.trial.TrialState.COMPLETE)
     if not complete:
-        raise PipelineError(f"study '{study.study_name}' has no complete trial ({len(states)} trials, "
-                            f"{states.count(optuna.trial.TrialState.PRUNED)} pruned): raise tune.n_trials or "
-                            "tune.timeout_s, or use tune.pruner=none")
+        raise PipelineError(
+            f"study '{study.study_name}' has no complete trial ({len(states)} trials, "
+            f"{states.count(optuna.trial.TrialState.PRUNED)} pruned): raise tune.n_trials or "
+            "tune.timeout_s, or use tune.pruner=none"
+        )
     return {
         "n_trials": len(states),
         "n_complete": complete,
@@ -269,8 +291,10 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = {"optimization_history": ovm.plot_optimization_history,
-             "parallel_coordinate": ovm.plot_parallel_coordinate}
+    plots: dict[str, Callable[[optuna.Study], Any]] = {
+        "optimization_history": ovm.plot_optimization_history,
+        "parallel_coordinate": ovm.plot_parallel_coordinate,
+    }
     if len(complete) >= 2:  # importances need a spread of finished trials
         plots["param_importances"] = ovm.plot_param_importances
     written = []

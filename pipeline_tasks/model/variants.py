@@ -10,6 +10,7 @@ The torch.ao quantiser is deprecated in torch 2.13 in favour of torchao (GPU-ori
 dependency here); onnxruntime's dynamic quantisation is the supported CPU route, and the one
 that also quantises the word-embedding matrix (most of MiniLM's weights).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from pipeline_tasks.core.errors import PipelineError
-from pipeline_tasks.model.towers import TextSeqRec, load_encoder
+from pipeline_tasks.model.towers import Encoder, TextSeqRec, load_encoder
 
 REFERENCE = "fp32"
 QUANTIZATION_KEY = "encoder_quantization"
@@ -41,6 +42,7 @@ TABLE_SCALE_FILE = "item_table_scale.npy"
 
 # --- torch int8 -------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def quiet_quantization() -> Iterator[None]:
     """Silence torch.ao's deprecation notices (quantize_dynamic, qint8 tensors, TypedStorage on load).
@@ -54,19 +56,20 @@ def quiet_quantization() -> Iterator[None]:
         yield
 
 
-def quantize_int8(encoder: nn.Module) -> nn.Module:
+def quantize_int8(encoder: nn.Module) -> Encoder:
     """A dynamically int8-quantised copy of the encoder (Linear layers only; embeddings stay fp32)."""
     with quiet_quantization():
         return torch.ao.quantization.quantize_dynamic(encoder.cpu().eval(), {nn.Linear}, dtype=torch.qint8)
 
-def encoder_skeleton(encoder_dir: Path) -> nn.Module:
+
+def encoder_skeleton(encoder_dir: Path) -> Encoder:
     """The HF encoder's architecture from its config, with untrained weights."""
     from transformers import AutoConfig, AutoModel
 
     return AutoModel.from_config(AutoConfig.from_pretrained(str(encoder_dir), local_files_only=True))
 
 
-def load_int8_encoder(encoder_dir: Path, skeleton: nn.Module | None = None) -> nn.Module:
+def load_int8_encoder(encoder_dir: Path, skeleton: Encoder | None = None) -> Encoder:
     """Rebuild the quantised encoder: skeleton from the HF config, quantised, saved state loaded."""
     encoder = quantize_int8(skeleton if skeleton is not None else encoder_skeleton(encoder_dir))
     with quiet_quantization():
@@ -74,7 +77,9 @@ def load_int8_encoder(encoder_dir: Path, skeleton: nn.Module | None = None) -> n
     encoder.load_state_dict(state)
     return encoder.eval()
 
+
 # --- ONNX ---------------------------------------------------------------------------------------
+
 
 class OnnxEncoder(nn.Module):
     """An onnxruntime session behind the HF encoder interface the item tower calls.
@@ -95,12 +100,16 @@ class OnnxEncoder(nn.Module):
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
-        feeds = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
-                 "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
+        feeds = {
+            "input_ids": input_ids.cpu().numpy().astype(np.int64),
+            "attention_mask": attention_mask.cpu().numpy().astype(np.int64),
+        }
         (hidden,) = self.session.run(None, feeds)
         return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
 
+
 # --- loading ------------------------------------------------------------------------------------
+
 
 def check_loadable(model_dir: Path, config: dict, device: str) -> None:
     """A clear error for a format this version cannot read, or a CPU-only encoder asked onto a GPU."""
@@ -108,14 +117,18 @@ def check_loadable(model_dir: Path, config: dict, device: str) -> None:
     if encoder_format is None:
         return
     if encoder_format not in ENCODER_FORMATS:
-        raise PipelineError(f"{model_dir} has {QUANTIZATION_KEY}={encoder_format!r}, which this version cannot "
-                            f"load (known: {', '.join(ENCODER_FORMATS)}); re-run the compress stage")
+        raise PipelineError(
+            f"{model_dir} has {QUANTIZATION_KEY}={encoder_format!r}, which this version cannot "
+            f"load (known: {', '.join(ENCODER_FORMATS)}); re-run the compress stage"
+        )
     if encoder_format != REFERENCE and device != "cpu":
-        raise PipelineError(f"{model_dir} holds a {encoder_format} encoder, which runs on the CPU only "
-                            f"(asked for {device!r}); load it with device='cpu' or use the fp32 variant")
+        raise PipelineError(
+            f"{model_dir} holds a {encoder_format} encoder, which runs on the CPU only "
+            f"(asked for {device!r}); load it with device='cpu' or use the fp32 variant"
+        )
 
 
-def text_encoder(model_dir: Path, config: dict) -> tuple[nn.Module | None, Any]:
+def text_encoder(model_dir: Path, config: dict) -> tuple[Encoder | None, Any]:
     """The encoder to build the towers with, and its tokenizer ((None, None) for an ID-only model).
 
     An int8 encoder comes back as its float skeleton: `finish_encoder` swaps the quantised one in

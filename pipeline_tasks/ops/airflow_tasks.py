@@ -1,8 +1,10 @@
 """Shared wiring of the recpipe DAGs (dags/): the stage tasks, their order, the registry actions.
 
-Imported only by the DAG files (it needs Airflow). Only wiring lives here: every task body imports `pipeline_tasks` and calls the same
-functions `recpipe run` uses, so a run from the scheduler and one from a shell are the same.
+Imported only by the DAG files (it needs Airflow). Only wiring lives here: every task body imports
+`pipeline_tasks` and calls the same functions `recpipe run` uses, so a run from the scheduler and one
+from a shell are the same.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,10 +60,15 @@ def alert_on_failure(context) -> None:
     root = Path((context.get("params") or {}).get("project_dir", DEFAULT_PROJECT_DIR))
     if alerts.recorded(root, "run_failed", getattr(dag_run, "run_id", None)):
         return
-    alerts.record("run_failed", f"recpipe DAG run {getattr(dag_run, 'run_id', '?')} failed"
-                                f"{f' at {ti.task_id}' if ti else ''}: see that task's log "
-                                f"(validation failures: Data Docs in {root}/reports/gx/)", root,
-                  dag_id=getattr(dag_run, "dag_id", None), run_id=getattr(dag_run, "run_id", None))
+    alerts.record(
+        "run_failed",
+        f"recpipe DAG run {getattr(dag_run, 'run_id', '?')} failed"
+        f"{f' at {ti.task_id}' if ti else ''}: see that task's log "
+        f"(validation failures: Data Docs in {root}/reports/gx/)",
+        root,
+        dag_id=getattr(dag_run, "dag_id", None),
+        run_id=getattr(dag_run, "run_id", None),
+    )
 
 
 @task
@@ -107,8 +114,12 @@ def start_pipeline_run(**context) -> str:
 
     root = project_dir(context)
     ti = context["ti"]
-    return start_parent_run(load_project_params(root), root, run_name=f"airflow {ti.run_id}",
-                            tags={"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id})
+    return start_parent_run(
+        load_project_params(root),
+        root,
+        run_name=f"airflow {ti.run_id}",
+        tags={"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id},
+    )
 
 
 def skipped_stage(stage: str, root: Path, form: dict) -> str | None:
@@ -148,6 +159,7 @@ def run_stage(stage: str, parent_run_id: str, **context) -> str:
 def publish_run(parent_run_id: str, **context) -> dict:
     """Version the finished run: `dvc push`, and its dvc.lock on the runs branch and in MLflow."""
     from mlflow import MlflowClient
+
     from pipeline_tasks.core import io, tracking
     from pipeline_tasks.ops.pipeline import load_project_params
     from pipeline_tasks.ops.run_versions import data_versions, dvc_push, keep_lock_on_branch
@@ -158,9 +170,11 @@ def publish_run(parent_run_id: str, **context) -> dict:
     result: dict = {"pushed": dvc_push(root) if cfg["dvc_push"] else "off (airflow.dvc_push: false)"}
     register = io.read_json(root / "metrics/register.json") if (root / "metrics/register.json").exists() else {}
     ti = context["ti"]
-    message = (f"recpipe run {ti.dag_id}/{ti.run_id}: {register.get('model_name', '?')} "
-               f"v{register.get('version', '?')} aliases {register.get('aliases', [])}\n\n"
-               + "\n".join(f"{path}: {md5}" for path, md5 in sorted(data_versions(root).items())))
+    message = (
+        f"recpipe run {ti.dag_id}/{ti.run_id}: {register.get('model_name', '?')} "
+        f"v{register.get('version', '?')} aliases {register.get('aliases', [])}\n\n"
+        + "\n".join(f"{path}: {md5}" for path, md5 in sorted(data_versions(root).items()))
+    )
     result["runs_commit"] = keep_lock_on_branch(root, cfg["runs_branch"], message) if cfg["runs_branch"] else None
     tracking.setup(params, root)
     client = MlflowClient()
@@ -193,20 +207,36 @@ def finish_pipeline_run(parent_run_id: str, **context) -> str:
     end_parent_run(params, root, parent_run_id, ok=not not_done and published)
     if not_done:
         stage, ti = not_done[0], context["ti"]
-        message = (f"pipeline stopped at {stage}; not run: {', '.join(not_done[1:]) or '-'}. No registry alias "
-                   f"moved in this run. See the {stage} task's log"
-                   + (f"; Data Docs in {root}/reports/gx/" if stage in VALIDATION_STAGES else "")
-                   + ". Fix the cause and clear that task: the stages before it will not recompute.")
-        alerts.record("run_failed", f"recpipe DAG run {ti.run_id} failed: {message}", root,
-                      dag_id=ti.dag_id, run_id=ti.run_id, stage=stage)
+        message = (
+            f"pipeline stopped at {stage}; not run: {', '.join(not_done[1:]) or '-'}. No registry alias "
+            f"moved in this run. See the {stage} task's log"
+            + (f"; Data Docs in {root}/reports/gx/" if stage in VALIDATION_STAGES else "")
+            + ". Fix the cause and clear that task: the stages before it will not recompute."
+        )
+        alerts.record(
+            "run_failed",
+            f"recpipe DAG run {ti.run_id} failed: {message}",
+            root,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            stage=stage,
+        )
         raise AirflowFailException(message)
     if not published:
-        raise AirflowFailException("the model was registered but versioning the run (dvc push, runs branch) failed: "
-                                   "see the publish_run log, fix the cause and clear that task")
+        raise AirflowFailException(
+            "the model was registered but versioning the run (dvc push, runs branch) failed: "
+            "see the publish_run log, fix the cause and clear that task"
+        )
     found = alerts.not_promoted(root)
     if found and wrote_this_run(root / "metrics/register.json", context):
-        alerts.record("not_promoted", f"trained but not promoted: {found['reason']}", root,
-                      dag_id=context["ti"].dag_id, run_id=context["ti"].run_id, **found)
+        alerts.record(
+            "not_promoted",
+            f"trained but not promoted: {found['reason']}",
+            root,
+            dag_id=context["ti"].dag_id,
+            run_id=context["ti"].run_id,
+            **found,
+        )
     share = context["params"].get("ab_share")
     if share is not None:
         print(f"A/B config: {apply_registry_action(root, 'set_ab_share', share=share, who=who(context))}")
@@ -233,8 +263,15 @@ def pipeline(first=None) -> None:
 
 # --- recpipe_promote -------------------------------------------------------------------------
 
-def apply_registry_action(root: Path, action: str, version: str | int | None = None, reason: str | None = None,
-                          share: float | None = None, who: str | None = None) -> dict:
+
+def apply_registry_action(
+    root: Path,
+    action: str,
+    version: str | int | None = None,
+    reason: str | None = None,
+    share: float | None = None,
+    who: str | None = None,
+) -> dict:
     """One audited registry move (pipeline_tasks.serving.registry does the move and the audit)."""
     from pipeline_tasks.ops.pipeline import load_project_params
     from pipeline_tasks.serving import registry
@@ -244,8 +281,9 @@ def apply_registry_action(root: Path, action: str, version: str | int | None = N
     reason = (reason or "").strip() or None
     if action == "promote":
         if version in (None, ""):
-            raise registry.RegistryError("promote needs a version: fill in 'Model version' (see `recpipe history` "
-                                         "or the MLflow UI)")
+            raise registry.RegistryError(
+                "promote needs a version: fill in 'Model version' (see `recpipe history` or the MLflow UI)"
+            )
         return registry.promote(client, name, str(version), reason=reason, who=who)
     if action == "rollback":
         return registry.rollback(client, name, reason=reason, who=who)
@@ -253,8 +291,14 @@ def apply_registry_action(root: Path, action: str, version: str | int | None = N
         if share is None:
             raise registry.RegistryError("set_ab_share needs 'A/B share' (the challenger's share of users, 0..1)")
         stored = registry.ab_config(client, name).get("guardrails")
-        return registry.set_ab_config(client, name, float(share), who=who, reason=reason,
-                                      guardrails=None if stored else params["register"]["ab_guardrails"])
+        return registry.set_ab_config(
+            client,
+            name,
+            float(share),
+            who=who,
+            reason=reason,
+            guardrails=None if stored else params["register"]["ab_guardrails"],
+        )
     raise registry.RegistryError(f"unknown action {action!r}; choose one of {', '.join(REGISTRY_ACTIONS)}")
 
 
@@ -267,8 +311,14 @@ def registry_action(**context) -> dict:
 
     form, root = context["params"], project_dir(context)
     try:
-        event = apply_registry_action(root, form["action"], version=form.get("version"), reason=form.get("reason"),
-                                      share=form.get("share"), who=who(context))
+        event = apply_registry_action(
+            root,
+            form["action"],
+            version=form.get("version"),
+            reason=form.get("reason"),
+            share=form.get("share"),
+            who=who(context),
+        )
     except RecpipeError as err:  # refused (e.g. a forced promotion without a reason): a person must act
         raise fail_without_retry(err) from err
     params = load_project_params(root)

@@ -4,6 +4,7 @@ Every alert is appended to reports/alerts.jsonl and logged. When an Airflow conn
 named `recpipe_alerts` exists (an HTTP connection: host = the webhook URL), the alert is
 also POSTed there as JSON. A webhook that fails never fails the pipeline.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ WEBHOOK_CONNECTION = "recpipe_alerts"
 
 def record(kind: str, message: str, root: Path, **details) -> dict:
     """Append one alert to reports/alerts.jsonl, log it, and send it to the webhook if configured."""
-    alert = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "kind": kind,
-             "message": message, **details}
+    alert = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "kind": kind, "message": message, **details}
     path = Path(root) / C.REPORTS_DIR / "alerts.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
@@ -58,8 +58,9 @@ def send_webhook(alert: dict) -> None:
     url = webhook_url()
     if not url:
         return
-    request = urllib.request.Request(url, data=json.dumps(alert, default=str).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        url, data=json.dumps(alert, default=str).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
     try:
         urllib.request.urlopen(request, timeout=10).close()
     except OSError as err:
@@ -83,13 +84,21 @@ def not_promoted(root: Path) -> dict | None:
     if failed:
         reason = "gate FAILED: " + "; ".join(f"{name}: {detail}" for name, detail in failed.items())
     elif decision.get("passed"):
-        reason = ("passed the gate but register.auto_promote is false: promote it with the recpipe_promote DAG "
-                  f"or `recpipe promote {register.get('version')}`")
+        reason = (
+            "passed the gate but register.auto_promote is false: promote it with the recpipe_promote DAG "
+            f"or `recpipe promote {register.get('version')}`"
+        )
     else:
         reason = decision.get("summary") or "the gate did not promote it"
-    return {"reason": reason, "model_name": register.get("model_name"), "version": register.get("version"),
-            "failed_checks": failed, "challenger_ndcg": decision.get("challenger_ndcg"),
-            "champion_ndcg": decision.get("champion_ndcg"), "champion_version": decision.get("champion_version")}
+    return {
+        "reason": reason,
+        "model_name": register.get("model_name"),
+        "version": register.get("version"),
+        "failed_checks": failed,
+        "challenger_ndcg": decision.get("challenger_ndcg"),
+        "champion_ndcg": decision.get("champion_ndcg"),
+        "champion_version": decision.get("champion_version"),
+    }
 
 
 def not_promoted_reason(root: Path) -> str | None:

@@ -13,6 +13,7 @@
 
 Stages themselves run as `python -m pipeline_tasks.<stage>` (see dvc.yaml).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     _, client, name = registry_client(args)
     event = registry.promote(client, name, args.version, reason=args.reason, who=args.actor)
-    print(f"{name}: champion v{event['from_version'] or '-'} -> v{event['to_version']} "
-          f"({'FORCED: ' if event['forced'] else ''}{event['reason']}) by {event['actor']}")
+    print(
+        f"{name}: champion v{event['from_version'] or '-'} -> v{event['to_version']} "
+        f"({'FORCED: ' if event['forced'] else ''}{event['reason']}) by {event['actor']}"
+    )
     return 0
 
 
@@ -97,8 +100,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
     guardrails = args.guardrail if args.guardrail else None
     if guardrails is None and not registry.ab_config(client, name).get("guardrails"):
         guardrails = params["register"]["ab_guardrails"]
-    config = registry.set_ab_config(client, name, args.share, salt=args.salt, guardrails=guardrails,
-                                    who=args.actor, reason=args.reason)
+    config = registry.set_ab_config(
+        client, name, args.share, salt=args.salt, guardrails=guardrails, who=args.actor, reason=args.reason
+    )
     print(f"{name}: A/B config stored in the registry: {config}")
     return 0
 
@@ -128,8 +132,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     print(lineage.format_lineage(lineage.version_lineage(client, name, args.version)))
     if args.restore_lock:
         path = lineage.restore_lock(client, name, args.version, args.restore_lock)
-        print(f"dvc.lock of this version written to {path}: copy it over the project's dvc.lock "
-              "(at the git commit above) and run `dvc checkout` to restore its data and model")
+        print(
+            f"dvc.lock of this version written to {path}: copy it over the project's dvc.lock "
+            "(at the git commit above) and run `dvc checkout` to restore its data and model"
+        )
     return 0
 
 
@@ -149,8 +155,13 @@ def add_registry_commands(sub) -> None:
     history.set_defaults(func=cmd_history)
     lineage = sub.add_parser("lineage", help="data (DVC md5s), params, git commit and Airflow run of a version")
     lineage.add_argument("version", help="a version number or an alias (champion, challenger)")
-    lineage.add_argument("--restore-lock", type=Path, default=None, metavar="FILE",
-                         help="write the version's dvc.lock to FILE (then `dvc checkout` restores its data)")
+    lineage.add_argument(
+        "--restore-lock",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the version's dvc.lock to FILE (then `dvc checkout` restores its data)",
+    )
     lineage.set_defaults(func=cmd_lineage)
     ab = with_actor(sub.add_parser("ab", help="set the A/B split (stored in the registry)"))
     ab.add_argument("--share", type=float, required=True, help="challenger's share of users, 0..1")
@@ -165,14 +176,26 @@ def add_registry_commands(sub) -> None:
     report = sub.add_parser("ab-report", help="CTR per variant from the exposure and feedback logs")
     report.set_defaults(func=cmd_ab_report)
     for parser in (promote, rollback, history, lineage, ab, serve, report):
-        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                            help="override one parameter (repeatable)")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one parameter (repeatable)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=lambda s: Path(s).resolve(), default=Path(".").resolve(),
-                        help="project root (default: the current directory)")
+    parser = argparse.ArgumentParser(
+        prog="recpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root",
+        type=lambda s: Path(s).resolve(),
+        default=Path(".").resolve(),
+        help="project root (default: the current directory)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the whole pipeline (dvc repro) and print the summary").set_defaults(func=cmd_run)
     sub.add_parser("summary", help="print the last run's summary").set_defaults(func=cmd_summary)

@@ -3,6 +3,7 @@
 `recpipe run` and the Airflow DAG both use these functions, so a run from a shell and a
 run from the scheduler are recorded the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,18 +37,21 @@ def stage_env(root: Path, parent_run_id: str | None = None, extra: dict[str, str
     return env
 
 
-def dvc(root: Path, *args: str, env: dict[str, str] | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+def dvc(
+    root: Path, *args: str, env: dict[str, str] | None = None, capture: bool = False
+) -> subprocess.CompletedProcess:
     cmd = [str(Path(sys.executable).parent / "dvc"), *args]
-    return subprocess.run(cmd, cwd=root, env=env or stage_env(root), text=True,
-                          capture_output=capture, check=False)
+    return subprocess.run(cmd, cwd=root, env=env or stage_env(root), text=True, capture_output=capture, check=False)
 
 
 def stale_stages(root: Path) -> list[str]:
     """Stages whose inputs changed since the last run (empty: nothing to do)."""
     result = dvc(root, "status", "--json", capture=True)
     if result.returncode != 0:
-        raise PipelineError(f"`dvc status` failed in {root}:\n{result.stderr.strip()}\n"
-                            "Is this a git + DVC checkout? (`git init && dvc init` once, see README)")
+        raise PipelineError(
+            f"`dvc status` failed in {root}:\n{result.stderr.strip()}\n"
+            "Is this a git + DVC checkout? (`git init && dvc init` once, see README)"
+        )
     status = json.loads(result.stdout or "{}")
     return [name.split(":")[-1] for name in status]
 
@@ -57,8 +61,7 @@ def start_parent_run(params: dict, root: Path, run_name: str = "pipeline", tags:
 
     experiment_id = tracking.setup(params, root)
     # Created, not started: it stays RUNNING while the stage processes nest under it.
-    run = MlflowClient().create_run(experiment_id, run_name=run_name,
-                                    tags={"recpipe.kind": "pipeline", **(tags or {})})
+    run = MlflowClient().create_run(experiment_id, run_name=run_name, tags={"recpipe.kind": "pipeline", **(tags or {})})
     return run.info.run_id
 
 
@@ -74,15 +77,21 @@ def end_parent_run(params: dict, root: Path, run_id: str, ok: bool) -> None:
     client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
 
-def repro(root: Path, params: dict, stage: str | None = None, parent_run_id: str | None = None,
-          extra_env: dict[str, str] | None = None) -> int:
+def repro(
+    root: Path,
+    params: dict,
+    stage: str | None = None,
+    parent_run_id: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> int:
     """`dvc repro` (the whole pipeline, or one stage) with stage runs nested under the parent."""
     args = ["repro"] + (["--single-item", stage] if stage else [])
     return dvc(root, *args, env=stage_env(root, parent_run_id, extra_env)).returncode
 
 
-def repro_stage(root: Path, stage: str, parent_run_id: str | None = None,
-                extra_env: dict[str, str] | None = None) -> tuple[int, int | None]:
+def repro_stage(
+    root: Path, stage: str, parent_run_id: str | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[int, int | None]:
     """`dvc repro --single-item stage`, its output streamed to ours (the Airflow task log).
 
     Returns DVC's exit code and, when the stage's command failed, that command's own exit code
@@ -93,8 +102,15 @@ def repro_stage(root: Path, stage: str, parent_run_id: str | None = None,
     import re
 
     cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage]
-    proc = subprocess.Popen(cmd, cwd=root, env=stage_env(root, parent_run_id, extra_env), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=stage_env(root, parent_run_id, extra_env),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        bufsize=1,
+    )
     tail: collections.deque[str] = collections.deque(maxlen=40)
     for line in proc.stdout or []:
         sys.stdout.write(line)
@@ -117,15 +133,20 @@ def run_pipeline(params: dict, root: Path) -> int:
     code = repro(root, params, parent_run_id=run_id)
     end_parent_run(params, root, run_id, ok=code == 0)
     if code != 0:
-        print(f"\nrecpipe run FAILED (dvc repro exit code {code}); the message of the failing stage is above.\n"
-              "No registry alias moved. Fix the cause and run `make run` again: "
-              "stages that already succeeded are not recomputed.", file=sys.stderr)
+        print(
+            f"\nrecpipe run FAILED (dvc repro exit code {code}); the message of the failing stage is above.\n"
+            "No registry alias moved. Fix the cause and run `make run` again: "
+            "stages that already succeeded are not recomputed.",
+            file=sys.stderr,
+        )
         return code
     print(summary(params, root))
     return 0
 
 
-def metrics_table(evaluate: dict, columns=("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr@10", "coverage@10")) -> str:
+def metrics_table(
+    evaluate: dict, columns=("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr@10", "coverage@10")
+) -> str:
     models = evaluate.get("models", {})
     model = evaluate.get("model")
     width = max([len(n) for n in models] + [8]) + 2
@@ -145,8 +166,11 @@ def summary(params: dict, root: Path) -> str:
     register_path = root / C.METRICS_DIR / "register.json"
     if register_path.exists():
         reg = io.read_json(register_path)
-        parts += ["", f"Registered: {reg.get('model_name')} version {reg.get('version')} "
-                      f"aliases {reg.get('aliases')}", f"Gate: {reg.get('decision', {}).get('summary', '')}"]
+        parts += [
+            "",
+            f"Registered: {reg.get('model_name')} version {reg.get('version')} aliases {reg.get('aliases')}",
+            f"Gate: {reg.get('decision', {}).get('summary', '')}",
+        ]
     uri = tracking.tracking_uri(params, root)
     parts += ["", f"MLflow UI:  make mlflow-ui   (or: mlflow ui --backend-store-uri {uri})", "=" * 72]
     return "\n".join(parts)
@@ -212,15 +236,19 @@ def backfill(root: Path, start: str | None, end: str | None, extra_env: dict[str
     try:
         P.get_dotted(P.DEFAULTS, BACKFILL_KEY)
     except Exception as err:  # noqa: BLE001 - ParamsError: this checkout's ingest has no increments
-        raise PipelineError(f"backfill needs the params key {BACKFILL_KEY} (the increment ingest reads), "
-                            "which this version of the ingest stage does not have") from err
+        raise PipelineError(
+            f"backfill needs the params key {BACKFILL_KEY} (the increment ingest reads), "
+            "which this version of the ingest stage does not have"
+        ) from err
     done: list[str] = []
     for day in days:
         write_overrides(root, [f"{BACKFILL_KEY}={json.dumps(day)}", 'ingest.cutoff=""'])  # quoted: not a YAML date
         code = repro(root, load_project_params(root), stage="ingest", extra_env=extra_env)
         if code != 0:
-            raise PipelineError(f"backfill stopped at the increment of {day}: ingest failed (exit code {code}, "
-                                f"message above). Ingested before it: {', '.join(done) or 'none'}. Fix the "
-                                f"cause and trigger again with backfill_start={day}.")
+            raise PipelineError(
+                f"backfill stopped at the increment of {day}: ingest failed (exit code {code}, "
+                f"message above). Ingested before it: {', '.join(done) or 'none'}. Fix the "
+                f"cause and trigger again with backfill_start={day}."
+            )
         done.append(day)
     return done

@@ -11,6 +11,7 @@ Where a run's dvc.lock is kept (both, so losing one store does not lose the line
 `restore_data_version(root, rev)` goes the other way: it puts back the raw data that the
 dvc.lock at a git revision records, for a retrain on an older data version.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,12 @@ from pipeline_tasks.core.errors import PipelineError
 LOCK_FILE = "dvc.lock"
 RUN_FILES = ("dvc.yaml", LOCK_FILE, C.PARAMS_FILE)  # what defines a run, besides the code
 # A machine commit: it must not depend on (or borrow) the user's git identity.
-BOT_IDENTITY = {"GIT_AUTHOR_NAME": "recpipe", "GIT_AUTHOR_EMAIL": "recpipe@localhost",
-                "GIT_COMMITTER_NAME": "recpipe", "GIT_COMMITTER_EMAIL": "recpipe@localhost"}
+BOT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "recpipe",
+    "GIT_AUTHOR_EMAIL": "recpipe@localhost",
+    "GIT_COMMITTER_NAME": "recpipe",
+    "GIT_COMMITTER_EMAIL": "recpipe@localhost",
+}
 
 
 def git(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -51,9 +56,11 @@ def dvc_push(root: Path) -> str:
 
     result = dvc(root, "push", capture=True)
     if result.returncode != 0:
-        raise PipelineError(f"`dvc push` failed in {root}:\n{(result.stderr or result.stdout).strip()[-2000:]}\n"
-                            "Check the remote (`dvc remote list`; a local folder by default, S3/GCS/SSH by "
-                            "`dvc remote add -d ...`); the run's outputs are still in the local DVC cache.")
+        raise PipelineError(
+            f"`dvc push` failed in {root}:\n{(result.stderr or result.stdout).strip()[-2000:]}\n"
+            "Check the remote (`dvc remote list`; a local folder by default, S3/GCS/SSH by "
+            "`dvc remote add -d ...`); the run's outputs are still in the local DVC cache."
+        )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     return lines[-1] if lines else "pushed"
 
@@ -62,8 +69,12 @@ def data_versions(root: Path) -> dict[str, str]:
     """{output path: md5} of every DVC-tracked output in dvc.lock."""
     path = root / LOCK_FILE
     lock = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
-    return {out["path"]: out["md5"] for stage in (lock or {}).get("stages", {}).values()
-            for out in stage.get("outs", []) if "md5" in out}
+    return {
+        out["path"]: out["md5"]
+        for stage in (lock or {}).get("stages", {}).values()
+        for out in stage.get("outs", [])
+        if "md5" in out
+    }
 
 
 def keep_lock_on_branch(root: Path, branch: str, message: str) -> str | None:
@@ -107,8 +118,10 @@ def restore_data_version(root: Path, rev: str) -> dict[str, str]:
     prefix = git_out(root, "rev-parse", "--show-prefix")
     shown = git(root, "show", f"{rev}:{prefix}{LOCK_FILE}")
     if shown.returncode != 0:
-        raise PipelineError(f"no {LOCK_FILE} at git revision {rev!r} ({shown.stderr.strip()}); pick a commit that "
-                            "has one: `git log recpipe-runs` lists the lock of every run")
+        raise PipelineError(
+            f"no {LOCK_FILE} at git revision {rev!r} ({shown.stderr.strip()}); pick a commit that "
+            "has one: `git log recpipe-runs` lists the lock of every run"
+        )
     entry = ((yaml.safe_load(shown.stdout) or {}).get("stages") or {}).get("ingest")
     if not entry:
         raise PipelineError(f"the {LOCK_FILE} at {rev!r} has no ingest stage: that revision has no data version")
@@ -123,7 +136,9 @@ def restore_data_version(root: Path, rev: str) -> dict[str, str]:
             lock_path.unlink()
         else:
             lock_path.write_text(before, encoding="utf-8")
-        raise PipelineError(f"the data of revision {rev!r} is neither in the DVC cache nor in the remote "
-                            f"(`dvc pull ingest` failed: {(pulled.stderr or pulled.stdout).strip()[-1000:]}); "
-                            "check `dvc remote list`. Nothing was changed.")
+        raise PipelineError(
+            f"the data of revision {rev!r} is neither in the DVC cache nor in the remote "
+            f"(`dvc pull ingest` failed: {(pulled.stderr or pulled.stdout).strip()[-1000:]}); "
+            "check `dvc remote list`. Nothing was changed."
+        )
     return {out["path"]: out["md5"] for out in entry.get("outs", []) if "md5" in out}

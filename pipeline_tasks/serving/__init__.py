@@ -6,6 +6,7 @@ model cards and lineage.
 must keep loading. The import is lazy so that `pipeline_tasks.serving.registry` does not pull in
 torch.
 """
+
 from __future__ import annotations
 
 from typing import Any

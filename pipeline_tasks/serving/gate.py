@@ -16,6 +16,7 @@ The decision is printed, logged to MLflow (metrics gate.*, tags, gate.json) and 
 The decision is printed, logged to MLflow (metrics gate.*, tags, gate.json) and stored as
 version tags (gate.passed, gate.summary, gate.champion_version, ...) by the register stage.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -62,7 +63,9 @@ def score(model_dir: Path, params: dict, split, task, ctx) -> dict:
     for name in params["register"]["guarded_slices"]:
         if name in groups:
             data = slice_metrics({"m": ranked}, task.targets, groups[name], ctx, cfg["min_group_users"], False)
-            slices[name] = {g: {"users": n, HEADLINE: data["metrics"]["m"][g][HEADLINE]} for g, n in data["users"].items()}
+            slices[name] = {
+                g: {"users": n, HEADLINE: data["metrics"]["m"][g][HEADLINE]} for g, n in data["users"].items()
+            }
     return {"metrics": headline, "slices": slices}
 
 
@@ -85,26 +88,46 @@ def slice_check(challenger: dict, champion: dict, max_drop: float, min_users: in
             if chall is None or champ["users"] < min_users:
                 continue
             drop = (champ[HEADLINE] - chall[HEADLINE]) / champ[HEADLINE] if champ[HEADLINE] > 0 else 0.0
-            deltas.setdefault(name, {})[group] = {"champion": champ[HEADLINE], "challenger": chall[HEADLINE],
-                                                  "drop_rel": drop, "users": champ["users"]}
+            deltas.setdefault(name, {})[group] = {
+                "champion": champ[HEADLINE],
+                "challenger": chall[HEADLINE],
+                "drop_rel": drop,
+                "users": champ["users"],
+            }
             if drop > worst[0]:
                 worst = (drop, f"{name}/{group}")
     judged = sum(len(g) for g in deltas.values())
-    detail = (f"worst guarded slice drop {worst[0]:.1%} ({worst[1]}) vs max {max_drop:.1%}" if worst[1]
-              else f"no guarded slice group dropped ({judged} groups with >= {min_users} users judged)")
+    detail = (
+        f"worst guarded slice drop {worst[0]:.1%} ({worst[1]}) vs max {max_drop:.1%}"
+        if worst[1]
+        else f"no guarded slice group dropped ({judged} groups with >= {min_users} users judged)"
+    )
     return Check("guarded_slices", worst[0] <= max_drop, detail), deltas
 
 
 def budget_checks(budget: dict, cfg: dict) -> list[Check]:
     p99, size = budget.get("latency_p99_ms"), budget.get("size_mb")
-    return [Check("latency_budget", p99 is not None and p99 <= cfg["max_latency_p99_ms"],
-                  f"p99 {p99 if p99 is None else round(p99, 2)} ms vs budget {cfg['max_latency_p99_ms']} ms"),
-            Check("size_budget", size is not None and size <= cfg["max_size_mb"],
-                  f"size {size if size is None else round(size, 1)} MB vs budget {cfg['max_size_mb']} MB")]
+    return [
+        Check(
+            "latency_budget",
+            p99 is not None and p99 <= cfg["max_latency_p99_ms"],
+            f"p99 {p99 if p99 is None else round(p99, 2)} ms vs budget {cfg['max_latency_p99_ms']} ms",
+        ),
+        Check(
+            "size_budget",
+            size is not None and size <= cfg["max_size_mb"],
+            f"size {size if size is None else round(size, 1)} MB vs budget {cfg['max_size_mb']} MB",
+        ),
+    ]
 
 
-def decide(challenger: dict, champion: tuple[str, dict] | None, params: dict, budget: dict,
-           best_baseline: tuple[str, float] | None) -> Decision:
+def decide(
+    challenger: dict,
+    champion: tuple[str, dict] | None,
+    params: dict,
+    budget: dict,
+    best_baseline: tuple[str, float] | None,
+) -> Decision:
     """Every check of the gate; the challenger passes only if all pass."""
     cfg = params["register"]
     ndcg = challenger["metrics"][HEADLINE]
@@ -122,23 +145,42 @@ def decide(challenger: dict, champion: tuple[str, dict] | None, params: dict, bu
         champ_version, champ_scores = champion
         champ_ndcg = champ_scores["metrics"][HEADLINE]
         gain = (ndcg - champ_ndcg) / champ_ndcg if champ_ndcg > 0 else (float("inf") if ndcg > 0 else 0.0)
-        checks = [Check("ndcg_improvement", ndcg > champ_ndcg and gain >= cfg["min_improvement"],
-                        f"NDCG@10 {ndcg:.4f} vs champion v{champ_version} re-scored {champ_ndcg:.4f} "
-                        f"({gain:+.1%}, needs >= {cfg['min_improvement']:+.1%})")]
-        slices, deltas = slice_check(challenger, champ_scores, cfg["max_slice_drop"],
-                                     params["evaluate"]["min_group_users"])
+        checks = [
+            Check(
+                "ndcg_improvement",
+                ndcg > champ_ndcg and gain >= cfg["min_improvement"],
+                f"NDCG@10 {ndcg:.4f} vs champion v{champ_version} re-scored {champ_ndcg:.4f} "
+                f"({gain:+.1%}, needs >= {cfg['min_improvement']:+.1%})",
+            )
+        ]
+        slices, deltas = slice_check(
+            challenger, champ_scores, cfg["max_slice_drop"], params["evaluate"]["min_group_users"]
+        )
         checks.append(slices)
         head = f"challenger vs champion v{champ_version} re-scored on this run's test split"
     checks += budget_checks(budget, cfg)
     passed = all(c.passed for c in checks)
     failed = [c.name for c in checks if not c.passed]
     verdict = "PASS" if passed else f"FAIL ({', '.join(failed)})"
-    action = ("promoted" if cfg["auto_promote"] else "awaiting `recpipe promote` (register.auto_promote=false)") \
-        if passed else "champion kept" if champion else "no champion"
+    action = (
+        ("promoted" if cfg["auto_promote"] else "awaiting `recpipe promote` (register.auto_promote=false)")
+        if passed
+        else "champion kept"
+        if champion
+        else "no champion"
+    )
     summary = f"{head}: {verdict}; {action}. " + "; ".join(c.detail for c in checks)
-    return Decision(kind="first" if champion is None else "compare", passed=passed,
-                    promote=passed and cfg["auto_promote"], summary=summary, challenger_ndcg=ndcg,
-                    champion_ndcg=champ_ndcg, champion_version=champ_version, checks=checks, slice_deltas=deltas)
+    return Decision(
+        kind="first" if champion is None else "compare",
+        passed=passed,
+        promote=passed and cfg["auto_promote"],
+        summary=summary,
+        challenger_ndcg=ndcg,
+        champion_ndcg=champ_ndcg,
+        champion_version=champ_version,
+        checks=checks,
+        slice_deltas=deltas,
+    )
 
 
 def best_baseline(evaluate_metrics: dict) -> tuple[str, float] | None:
@@ -164,18 +206,29 @@ def log_gate(decision: Decision) -> None:
 
     if not tracking.active():
         return
-    numbers = {"challenger_ndcg": decision.challenger_ndcg, "champion_ndcg": decision.champion_ndcg,
-               "passed": float(decision.passed), "promoted": float(decision.promote),
-               **{f"check.{c.name}": float(c.passed) for c in decision.checks},
-               **{f"slice_drop.{s}.{g}": d["drop_rel"] for s, groups in decision.slice_deltas.items()
-                  for g, d in groups.items()}}
+    numbers = {
+        "challenger_ndcg": decision.challenger_ndcg,
+        "champion_ndcg": decision.champion_ndcg,
+        "passed": float(decision.passed),
+        "promoted": float(decision.promote),
+        **{f"check.{c.name}": float(c.passed) for c in decision.checks},
+        **{
+            f"slice_drop.{s}.{g}": d["drop_rel"]
+            for s, groups in decision.slice_deltas.items()
+            for g, d in groups.items()
+        },
+    }
     tracking.log_metrics({k: v for k, v in numbers.items() if v is not None}, prefix="gate.")
     mlflow.set_tags({"gate.passed": str(decision.passed).lower(), "gate.summary": decision.summary[:5000]})
     mlflow.log_dict(asdict(decision), "gate.json")
 
 
 def gate_tags(decision: Decision) -> dict[str, str]:
-    return {"gate.passed": str(decision.passed).lower(), "gate.summary": decision.summary[:5000],
-            "gate.kind": decision.kind, "gate.challenger_ndcg": f"{decision.challenger_ndcg:.5f}",
-            "gate.champion_version": decision.champion_version or "",
-            "gate.champion_ndcg": "" if decision.champion_ndcg is None else f"{decision.champion_ndcg:.5f}"}
+    return {
+        "gate.passed": str(decision.passed).lower(),
+        "gate.summary": decision.summary[:5000],
+        "gate.kind": decision.kind,
+        "gate.challenger_ndcg": f"{decision.challenger_ndcg:.5f}",
+        "gate.champion_version": decision.champion_version or "",
+        "gate.champion_ndcg": "" if decision.champion_ndcg is None else f"{decision.champion_ndcg:.5f}",
+    }

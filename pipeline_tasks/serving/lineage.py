@@ -6,6 +6,7 @@ any machine that can reach the store. `restore_lock` writes the run's dvc.lock o
 in the project (at the recorded git commit) and `dvc checkout` brings back exactly that
 data and model from the DVC cache/remote.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -35,13 +36,22 @@ def version_lineage(client, name: str, version: str) -> dict:
     mv = require_version(client, name, resolve_version(client, name, version))
     tags = mv.tags
     return {
-        "model": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
+        "model": name,
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "source": mv.source,
         "git_commit": tags.get("git_commit", "unknown"),
-        "data": {"dataset": tags.get("dvc.dataset", "unknown"), "checkpoint": tags.get("dvc.checkpoint", "unknown"),
-                 **{k[len("dvc."):]: v for k, v in sorted(tags.items())
-                    if k.startswith("dvc.") and k not in ("dvc.dataset", "dvc.checkpoint")}},
+        "data": {
+            "dataset": tags.get("dvc.dataset", "unknown"),
+            "checkpoint": tags.get("dvc.checkpoint", "unknown"),
+            **{
+                k[len("dvc.") :]: v
+                for k, v in sorted(tags.items())
+                if k.startswith("dvc.") and k not in ("dvc.dataset", "dvc.checkpoint")
+            },
+        },
         "airflow": {"dag_id": tags.get("airflow.dag_id", "none"), "dag_run_id": tags.get("airflow.dag_run_id", "none")},
-        "params": {k[len("params."):]: v for k, v in sorted(tags.items()) if k.startswith("params.")},
+        "params": {k[len("params.") :]: v for k, v in sorted(tags.items()) if k.startswith("params.")},
         "compression_variant": tags.get("compression_variant"),
     }
 
@@ -54,8 +64,10 @@ def run_artifact(run_id: str, path: str, dest: Path) -> Path:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
         except Exception as err:  # noqa: BLE001 - MlflowException / OSError: the artifact is not there
-            raise RegistryError(f"run {run_id} has no artifact {path!r} ({type(err).__name__}); versions "
-                                "registered before lineage was recorded cannot be restored this way") from err
+            raise RegistryError(
+                f"run {run_id} has no artifact {path!r} ({type(err).__name__}); versions "
+                "registered before lineage was recorded cannot be restored this way"
+            ) from err
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local, dest)
     return dest
@@ -75,13 +87,15 @@ def full_params(client, name: str, version: str) -> dict:
 
 
 def format_lineage(info: dict) -> str:
-    lines = [f"{info['model']} v{info['version']} (MLflow run {info['run_id']})",
-             f"  code:    git commit {info['git_commit']}",
-             f"  data:    dataset (DVC md5 of data/split) {info['data']['dataset']}",
-             f"           checkpoint (DVC md5 of models/model) {info['data']['checkpoint']}",
-             *[f"           {path}: {md5}" for path, md5 in info["data"].items() if path not in ("dataset", "checkpoint")],
-             f"  airflow: dag_id {info['airflow']['dag_id']}, run_id {info['airflow']['dag_run_id']}",
-             f"  variant: {info['compression_variant']}",
-             f"  params ({len(info['params'])} tagged; all of them: lineage/params.yaml in the run):",
-             *[f"           {k} = {v}" for k, v in info["params"].items()]]
+    lines = [
+        f"{info['model']} v{info['version']} (MLflow run {info['run_id']})",
+        f"  code:    git commit {info['git_commit']}",
+        f"  data:    dataset (DVC md5 of data/split) {info['data']['dataset']}",
+        f"           checkpoint (DVC md5 of models/model) {info['data']['checkpoint']}",
+        *[f"           {path}: {md5}" for path, md5 in info["data"].items() if path not in ("dataset", "checkpoint")],
+        f"  airflow: dag_id {info['airflow']['dag_id']}, run_id {info['airflow']['dag_run_id']}",
+        f"  variant: {info['compression_variant']}",
+        f"  params ({len(info['params'])} tagged; all of them: lineage/params.yaml in the run):",
+        *[f"           {k} = {v}" for k, v in info["params"].items()],
+    ]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ so whoever opens the version in the registry reads what it was trained on, how g
 (with intervals), for whom it is worse (slices and fairness), what compression cost, what
 the gate decided, and what it cannot do. Every number comes from metrics/*.json of the run.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,14 +27,18 @@ def fmt(value: Any) -> str:
 
 
 def data_section(split_stats: dict, lineage: dict) -> list[str]:
-    lines = ["## Data", "",
-             f"- users {fmt(split_stats.get('users'))}, items {fmt(split_stats.get('items'))}, "
-             f"train/valid/test rows {fmt(split_stats.get('train_rows'))}/{fmt(split_stats.get('valid_rows'))}/"
-             f"{fmt(split_stats.get('test_rows'))} (leave-one-out by time)",
-             f"- source: {lineage.get('source', '-')}; DVC md5 of the split data {lineage.get('dataset', '-')}, "
-             f"of the model {lineage.get('checkpoint', '-')}",
-             f"- git commit {lineage.get('git_commit', '-')}; Airflow run {lineage.get('dag_id', 'none')} / "
-             f"{lineage.get('dag_run_id', 'none')}", ""]
+    lines = [
+        "## Data",
+        "",
+        f"- users {fmt(split_stats.get('users'))}, items {fmt(split_stats.get('items'))}, "
+        f"train/valid/test rows {fmt(split_stats.get('train_rows'))}/{fmt(split_stats.get('valid_rows'))}/"
+        f"{fmt(split_stats.get('test_rows'))} (leave-one-out by time)",
+        f"- source: {lineage.get('source', '-')}; DVC md5 of the split data {lineage.get('dataset', '-')}, "
+        f"of the model {lineage.get('checkpoint', '-')}",
+        f"- git commit {lineage.get('git_commit', '-')}; Airflow run {lineage.get('dag_id', 'none')} / "
+        f"{lineage.get('dag_run_id', 'none')}",
+        "",
+    ]
     return lines
 
 
@@ -41,20 +46,28 @@ def metrics_section(evaluate: dict) -> list[str]:
     model, intervals = evaluate.get("model"), evaluate.get("intervals", {})
     level = intervals.get("level")
     head = f"{int(level * 100)}% bootstrap interval" if level else "bootstrap interval"
-    lines = [f"## Metrics (test split, {evaluate.get('users', '-')} users; [{head}])", "",
-             "| model | NDCG@10 | Recall@10 |", "|---|---|---|"]
+    lines = [
+        f"## Metrics (test split, {evaluate.get('users', '-')} users; [{head}])",
+        "",
+        "| model | NDCG@10 | Recall@10 |",
+        "|---|---|---|",
+    ]
     for name, values in evaluate.get("models", {}).items():
         cells = []
         for metric in ("ndcg@10", "recall@10"):
             ci = intervals.get(name, {}).get(metric)
-            cells.append(f"{fmt(values.get(metric))} [{fmt(ci['low'])}, {fmt(ci['high'])}]" if ci
-                         else fmt(values.get(metric)))
+            cells.append(
+                f"{fmt(values.get(metric))} [{fmt(ci['low'])}, {fmt(ci['high'])}]" if ci else fmt(values.get(metric))
+            )
         lines.append(f"| {'**' + name + '**' if name == model else name} | {cells[0]} | {cells[1]} |")
     delta = intervals.get("delta_vs_best_baseline")
     if delta and "ndcg@10" in delta:
         d = delta["ndcg@10"]
-        lines += ["", f"NDCG@10 minus the best baseline ({delta.get('reference')}): {fmt(d['mean'])} "
-                      f"[{fmt(d['low'])}, {fmt(d['high'])}] (paired bootstrap)."]
+        lines += [
+            "",
+            f"NDCG@10 minus the best baseline ({delta.get('reference')}): {fmt(d['mean'])} "
+            f"[{fmt(d['low'])}, {fmt(d['high'])}] (paired bootstrap).",
+        ]
     return lines + [""]
 
 
@@ -74,11 +87,17 @@ def slices_section(evaluate: dict) -> list[str]:
 
 def compression_section(compress: dict) -> list[str]:
     chosen = compress.get("chosen") or compress.get("reference") or "fp32"
-    lines = [f"## Compression (serving variant: **{chosen}**)", "",
-             "| variant | size MB | p99 ms | NDCG@10 | drop vs fp32 |", "|---|---|---|---|---|"]
+    lines = [
+        f"## Compression (serving variant: **{chosen}**)",
+        "",
+        "| variant | size MB | p99 ms | NDCG@10 | drop vs fp32 |",
+        "|---|---|---|---|---|",
+    ]
     for name, v in compress.get("variants", {}).items():
-        lines.append(f"| {name} | {fmt(v.get('size_mb'))} | {fmt(v.get('latency_p99_ms'))} | "
-                     f"{fmt(v.get('ndcg@10'))} | {fmt(v.get('ndcg_drop_rel'))} |")
+        lines.append(
+            f"| {name} | {fmt(v.get('size_mb'))} | {fmt(v.get('latency_p99_ms'))} | "
+            f"{fmt(v.get('ndcg@10'))} | {fmt(v.get('ndcg_drop_rel'))} |"
+        )
     return lines + [""]
 
 
@@ -90,9 +109,13 @@ def gate_section(decision: dict) -> list[str]:
 
 def render(name: str, evaluate: dict, compress: dict, split_stats: dict, decision: dict, lineage: dict) -> str:
     """The whole card as markdown."""
-    lines = [f"# {name} — {evaluate.get('model', 'model')} model card", "",
-             "Text-aware sequential recommender (transformer item tower over item text + ID embedding, "
-             "causal user tower); input a user id or an item history, output top-K item ids and scores.", ""]
+    lines = [
+        f"# {name} — {evaluate.get('model', 'model')} model card",
+        "",
+        "Text-aware sequential recommender (transformer item tower over item text + ID embedding, "
+        "causal user tower); input a user id or an item history, output top-K item ids and scores.",
+        "",
+    ]
     lines += data_section(split_stats, lineage) + metrics_section(evaluate) + slices_section(evaluate)
     lines += compression_section(compress) + gate_section(decision)
     lines += ["## Known limits", "", *[f"- {limit}" for limit in KNOWN_LIMITS], ""]
@@ -104,4 +127,4 @@ def description(card: str) -> str:
     if len(card) <= DESCRIPTION_LIMIT:
         return card
     note = "\n\n(cut here: the full card is the artifact model_card.md of this version's run)"
-    return card[:DESCRIPTION_LIMIT - len(note)] + note
+    return card[: DESCRIPTION_LIMIT - len(note)] + note

@@ -1,6 +1,7 @@
 """What a registered version carries besides its weights: the serving data (known users'
 histories, cold-start lists), lineage tags (git commit, DVC md5s, params, Airflow run), the model
 card's inputs, the run's lineage artifacts, and the pyfunc model itself with its signature."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,10 @@ def dvc_versions(root: Path) -> dict[str, str]:
 
 def airflow_run() -> dict[str, str]:
     """The Airflow DAG run this stage runs in (exported by the DAG), or "none" outside Airflow."""
-    return {"airflow.dag_id": os.environ.get(C.DAG_ID_ENV) or "none",
-            "airflow.dag_run_id": os.environ.get(C.DAG_RUN_ID_ENV) or "none"}
+    return {
+        "airflow.dag_id": os.environ.get(C.DAG_ID_ENV) or "none",
+        "airflow.dag_run_id": os.environ.get(C.DAG_RUN_ID_ENV) or "none",
+    }
 
 
 def lineage_tags(params: dict, root: Path) -> dict[str, str]:
@@ -70,13 +73,15 @@ def lineage_tags(params: dict, root: Path) -> dict[str, str]:
     versions = dvc_versions(root)
     flat = flatten({key: params[key] for key in PARAM_SECTIONS_TAGGED})
     resolved = json.dumps(params, sort_keys=True, default=str)
-    return {"git_commit": git_commit(root),
-            "dvc.dataset": versions.get(C.DATA_SPLIT, "untracked"),
-            "dvc.checkpoint": versions.get(C.MODEL_DIR, "untracked"),
-            **{f"dvc.{path}": md5 for path, md5 in versions.items()},
-            "params.sha256": hashlib.sha256(resolved.encode()).hexdigest(),
-            **{f"params.{key}": str(value)[:500] for key, value in flat.items()},
-            **airflow_run()}
+    return {
+        "git_commit": git_commit(root),
+        "dvc.dataset": versions.get(C.DATA_SPLIT, "untracked"),
+        "dvc.checkpoint": versions.get(C.MODEL_DIR, "untracked"),
+        **{f"dvc.{path}": md5 for path, md5 in versions.items()},
+        "params.sha256": hashlib.sha256(resolved.encode()).hexdigest(),
+        **{f"params.{key}": str(value)[:500] for key, value in flat.items()},
+        **airflow_run(),
+    }
 
 
 def split_stats(root: Path) -> dict:
@@ -85,12 +90,18 @@ def split_stats(root: Path) -> dict:
 
 
 def card_lineage(params: dict, tags: dict[str, str]) -> dict:
-    return {"source": params["ingest"]["source"], "dataset": tags["dvc.dataset"], "checkpoint": tags["dvc.checkpoint"],
-            "git_commit": tags["git_commit"], "dag_id": tags["airflow.dag_id"], "dag_run_id": tags["airflow.dag_run_id"]}
+    return {
+        "source": params["ingest"]["source"],
+        "dataset": tags["dvc.dataset"],
+        "checkpoint": tags["dvc.checkpoint"],
+        "git_commit": tags["git_commit"],
+        "dag_id": tags["airflow.dag_id"],
+        "dag_run_id": tags["airflow.dag_run_id"],
+    }
 
 
 def log_lineage(params: dict, root: Path, card: str) -> None:
-    """The card, dvc.lock (so `recpipe lineage V --restore-lock` + `dvc checkout` bring the data back) and the params."""
+    """The card, dvc.lock (`recpipe lineage V --restore-lock` + `dvc checkout` bring the data back), the params."""
     import mlflow
 
     if not tracking.active():
@@ -103,6 +114,7 @@ def log_lineage(params: dict, root: Path, card: str) -> None:
 
 def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_metrics: dict):
     import mlflow
+
     from pipeline_tasks.serving.pyfunc import RecpipePyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,11 +146,20 @@ def model_signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    inputs = Schema([ColSpec(DataType.string, "user_id"),
-                     ColSpec(Array(DataType.string), "history", required=False),
-                     ColSpec(DataType.long, "k", required=False)])
-    outputs = Schema([ColSpec(DataType.string, "user_id"), ColSpec(Array(DataType.string), "item_ids"),
-                      ColSpec(Array(DataType.double), "scores")])
+    inputs = Schema(
+        [
+            ColSpec(DataType.string, "user_id"),
+            ColSpec(Array(DataType.string), "history", required=False),
+            ColSpec(DataType.long, "k", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(DataType.string, "user_id"),
+            ColSpec(Array(DataType.string), "item_ids"),
+            ColSpec(Array(DataType.double), "scores"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

@@ -9,6 +9,7 @@ histories, the cold-start lists: popular and fresh items) is an artifact of the 
 travels with it (`code_paths`), so `mlflow.pyfunc.load_model("models:/recpipe@champion")`
 works in a fresh process, from any directory, with no project checkout.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,7 @@ class RecpipePyfunc(mlflow.pyfunc.PythonModel):
         fresh, popular = iter(self.fresh), iter(self.popular)
         out: list[str] = []
         for slot in range(k):
-            for source in ((fresh, popular) if slot in fresh_slots else (popular, fresh)):
+            for source in (fresh, popular) if slot in fresh_slots else (popular, fresh):
                 item = next((i for i in source if i not in out), None)
                 if item is not None:
                     out.append(item)

@@ -17,7 +17,11 @@ either the old state or the complete new one — never no champion when there wa
 
 The A/B configuration (challenger share, bucketing salt, guardrail metrics) is one
 registered-model tag (`recpipe.ab`, JSON), next to the aliases, so every server sees the same split.
+
+Longer than most modules on purpose: every alias move and its audit trail live together, so the
+all-or-nothing rule of a move can be read (and reviewed) in one place.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -43,6 +47,7 @@ class RegistryError(PipelineError):
 
 
 # --- small readers ---------------------------------------------------------------------------
+
 
 def client_for(params: dict, root: str | Path = "."):
     """An MlflowClient on this project's store (the experiment is created if missing)."""
@@ -83,8 +88,10 @@ def require_model(client, name: str) -> Any:
     try:
         return client.get_registered_model(name)
     except Exception as err:  # noqa: BLE001
-        raise RegistryError(f"no registered model {name!r} in this MLflow store: run the pipeline "
-                            "(`make run`) to register one, or check mlflow.tracking_uri") from err
+        raise RegistryError(
+            f"no registered model {name!r} in this MLflow store: run the pipeline "
+            "(`make run`) to register one, or check mlflow.tracking_uri"
+        ) from err
 
 
 def require_version(client, name: str, version: str) -> Any:
@@ -92,8 +99,9 @@ def require_version(client, name: str, version: str) -> Any:
         return client.get_model_version(name, str(version))
     except Exception as err:  # noqa: BLE001
         known = sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)
-        raise RegistryError(f"{name} has no version {version!r} (versions: {known}); "
-                            "pick one from `recpipe history` or the MLflow UI") from err
+        raise RegistryError(
+            f"{name} has no version {version!r} (versions: {known}); pick one from `recpipe history` or the MLflow UI"
+        ) from err
 
 
 def headline(client, name: str, version: str | None) -> float | None:
@@ -105,6 +113,7 @@ def headline(client, name: str, version: str | None) -> float | None:
 
 
 # --- the audit history -------------------------------------------------------------------------
+
 
 def append_audit(client, name: str, event: dict) -> str:
     """Append one event to the registered model's history; returns its tag key."""
@@ -121,14 +130,18 @@ def history(client, name: str) -> list[dict]:
 
 def format_history(events: list[dict], current: dict[str, str]) -> str:
     """The champion's whole history, one line per event, then the aliases now."""
-    lines = [f"{'when (UTC)':<27} {'action':<16} {'alias':<12} {'from':>5} -> {'to':<5} {'by':<24} "
-             f"{'NDCG@10 delta':>13}  why"]
+    lines = [
+        f"{'when (UTC)':<27} {'action':<16} {'alias':<12} {'from':>5} -> {'to':<5} {'by':<24} "
+        f"{'NDCG@10 delta':>13}  why"
+    ]
     for e in events:
         delta = (e.get("metrics") or {}).get("ndcg@10", {}).get("delta")
-        lines.append(f"{e.get('at', '')[:26]:<27} {e.get('action', ''):<16} {e.get('alias', ''):<12} "
-                     f"{str(e.get('from_version') or '-'):>5} -> {str(e.get('to_version') or '-'):<5} "
-                     f"{str(e.get('actor', ''))[:24]:<24} {'' if delta is None else f'{delta:+.4f}':>13}  "
-                     f"{'[FORCED] ' if e.get('forced') else ''}{e.get('reason', '')}")
+        lines.append(
+            f"{e.get('at', '')[:26]:<27} {e.get('action', ''):<16} {e.get('alias', ''):<12} "
+            f"{str(e.get('from_version') or '-'):>5} -> {str(e.get('to_version') or '-'):<5} "
+            f"{str(e.get('actor', ''))[:24]:<24} {'' if delta is None else f'{delta:+.4f}':>13}  "
+            f"{'[FORCED] ' if e.get('forced') else ''}{e.get('reason', '')}"
+        )
     lines.append("aliases now: " + (", ".join(f"{a}=v{v}" for a, v in sorted(current.items())) or "none"))
     return "\n".join(lines)
 
@@ -145,6 +158,7 @@ def metric_deltas(client, name: str, from_version: str | None, to_version: str, 
 
 
 # --- alias moves -----------------------------------------------------------------------------
+
 
 def set_or_delete_alias(client, name: str, alias: str, version: str | None) -> None:
     if version is None:
@@ -177,10 +191,15 @@ def move_champion(client, name: str, to_version: str, new_previous: str | None, 
     except Exception as err:
         restored = restore_aliases(client, name, old_champion, old_previous)
         forget_move_tags(client, name, str(to_version), old_champion)
-        state = (f"aliases restored (champion=v{old_champion or '-'})" if restored
-                 else "could not restore previous_champion; champion is unchanged or the new one; check `recpipe history`")
-        raise RegistryError(f"{event['action']} to v{to_version} failed midway ({type(err).__name__}: {err}); "
-                            f"{state}. Fix the store and run the command again.") from err
+        state = (
+            f"aliases restored (champion=v{old_champion or '-'})"
+            if restored
+            else "could not restore previous_champion; champion is unchanged or the new one; check `recpipe history`"
+        )
+        raise RegistryError(
+            f"{event['action']} to v{to_version} failed midway ({type(err).__name__}: {err}); "
+            f"{state}. Fix the store and run the command again."
+        ) from err
     return event
 
 
@@ -209,11 +228,14 @@ def forget_move_tags(client, name: str, to_version: str, old_champion: str | Non
 
 def gate_passed_against(version_tags: dict, champion: str | None) -> bool:
     """Did this version pass the gate against the champion that is current *now*?"""
-    return version_tags.get("gate.passed") == "true" and version_tags.get("gate.champion_version", "") == (champion or "")
+    return version_tags.get("gate.passed") == "true" and version_tags.get("gate.champion_version", "") == (
+        champion or ""
+    )
 
 
-def promote(client, name: str, version: str, reason: str | None = None, who: str | None = None,
-            gate: dict | None = None) -> dict:
+def promote(
+    client, name: str, version: str, reason: str | None = None, who: str | None = None, gate: dict | None = None
+) -> dict:
     """Make `version` the champion (the old one becomes previous_champion).
 
     Without a passed gate against the current champion, `reason` is required and the move
@@ -228,13 +250,24 @@ def promote(client, name: str, version: str, reason: str | None = None, who: str
     passed = gate_passed_against(target.tags, current) if gate is None else bool(gate.get("passed"))
     if not passed and not reason:
         summary = target.tags.get("gate.summary", "no gate result recorded")
-        raise RegistryError(f"v{version} did not pass the gate against the current champion "
-                            f"v{current or '-'} ({summary}); a forced promotion needs --reason TEXT, which is recorded")
+        raise RegistryError(
+            f"v{version} did not pass the gate against the current champion "
+            f"v{current or '-'} ({summary}); a forced promotion needs --reason TEXT, which is recorded"
+        )
     gate_summary = (gate or {}).get("summary") or target.tags.get("gate.summary", "")
-    event = {"at": now(), "action": "first_champion" if current is None else "promote", "alias": C.ALIAS_CHAMPION,
-             "from_version": current, "to_version": version, "actor": actor(who),
-             "reason": reason or f"gate passed: {gate_summary}", "forced": not passed, "gate_passed": passed,
-             "gate": gate_summary, "metrics": metric_deltas(client, name, current, version, gate)}
+    event = {
+        "at": now(),
+        "action": "first_champion" if current is None else "promote",
+        "alias": C.ALIAS_CHAMPION,
+        "from_version": current,
+        "to_version": version,
+        "actor": actor(who),
+        "reason": reason or f"gate passed: {gate_summary}",
+        "forced": not passed,
+        "gate_passed": passed,
+        "gate": gate_summary,
+        "metrics": metric_deltas(client, name, current, version, gate),
+    }
     return move_champion(client, name, version, current, event)
 
 
@@ -253,23 +286,35 @@ def rollback(client, name: str, reason: str | None = None, who: str | None = Non
     now_aliases = aliases(client, name)
     current, target = now_aliases.get(C.ALIAS_CHAMPION), now_aliases.get(C.ALIAS_PREVIOUS_CHAMPION)
     if target is None:
-        raise RegistryError(f"{name} has no previous_champion to roll back to; use `recpipe promote VERSION "
-                            "--reason TEXT` to pick a version (see `recpipe history`)")
+        raise RegistryError(
+            f"{name} has no previous_champion to roll back to; use `recpipe promote VERSION "
+            "--reason TEXT` to pick a version (see `recpipe history`)"
+        )
     if target == current:
-        raise RegistryError(f"previous_champion and champion are both v{target}; pick a version with "
-                            "`recpipe promote VERSION --reason TEXT`")
+        raise RegistryError(
+            f"previous_champion and champion are both v{target}; pick a version with "
+            "`recpipe promote VERSION --reason TEXT`"
+        )
     (check or load_check)(client, name, target)
-    event = {"at": now(), "action": "rollback", "alias": C.ALIAS_CHAMPION, "from_version": current,
-             "to_version": target, "actor": actor(who), "reason": reason or "rollback", "forced": True,
-             "gate_passed": None, "metrics": metric_deltas(client, name, current, target, None)}
+    event = {
+        "at": now(),
+        "action": "rollback",
+        "alias": C.ALIAS_CHAMPION,
+        "from_version": current,
+        "to_version": target,
+        "actor": actor(who),
+        "reason": reason or "rollback",
+        "forced": True,
+        "gate_passed": None,
+        "metrics": metric_deltas(client, name, current, target, None),
+    }
     return move_champion(client, name, target, earlier_champion(history(client, name), target), event)
 
 
 def load_check(client, name: str, version: str) -> None:
     """Load the version as a server would and ask it for 5 items for a known user."""
-    import pandas as pd
-
     import mlflow
+    import pandas as pd
 
     try:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
@@ -278,9 +323,11 @@ def load_check(client, name: str, version: str) -> None:
         out = model.predict(pd.DataFrame({"user_id": [user], "k": [5]}))
         items = list(out.loc[0, "item_ids"])
     except Exception as err:  # noqa: BLE001 - any failure means "do not serve this version"
-        raise RegistryError(f"v{version} of {name} fails its load check ({type(err).__name__}: {err}); "
-                            "the champion was not moved. Promote another version with "
-                            "`recpipe promote VERSION --reason TEXT`") from err
+        raise RegistryError(
+            f"v{version} of {name} fails its load check ({type(err).__name__}: {err}); "
+            "the champion was not moved. Promote another version with "
+            "`recpipe promote VERSION --reason TEXT`"
+        ) from err
     if not items:
         raise RegistryError(f"v{version} of {name} loads but recommends nothing for user {user!r}; champion not moved")
 
@@ -289,13 +336,22 @@ def set_challenger(client, name: str, version: str, reason: str, who: str | None
     """Point `challenger` at a newly registered version, audited."""
     before = aliases(client, name).get(C.ALIAS_CHALLENGER)
     client.set_registered_model_alias(name, C.ALIAS_CHALLENGER, str(version))
-    event = {"at": now(), "action": "register", "alias": C.ALIAS_CHALLENGER, "from_version": before,
-             "to_version": str(version), "actor": actor(who), "reason": reason, "forced": False}
+    event = {
+        "at": now(),
+        "action": "register",
+        "alias": C.ALIAS_CHALLENGER,
+        "from_version": before,
+        "to_version": str(version),
+        "actor": actor(who),
+        "reason": reason,
+        "forced": False,
+    }
     append_audit(client, name, event)
     return event
 
 
 # --- A/B configuration -------------------------------------------------------------------------
+
 
 def ab_config(client, name: str) -> dict:
     """{share, salt, guardrails, ...}; share 0 (everyone on champion) until `recpipe ab` sets one."""
@@ -310,18 +366,40 @@ def aliases_tags(client, name: str) -> dict[str, str]:
         return {}
 
 
-def set_ab_config(client, name: str, share: float, salt: str | None = None, guardrails: list[str] | None = None,
-                  who: str | None = None, reason: str | None = None) -> dict:
+def set_ab_config(
+    client,
+    name: str,
+    share: float,
+    salt: str | None = None,
+    guardrails: list[str] | None = None,
+    who: str | None = None,
+    reason: str | None = None,
+) -> dict:
     """Store the split in the registry (one tag write); an omitted salt keeps the current one."""
     if not 0.0 <= share <= 1.0:
         raise RegistryError(f"--share must be between 0 and 1 (the challenger's share of users), got {share}")
     require_model(client, name)
     old = ab_config(client, name)
-    config = {"share": float(share), "salt": salt or old.get("salt") or secrets.token_hex(4),
-              "guardrails": list(guardrails if guardrails is not None else old.get("guardrails", [])),
-              "updated_at": now(), "updated_by": actor(who)}
+    config = {
+        "share": float(share),
+        "salt": salt or old.get("salt") or secrets.token_hex(4),
+        "guardrails": list(guardrails if guardrails is not None else old.get("guardrails", [])),
+        "updated_at": now(),
+        "updated_by": actor(who),
+    }
     client.set_registered_model_tag(name, AB_TAG, json.dumps(config, sort_keys=True))
-    append_audit(client, name, {"at": config["updated_at"], "action": "ab_config", "alias": "", "actor": config["updated_by"],
-                                "from_version": None, "to_version": None, "forced": False,
-                                "reason": reason or f"share {old.get('share', 0.0):g} -> {share:g}, salt {config['salt']}"})
+    append_audit(
+        client,
+        name,
+        {
+            "at": config["updated_at"],
+            "action": "ab_config",
+            "alias": "",
+            "actor": config["updated_by"],
+            "from_version": None,
+            "to_version": None,
+            "forced": False,
+            "reason": reason or f"share {old.get('share', 0.0):g} -> {share:g}, salt {config['salt']}",
+        },
+    )
     return config

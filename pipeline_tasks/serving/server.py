@@ -15,6 +15,7 @@
 - Every `register.serve_poll_s` a background thread re-reads aliases and the A/B config and
   swaps in newly aliased versions (loaded first, then switched in one assignment).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -129,9 +130,11 @@ class Router:
             if self.served is None:
                 raise registry.RegistryError(
                     f"{self.name} has no champion to serve: run the pipeline (`make run`) or "
-                    "`recpipe promote VERSION --reason TEXT`")
-            log.error("alias champion disappeared from %s; still serving v%s", self.name,
-                      self.served.models[CHAMPION][0])
+                    "`recpipe promote VERSION --reason TEXT`"
+                )
+            log.error(
+                "alias champion disappeared from %s; still serving v%s", self.name, self.served.models[CHAMPION][0]
+            )
             return False
         models = {CHAMPION: (champion, self.model(champion))}
         if challenger and challenger != champion:  # the same version on both sides is no experiment
@@ -143,7 +146,8 @@ class Router:
         new = Served(models, float(ab.get("share", 0.0)) if CHALLENGER in models else 0.0, str(ab.get("salt", "")), ab)
         changed = self.served is None or (
             {k: v[0] for k, v in new.models.items()} != {k: v[0] for k, v in self.served.models.items()}
-            or (new.share, new.salt) != (self.served.share, self.served.salt))
+            or (new.share, new.salt) != (self.served.share, self.served.salt)
+        )
         self.served = new  # one assignment: a request sees the old state or the new one
         keep = {version for version, _ in new.models.values()}
         self.cache = {v: m for v, m in self.cache.items() if v in keep}
@@ -162,9 +166,12 @@ class Router:
 
     def health(self) -> dict:
         served = self.served
-        return {"status": "ok", "model": self.name,
-                "versions": {variant: version for variant, (version, _) in served.models.items()},
-                "ab": {"share": served.share, "salt": served.salt, "guardrails": served.ab.get("guardrails", [])}}
+        return {
+            "status": "ok",
+            "model": self.name,
+            "versions": {variant: version for variant, (version, _) in served.models.items()},
+            "ab": {"share": served.share, "salt": served.salt, "guardrails": served.ab.get("guardrails", [])},
+        }
 
 
 class Poller:
@@ -230,32 +237,55 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        return JSONResponse(status_code=422, content={"error": validation_message(errors),
-                                                      "detail": json.loads(json.dumps(errors, default=str))})
+        return JSONResponse(
+            status_code=422,
+            content={"error": validation_message(errors), "detail": json.loads(json.dumps(errors, default=str))},
+        )
 
     @app.get("/healthz")
     def healthz() -> dict:
         return router.health()
 
     @app.get("/recommend")
-    def recommend(user_id: str = Query(..., min_length=1), k: int = Query(10, gt=0, le=MAX_K),
-                  history: str | None = Query(None, description="comma-separated item ids (a new user)")) -> dict:
+    def recommend(
+        user_id: str = Query(..., min_length=1),
+        k: int = Query(10, gt=0, le=MAX_K),
+        history: str | None = Query(None, description="comma-separated item ids (a new user)"),
+    ) -> dict:
         started = time.perf_counter()
         items = [i for i in (history or "").split(",") if i] or None
         result = router.recommend(user_id, k, items)
         exposure_id = uuid.uuid4().hex
         latency_ms = (time.perf_counter() - started) * 1000
-        exposures.append({"ts": now(), "exposure_id": exposure_id, "user_id": user_id, "variant": result["variant"],
-                          "model_version": result["model_version"], "k": k, "items": result["item_ids"],
-                          "cold_start": result["cold_start"], "latency_ms": round(latency_ms, 3)})
-        return {"user_id": user_id, "variant": result["variant"], "model_version": result["model_version"],
-                "items": [{"item_id": i, "score": s} for i, s in zip(result["item_ids"], result["scores"])],
-                "exposure_id": exposure_id, "cold_start": result["cold_start"]}
+        exposures.append(
+            {
+                "ts": now(),
+                "exposure_id": exposure_id,
+                "user_id": user_id,
+                "variant": result["variant"],
+                "model_version": result["model_version"],
+                "k": k,
+                "items": result["item_ids"],
+                "cold_start": result["cold_start"],
+                "latency_ms": round(latency_ms, 3),
+            }
+        )
+        return {
+            "user_id": user_id,
+            "variant": result["variant"],
+            "model_version": result["model_version"],
+            "items": [{"item_id": i, "score": s} for i, s in zip(result["item_ids"], result["scores"])],
+            "exposure_id": exposure_id,
+            "cold_start": result["cold_start"],
+        }
 
     @app.post("/feedback")
     def feedback(event: Feedback) -> dict:
-        record = {"ts": now(), **event.model_dump(),
-                  "variant": assign(event.user_id, router.served.share, router.served.salt)}
+        record = {
+            "ts": now(),
+            **event.model_dump(),
+            "variant": assign(event.user_id, router.served.share, router.served.salt),
+        }
         feedback_log.append(record)
         return {"status": "logged", **record}
 
@@ -272,6 +302,9 @@ def serve(params: dict, root: str | Path, host: str = "127.0.0.1", port: int = 8
     torch.set_num_threads(1)
     app = create_app(params, root)
     health = app.state.router.health()
-    print(f"recpipe serve: {health['model']} {health['versions']} A/B share {health['ab']['share']:g} "
-          f"on http://{host}:{port} (exposures -> {params['register']['exposure_log']}); Ctrl-C to stop", flush=True)
+    print(
+        f"recpipe serve: {health['model']} {health['versions']} A/B share {health['ab']['share']:g} "
+        f"on http://{host}:{port} (exposures -> {params['register']['exposure_log']}); Ctrl-C to stop",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -4,6 +4,7 @@ A live Airflow (api-server, scheduler, dag-processor; LocalExecutor, SQLite) run
 on a tiny project; headless Chromium (Debian's chromium + chromedriver) is driven by Selenium.
 The screenshot of the filled form is saved as reports/browser/trigger_form.png of this checkout.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,13 +28,21 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOTS = PROJECT_ROOT / "reports" / "browser"
 USER, PASSWORD = "admin", secrets.token_urlsafe(12)
 # On top of the tiny project: the run through the scheduler does the least work that still runs every stage.
-SMALLEST_RUN = ["tune.n_trials=1", "baselines.models=[Pop]", "compress.variants=[fp32]",
-                "evaluate.bootstrap_resamples=50"]
+SMALLEST_RUN = [
+    "tune.n_trials=1",
+    "baselines.models=[Pop]",
+    "compress.variants=[fp32]",
+    "evaluate.bootstrap_resamples=50",
+]
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                 reason="needs Debian's chromium and chromium-driver: "
-                                        "apt-get install -y chromium chromium-driver (.ci/run does it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver: "
+        "apt-get install -y chromium chromium-driver (.ci/run does it)",
+    ),
+]
 
 
 def free_port() -> int:
@@ -45,26 +54,28 @@ def free_port() -> int:
 def airflow_env(home: Path, project: Path, port: int) -> dict[str, str]:
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RECPIPE_PARENT_RUN_ID")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),  # the same for every component
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "RECPIPE_PROJECT_DIR": str(project),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),  # the same for every component
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "RECPIPE_PROJECT_DIR": str(project),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }
+    )
     return env
 
 
@@ -80,8 +91,12 @@ def wait_for(check, timeout: float, what: str, every: float = 2.0):
 
 def http_json(url: str, token: str | None = None, data: dict | None = None, method: str | None = None) -> dict | None:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    request = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
-                                     headers=headers, method=method or ("POST" if data is not None else "GET"))
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(data).encode() if data is not None else None,
+        headers=headers,
+        method=method or ("POST" if data is not None else "GET"),
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read() or b"{}")
@@ -105,14 +120,25 @@ def live_airflow(tiny_project: Path, tmp_path: Path):
     procs = []
     for component in ("api-server", "scheduler", "dag-processor"):
         log = open(home / f"{component}.log", "w")
-        procs.append(subprocess.Popen([str(BIN / "airflow"), component], env=env, cwd=tiny_project,
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "airflow"), component],
+                env=env,
+                cwd=tiny_project,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http_json(f"{url}/api/v2/monitor/health"), 180, "the api-server")
         token = http_json(f"{url}/auth/token", data={"username": USER, "password": PASSWORD})["access_token"]
-        wait_for(lambda: (http_json(f"{url}/api/v2/dags/recpipe_manual", token) or {}).get("dag_id"), 240,
-                 "the dag-processor to parse recpipe_manual")
+        wait_for(
+            lambda: (http_json(f"{url}/api/v2/dags/recpipe_manual", token) or {}).get("dag_id"),
+            240,
+            "the dag-processor to parse recpipe_manual",
+        )
         # DAGs start paused: only recpipe_manual runs here (a nightly run in the same checkout would
         # compete for DVC's repository lock).
         assert http_json(f"{url}/api/v2/dags/recpipe_manual", token, {"is_paused": False}, "PATCH")
@@ -135,9 +161,18 @@ def browser(tmp_path: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1400,1800", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1800",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
@@ -165,9 +200,15 @@ def open_trigger_form(driver, url: str, dag_id: str):
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{url}/dags/{dag_id}")
-    WebDriverWait(driver, 60).until(EC.element_to_be_clickable((By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"))).click()
-    return WebDriverWait(driver, 60).until(lambda d: next(
-        (e for e in d.find_elements(By.CSS_SELECTOR, "[role='dialog']") if f"Trigger Dag - {dag_id}" in e.text), None))
+    WebDriverWait(driver, 60).until(
+        EC.element_to_be_clickable((By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"))
+    ).click()
+    return WebDriverWait(driver, 60).until(
+        lambda d: next(
+            (e for e in d.find_elements(By.CSS_SELECTOR, "[role='dialog']") if f"Trigger Dag - {dag_id}" in e.text),
+            None,
+        )
+    )
 
 
 def field(form, name: str):
@@ -212,12 +253,19 @@ def test_trigger_form_in_a_browser_runs_the_pipeline(live_airflow: dict, browser
 
     runs_url = f"{url}/api/v2/dags/recpipe_manual/dagRuns"
     token = live_airflow["token"]
-    run = wait_for(lambda: next(iter((http_json(runs_url, token) or {}).get("dag_runs", [])), None), 60,
-                   "the triggered run")
+    run = wait_for(
+        lambda: next(iter((http_json(runs_url, token) or {}).get("dag_runs", [])), None), 60, "the triggered run"
+    )
     assert run["conf"]["train__epochs"] == 1, run["conf"]
     run_url = f"{runs_url}/{urllib.parse.quote(run['dag_run_id'])}"
-    state = wait_for(lambda: (lambda r: r["state"] if r and r["state"] in ("success", "failed") else None)(
-        http_json(run_url, token)), 2700, "the triggered run to finish", every=10)
+    state = wait_for(
+        lambda: (lambda r: r["state"] if r and r["state"] in ("success", "failed") else None)(
+            http_json(run_url, token)
+        ),
+        2700,
+        "the triggered run to finish",
+        every=10,
+    )
     logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in live_airflow["home"].rglob("*.log"))
     assert state == "success", logs[-12000:]
 

@@ -2,6 +2,7 @@
 
 Fast: real git, real DVC on a one-stage toy project, a real MLflow SQLite registry.
 """
+
 from __future__ import annotations
 
 import json
@@ -150,16 +151,36 @@ def test_backfill_dates_are_inclusive_and_in_order():
 
 def write_register(root: Path, aliases: list[str], checks: list[dict], passed: bool) -> None:
     (root / "metrics").mkdir(parents=True, exist_ok=True)
-    (root / "metrics" / "register.json").write_text(json.dumps({
-        "model_name": "recpipe", "version": "3", "aliases": aliases,
-        "decision": {"kind": "compare", "passed": passed, "promote": False, "summary": "...",
-                     "challenger_ndcg": 0.081, "champion_ndcg": 0.09, "champion_version": "2", "checks": checks}}))
+    (root / "metrics" / "register.json").write_text(
+        json.dumps(
+            {
+                "model_name": "recpipe",
+                "version": "3",
+                "aliases": aliases,
+                "decision": {
+                    "kind": "compare",
+                    "passed": passed,
+                    "promote": False,
+                    "summary": "...",
+                    "challenger_ndcg": 0.081,
+                    "champion_ndcg": 0.09,
+                    "champion_version": "2",
+                    "checks": checks,
+                },
+            }
+        )
+    )
 
 
 def test_not_promoted_alert_names_the_failing_gate_and_its_numbers(tmp_path: Path):
-    checks = [{"name": "ndcg_improvement", "passed": False,
-               "detail": "NDCG@10 0.0810 vs champion v2 re-scored 0.0900 (-10.0%, needs >= +1.0%)"},
-              {"name": "size_budget", "passed": True, "detail": "size 20 MB vs budget 1000 MB"}]
+    checks = [
+        {
+            "name": "ndcg_improvement",
+            "passed": False,
+            "detail": "NDCG@10 0.0810 vs champion v2 re-scored 0.0900 (-10.0%, needs >= +1.0%)",
+        },
+        {"name": "size_budget", "passed": True, "detail": "size 20 MB vs budget 1000 MB"},
+    ]
     write_register(tmp_path, ["challenger"], checks, passed=False)
     found = alerts.not_promoted(tmp_path)
     assert found["reason"].startswith("gate FAILED: ndcg_improvement: NDCG@10 0.0810 vs champion v2")
@@ -182,8 +203,9 @@ def test_registry_actions_from_the_promote_form(tmp_path: Path):
     client = registry.client_for(defaults(), root)
     client.create_registered_model("recpipe")
     for _ in range(2):
-        client.create_model_version("recpipe", source=str(tmp_path), tags={"gate.passed": "false",
-                                                                            "gate.summary": "FAIL (ndcg_floor)"})
+        client.create_model_version(
+            "recpipe", source=str(tmp_path), tags={"gate.passed": "false", "gate.summary": "FAIL (ndcg_floor)"}
+        )
     who = "airflow:recpipe_promote/manual__1"
 
     with pytest.raises(registry.RegistryError, match="needs --reason"):  # a forced promotion needs a reason
@@ -209,8 +231,13 @@ def test_form_values_become_overrides_of_changed_params_only():
     schema = form_schema(params)
     assert schema["ingest__path"]["type"] == ["null", "string"]  # may stay empty: not a required field
     assert schema["ingest__source"]["type"] == "string"  # an enum: always one of its values
-    values = {"ingest__path": None, "train__epochs": params["train"]["epochs"] + 1, "skip_search": True,
-              "data_rev": "abc123", "project_dir": "/x"}
+    values = {
+        "ingest__path": None,
+        "train__epochs": params["train"]["epochs"] + 1,
+        "skip_search": True,
+        "data_rev": "abc123",
+        "project_dir": "/x",
+    }
     assert overrides_from_form(values, params) == [f"train.epochs={params['train']['epochs'] + 1}"]
     assert overrides_from_form({"ingest__path": "/data/ml-1m"}, params) == ['ingest.path="/data/ml-1m"']
 

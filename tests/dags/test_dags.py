@@ -1,4 +1,5 @@
 """The Airflow DAGs: they import cleanly, are wired in stage order, and really run (dag.test())."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,16 @@ BIN = Path(sys.executable).parent
 
 def airflow_env(home: Path, project: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (C.TRACKING_URI_ENV, C.PARENT_RUN_ENV)}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "RECPIPE_PROJECT_DIR": str(project),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "RECPIPE_PROJECT_DIR": str(project),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }
+    )
     return env
 
 
@@ -36,8 +39,12 @@ def parse_dags(snippet: str) -> str:
         f"bag = DagBag(dag_folder={str(PROJECT_ROOT / 'dags')!r});"
         "print('ERRORS', bag.import_errors);" + snippet
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=airflow_env(Path("/tmp/recpipe-dagbag-home"), PROJECT_ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=airflow_env(Path("/tmp/recpipe-dagbag-home"), PROJECT_ROOT),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ERRORS {}" in out.stdout
     return out.stdout
@@ -45,8 +52,9 @@ def parse_dags(snippet: str) -> str:
 
 def test_dags_import_without_errors_and_are_wired_in_stage_order():
     started = time.perf_counter()
-    out = parse_dags("[print('TASKS', d.dag_id, ','.join(t.task_id for t in d.topological_sort())) "
-                     "for d in bag.dags.values()]")
+    out = parse_dags(
+        "[print('TASKS', d.dag_id, ','.join(t.task_id for t in d.topological_sort())) for d in bag.dags.values()]"
+    )
     tasks = {line.split()[1]: line.split()[2].split(",") for line in out.splitlines() if line.startswith("TASKS")}
     flow = ["anything_to_do", "start_pipeline_run", *C.STAGES, "publish_run", "finish_pipeline_run"]
     assert tasks["recpipe_nightly"] == flow
@@ -90,7 +98,6 @@ def test_manual_form_comes_from_params_yaml_and_refuses_invalid_values():
     assert promote["reason"]["type"] == ["null", "string"] and promote["share"]["minimum"] == 0
 
 
-
 # Runs one DAG through dag.test() in a fresh interpreter (as Airflow would) and reports every task's state.
 RUN_DAG = """
 import datetime, json, sys
@@ -106,12 +113,17 @@ print('DAGRUN ' + json.dumps({'state': value(dr.state), 'run_id': dr.run_id,
 
 def run_dag(project: Path, env: dict, dag_id: str, when: str, conf: dict | None = None) -> tuple[dict, str]:
     """dag.test() of one DAG run at logical date `when` (the same date again = that run cleared and re-run)."""
-    out = subprocess.run([sys.executable, "-c", RUN_DAG, dag_id, json.dumps(conf or {}), when, str(project / "dags")],
-                         cwd=project, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_DAG, dag_id, json.dumps(conf or {}), when, str(project / "dags")],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     log = out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("DAGRUN ")]
     assert lines, log[-8000:]
-    return json.loads(lines[-1][len("DAGRUN "):]), log
+    return json.loads(lines[-1][len("DAGRUN ") :]), log
 
 
 def alerts_of(project: Path) -> list[dict]:
@@ -121,6 +133,7 @@ def alerts_of(project: Path) -> list[dict]:
 
 def registry_state(project: Path) -> tuple[dict, list[dict]]:
     from mlflow import MlflowClient
+
     from pipeline_tasks.core import params as P
     from pipeline_tasks.core import tracking
 
@@ -182,15 +195,21 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     assert any((project / "dvc-storage").rglob("*")), "dvc push wrote nothing to the remote"
     runs_commit = git_in(project, "rev-parse", "recpipe-runs")
     assert git_in(project, "show", "recpipe-runs:dvc.lock") == (project / "dvc.lock").read_text().strip()
-    assert git_in(project, "rev-parse", "HEAD") == head and git_in(project, "branch", "--show-current") in ("main", "master")
+    assert git_in(project, "rev-parse", "HEAD") == head and git_in(project, "branch", "--show-current") in (
+        "main",
+        "master",
+    )
     aliases, versions = registry_state(project)
     from mlflow import MlflowClient
+
     from pipeline_tasks.core import tracking
 
     experiment = tracking.setup(P.load(project / "params.yaml"), project)
-    parent = MlflowClient().search_runs([experiment], order_by=["attributes.start_time DESC"],
-                                        filter_string=f"tags.`airflow.run_id` = '{rerun['run_id']}' "
-                                                      "and tags.`recpipe.kind` = 'pipeline'")[0]
+    parent = MlflowClient().search_runs(
+        [experiment],
+        order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`airflow.run_id` = '{rerun['run_id']}' and tags.`recpipe.kind` = 'pipeline'",
+    )[0]
     assert parent.data.tags["recpipe.runs_commit"] == runs_commit and parent.info.status == "FINISHED"
     assert [a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "dvc")] == ["dvc/dvc.lock"]
     # The stage processes saw the DAG run (register tags the version with it, for `recpipe lineage`).
@@ -204,12 +223,22 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     assert "nothing to do" in log
 
     # 4. recpipe_promote: past a failed gate only with a written reason, audited with the DAG run.
-    refused, log = run_dag(project, env, "recpipe_promote", "2026-11-02T09:00:00+00:00",
-                           {"action": "promote", "version": int(register["version"]), "reason": ""})
+    refused, log = run_dag(
+        project,
+        env,
+        "recpipe_promote",
+        "2026-11-02T09:00:00+00:00",
+        {"action": "promote", "version": int(register["version"]), "reason": ""},
+    )
     assert refused["state"] == "failed" and "needs --reason" in log, log[-4000:]
     assert "champion" not in registry_state(project)[0]
-    forced, log = run_dag(project, env, "recpipe_promote", "2026-11-02T09:05:00+00:00",
-                          {"action": "promote", "version": int(register["version"]), "reason": "launch with v1"})
+    forced, log = run_dag(
+        project,
+        env,
+        "recpipe_promote",
+        "2026-11-02T09:05:00+00:00",
+        {"action": "promote", "version": int(register["version"]), "reason": "launch with v1"},
+    )
     assert forced["state"] == "success", log[-4000:]
     from pipeline_tasks.serving import registry
 

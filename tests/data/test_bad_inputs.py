@@ -7,6 +7,7 @@ good run). The expected outcome is either "passes", with the rows the cleaner qu
 (rule -> how many more than on the unmutated data), or the gate that stops the run and
 exactly which `fail` checks it names. README "Data validation" shows the same table.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -52,6 +53,7 @@ class Outcome:
 
 # --- mutations (each returns new tables; `rng` seeded per case) -----------------------
 
+
 def rng() -> np.random.Generator:
     return np.random.default_rng(SEED)
 
@@ -81,6 +83,7 @@ def null_user_ids(share: float) -> Callable[[Tables], Tables]:
         frame = t["interactions"].copy()
         frame.loc[rows_share(frame, share), C.USER_ID] = None
         return with_interactions(t, frame)
+
     return mutate
 
 
@@ -144,9 +147,15 @@ def bot_flood(t: Tables) -> Tables:
     """One client replaying 300 events in 100 seconds (the cleaner's limit: 60 a minute)."""
     frame, items = t["interactions"], t["items"][C.ITEM_ID].to_numpy()
     start = frame[C.TIMESTAMP].max() - pd.Timedelta(days=1)
-    bot = pd.DataFrame({C.USER_ID: "bot_7", C.ITEM_ID: rng().choice(items, BOT_EVENTS), C.RATING: 5.0,
-                        C.TIMESTAMP: start + pd.to_timedelta(np.arange(BOT_EVENTS) * 333, unit="ms"),
-                        C.EVENT: "rating"})
+    bot = pd.DataFrame(
+        {
+            C.USER_ID: "bot_7",
+            C.ITEM_ID: rng().choice(items, BOT_EVENTS),
+            C.RATING: 5.0,
+            C.TIMESTAMP: start + pd.to_timedelta(np.arange(BOT_EVENTS) * 333, unit="ms"),
+            C.EVENT: "rating",
+        }
+    )
     bot[C.TIMESTAMP] = bot[C.TIMESTAMP].astype("datetime64[us, UTC]")
     users = pd.concat([t["users"], pd.DataFrame({C.USER_ID: ["bot_7"]})], ignore_index=True)
     return {**with_interactions(t, pd.concat([frame, bot])), "users": users}
@@ -162,10 +171,12 @@ def orphan_items(t: Tables) -> Tables:
 
 def texts_empty(share: float) -> Callable[[Tables], Tables]:
     """`share` of the catalogue (drawn at random) loses its text: only markup is left."""
+
     def mutate(t: Tables) -> Tables:
         items = t["items"].copy()
         items.loc[rows_share(items, share), C.TEXT] = "  <p> </p> "
         return {**t, "items": items}
+
     return mutate
 
 
@@ -203,20 +214,45 @@ def on_textless_items(_: Tables, after: Tables) -> int:
 
 
 # Every row quarantined: the clean gate and the drift gate both see an empty version.
-EMPTIED = frozenset({"quarantine_share", "interactions_user_kcore", "interactions_item_kcore",
-                     "row_count_change", "lost_user_share", "rating_mean_shift", "popularity_psi"})
+EMPTIED = frozenset(
+    {
+        "quarantine_share",
+        "interactions_user_kcore",
+        "interactions_item_kcore",
+        "row_count_change",
+        "lost_user_share",
+        "rating_mean_shift",
+        "popularity_psi",
+    }
+)
 CASES = [
     Case("unchanged", unchanged, None),
-    Case("renamed column (item_id -> movie_id)", renamed_column, "validate_raw",
-         frozenset({"interactions_columns_present"})),
-    Case("catalogue without its text column", catalogue_without_text, "validate_raw",
-         frozenset({"items_columns_present"})),
+    Case(
+        "renamed column (item_id -> movie_id)",
+        renamed_column,
+        "validate_raw",
+        frozenset({"interactions_columns_present"}),
+    ),
+    Case(
+        "catalogue without its text column",
+        catalogue_without_text,
+        "validate_raw",
+        frozenset({"items_columns_present"}),
+    ),
     Case("empty interactions file", empty_file, "validate_raw", frozenset({"interactions_min_rows"})),
     Case("10% null user ids", null_user_ids(0.10), "validate_raw", frozenset({"interactions_user_id_not_null"})),
-    Case("5% unparseable timestamps", unparseable_timestamps, "validate_raw",
-         frozenset({"interactions_timestamp_parseable"})),
-    Case("2% null user ids", null_user_ids(0.02), None,
-         quarantined={"invalid_id": lambda _, m: int(m["interactions"][C.USER_ID].isna().sum())}),
+    Case(
+        "5% unparseable timestamps",
+        unparseable_timestamps,
+        "validate_raw",
+        frozenset({"interactions_timestamp_parseable"}),
+    ),
+    Case(
+        "2% null user ids",
+        null_user_ids(0.02),
+        None,
+        quarantined={"invalid_id": lambda _, m: int(m["interactions"][C.USER_ID].isna().sum())},
+    ),
     Case("2% future timestamps", future_timestamps, None, quarantined={"future_timestamp": added_rows(0.02)}),
     Case("one day duplicated", one_day_duplicated, None, quarantined={"duplicate": more_rows}),
     Case("bot flood (300 events in 100 s)", bot_flood, None, quarantined={"bot": more_rows}),
@@ -226,16 +262,25 @@ CASES = [
     Case("every item text empty", texts_empty(1.0), "validate_clean", EMPTIED),
     Case("30% orphan items", orphan_items, "validate_clean", frozenset({"quarantine_share", "row_count_change"})),
     Case("half the rows sent twice", replayed_export, "validate_clean", frozenset({"quarantine_share"})),
-    Case("half the users missing", half_users_missing, "validate_clean",
-         frozenset({"row_count_change", "lost_user_share"})),
-    Case("user ids change type (str -> int)", ids_change_type, "validate_clean",
-         frozenset({"new_user_share", "lost_user_share"})),
+    Case(
+        "half the users missing",
+        half_users_missing,
+        "validate_clean",
+        frozenset({"row_count_change", "lost_user_share"}),
+    ),
+    Case(
+        "user ids change type (str -> int)",
+        ids_change_type,
+        "validate_clean",
+        frozenset({"new_user_share", "lost_user_share"}),
+    ),
     Case("item popularity flipped", popularity_flip, "validate_clean", frozenset({"popularity_psi"})),
     Case("every rating one star higher", ratings_plus_one, "validate_clean", frozenset({"rating_mean_shift"})),
 ]
 
 
 # --- running the stages ---------------------------------------------------------------
+
 
 def catalogue_params() -> dict:
     params = P.defaults()

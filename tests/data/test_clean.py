@@ -1,4 +1,5 @@
 """Stage clean (PySpark): every rule, exact accounting, ground truth on the synthetic data, atomic writes."""
+
 from __future__ import annotations
 
 import unicodedata
@@ -19,8 +20,14 @@ pytestmark = pytest.mark.spark
 
 T0 = pd.Timestamp("2026-03-01 12:00:00", tz="UTC")
 # What each injected kind of dirt must be quarantined as.
-EXPECTED_REASON = {"duplicate": "duplicate", "null_id": "invalid_id", "bad_rating": "rating_out_of_range",
-                   "future_timestamp": "future_timestamp", "orphan_item": "orphan_item", "bot": "bot"}
+EXPECTED_REASON = {
+    "duplicate": "duplicate",
+    "null_id": "invalid_id",
+    "bad_rating": "rating_out_of_range",
+    "future_timestamp": "future_timestamp",
+    "orphan_item": "orphan_item",
+    "bot": "bot",
+}
 
 
 def read(root: Path, folder: str, table: str) -> pd.DataFrame:
@@ -32,8 +39,10 @@ def keys(df: pd.DataFrame) -> list[tuple]:
     stamps = pd.to_datetime(df[C.TIMESTAMP], utc=True)
     nanos = [None if pd.isna(t) else int(t.value) for t in stamps]
     ids = df[[C.USER_ID, C.ITEM_ID]].replace(r"^\s*$", None, regex=True)
-    return [tuple(None if pd.isna(v) else v for v in row) for row in zip(
-        ids[C.USER_ID], ids[C.ITEM_ID], df[C.RATING], nanos, df[C.EVENT])]
+    return [
+        tuple(None if pd.isna(v) else v for v in row)
+        for row in zip(ids[C.USER_ID], ids[C.ITEM_ID], df[C.RATING], nanos, df[C.EVENT])
+    ]
 
 
 def assert_accounting(metrics: dict) -> None:
@@ -44,6 +53,7 @@ def assert_accounting(metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------- the default synthetic data
+
 
 def local_params() -> dict:
     """Default params on a 2-thread local Spark (what the module-scoped runs below share)."""
@@ -70,7 +80,9 @@ def incremental_run(spark, tmp_path_factory):
     ingest.run(params, root)
     for day in (1, 2):
         params["ingest"]["synthetic"]["day"] = day
-        assert ingest.run(params, root)["batches"][-1] == str((pd.Timestamp("2026-06-29") + pd.Timedelta(days=day)).date())
+        assert ingest.run(params, root)["batches"][-1] == str(
+            (pd.Timestamp("2026-06-29") + pd.Timedelta(days=day)).date()
+        )
     return root, clean.run(params, root)
 
 
@@ -86,8 +98,9 @@ def test_cleaning_removes_every_injected_row_and_no_good_one(run_name, request):
 
     # Every injected row is quarantined, for the reason its defect calls for.
     by_rule = quarantined[~quarantined[C.REASON].isin(["kcore", "item_removed"])]
-    assert Counter(zip(keys(by_rule), by_rule[C.REASON])) == \
-        Counter(zip(keys(dirty), dirty["kind"].map(EXPECTED_REASON)))
+    assert Counter(zip(keys(by_rule), by_rule[C.REASON])) == Counter(
+        zip(keys(dirty), dirty["kind"].map(EXPECTED_REASON))
+    )
     # Good rows are kept, except those thinned out by k-core or whose item's text was broken.
     broken_items = set(injected.loc[injected["kind"] == "broken_text", C.ITEM_ID])
     removed_with_item = quarantined[quarantined[C.REASON] == "item_removed"]
@@ -125,6 +138,7 @@ def test_clean_synthetic_data_is_still_a_real_dataset(synthetic_run):
 
 
 # ---------------------------------------------------------------- every rule on a hand-made frame
+
 
 def row(user, item, rating=4.0, minutes=0.0, event="rating", at=None) -> dict:
     stamp = at if at is not None else T0 + pd.Timedelta(minutes=minutes)
@@ -166,12 +180,20 @@ def write_raw(root: Path, interactions: list[dict], items: pd.DataFrame, users: 
 
 
 def hand_made_items() -> pd.DataFrame:
-    return pd.DataFrame({
-        C.ITEM_ID: ["i1", "i2", "i3", "i_broken", "i1", None],
-        C.TITLE: ["One", "Two", "Three", "Broken", "One (short)", "Nobody"],
-        C.TEXT: ["<p>Jazz &amp; blues,\n  late   at night.</p>", "Cafe\u0301 culture", "x" * 50,
-                 "<div>&nbsp;</div>", "Jazz", "orphaned text"],
-    })
+    return pd.DataFrame(
+        {
+            C.ITEM_ID: ["i1", "i2", "i3", "i_broken", "i1", None],
+            C.TITLE: ["One", "Two", "Three", "Broken", "One (short)", "Nobody"],
+            C.TEXT: [
+                "<p>Jazz &amp; blues,\n  late   at night.</p>",
+                "Cafe\u0301 culture",
+                "x" * 50,
+                "<div>&nbsp;</div>",
+                "Jazz",
+                "orphaned text",
+            ],
+        }
+    )
 
 
 def hand_made_users() -> pd.DataFrame:
@@ -194,7 +216,8 @@ def test_each_rule_quarantines_its_rows_with_its_reason(spark, tmp_path, tiny_pa
     assert {k: v for k, v in got.items() if v} == dict(expected)
     quarantined = read(tmp_path, C.DATA_QUARANTINE, "interactions")
     assert Counter(zip(keys(quarantined), quarantined[C.REASON])) == Counter(
-        zip(keys(pd.DataFrame([r for r, why in cases if why])), [why for _, why in cases if why]))
+        zip(keys(pd.DataFrame([r for r, why in cases if why])), [why for _, why in cases if why])
+    )
     kept = read(tmp_path, C.DATA_CLEAN, "interactions")
     assert sorted(keys(kept), key=str) == sorted(keys(pd.DataFrame([r for r, why in cases if not why])), key=str)
     assert_accounting(metrics)
@@ -229,8 +252,12 @@ def test_repeats_skip_quarantined_rows_and_bursts_count_only_live_rows(spark, tm
     """One sort per user flags repeats and counts each user's events per minute: a quarantined row
     with a kept row's key is no repeat of it, and a duplicate is no event of a burst."""
     minute = T0 + pd.Timedelta(minutes=30)
-    rows = [row("u1", "i1", rating=4.0), row("u1", "i1", rating=9.0), row("u1", "i1", rating=4.0),
-            row("u1", "i1", rating=3.0)]  # kept, out of range, duplicate, duplicate_key: all one key
+    rows = [
+        row("u1", "i1", rating=4.0),
+        row("u1", "i1", rating=9.0),
+        row("u1", "i1", rating=4.0),
+        row("u1", "i1", rating=3.0),
+    ]  # kept, out of range, duplicate, duplicate_key: all one key
     burst = [row("u3", f"i{k % 3 + 1}", at=minute + pd.Timedelta(seconds=k / 2)) for k in range(60)]
     rows += burst + burst[:1]  # 61 rows in one minute, one of them a duplicate: 60 events, not a bot
     rows += [row("u4", f"i{k % 3 + 1}", at=minute + pd.Timedelta(seconds=k / 2)) for k in range(61)]  # a bot
@@ -244,8 +271,9 @@ def test_repeats_skip_quarantined_rows_and_bursts_count_only_live_rows(spark, tm
     assert kept.loc[kept[C.USER_ID] == "u1", C.RATING].tolist() == [4.0]
     # Each materialised step logs its duration (what bench_clean.py records as phases_s).
     phases = [r.args[0] for r in caplog.records if r.msg.startswith("clean phase")]
-    assert {"interactions: coerce, range rules, duplicates", "interactions: bot users",
-            "write interactions"} <= set(phases)
+    assert {"interactions: coerce, range rules, duplicates", "interactions: bot users", "write interactions"} <= set(
+        phases
+    )
 
 
 def test_rows_lost_on_the_way_to_disk_stop_the_run(spark, tmp_path, tiny_params, monkeypatch):
@@ -267,8 +295,12 @@ def test_rows_lost_on_the_way_to_disk_stop_the_run(spark, tmp_path, tiny_params,
 
 def test_placeholder_policy_keeps_orphans_and_adds_catalogue_rows(spark, tmp_path, tiny_params):
     tiny_params["clean"]["orphan_policy"] = "placeholder"
-    write_raw(tmp_path, [row("u1", "i1"), row("u1", "i999", minutes=1), row("u1", "i998", minutes=2)],
-              hand_made_items(), hand_made_users())
+    write_raw(
+        tmp_path,
+        [row("u1", "i1"), row("u1", "i999", minutes=1), row("u1", "i998", minutes=2)],
+        hand_made_items(),
+        hand_made_users(),
+    )
     metrics = clean.run(tiny_params, tmp_path)
     assert metrics["interactions"]["rows_kept"] == 3
     assert metrics["items"]["rows_added"] == 2
@@ -289,8 +321,15 @@ def frame(spark, rows: list[dict]):
 
 def test_kcore_iterates_until_stable(spark, params):
     # A cascade: u3 (1 rating) goes, then i3 (now 1 rating), then u2 (now 1 rating): three passes.
-    rows = [row("u1", "i1"), row("u1", "i2", minutes=1), row("u2", "i1", minutes=2), row("u2", "i3", minutes=3),
-            row("u3", "i3", minutes=4), row("u4", "i1", minutes=5), row("u4", "i2", minutes=6)]
+    rows = [
+        row("u1", "i1"),
+        row("u1", "i2", minutes=1),
+        row("u2", "i1", minutes=2),
+        row("u2", "i3", minutes=3),
+        row("u3", "i3", minutes=4),
+        row("u4", "i1", minutes=5),
+        row("u4", "i2", minutes=6),
+    ]
     params["clean"].update(kcore_users=2, kcore_items=2)
     flagged, stats = cleaning.flag_kcore(frame(spark, rows), params["clean"])
     survivors = {(r[C.USER_ID], r[C.ITEM_ID]) for r in flagged.filter("reason is null").collect()}
@@ -312,12 +351,14 @@ def test_bots_by_burst_and_by_zscore(spark, params):
 
 
 def test_types_are_coerced_and_unparseable_values_quarantined(spark):
-    pdf = pd.DataFrame({
-        C.USER_ID: [1.0, 2.0, 3.0, 4.0, np.nan],
-        C.ITEM_ID: [10, 20, 30, 40, 50],
-        C.RATING: ["4", " 3.5 ", "", "five", "2"],
-        C.TIMESTAMP: ["2026-01-02 03:04:05", "881250949", "2026-01-02", "2026-01-02", "not a date"],
-    })
+    pdf = pd.DataFrame(
+        {
+            C.USER_ID: [1.0, 2.0, 3.0, 4.0, np.nan],
+            C.ITEM_ID: [10, 20, 30, 40, 50],
+            C.RATING: ["4", " 3.5 ", "", "five", "2"],
+            C.TIMESTAMP: ["2026-01-02 03:04:05", "881250949", "2026-01-02", "2026-01-02", "not a date"],
+        }
+    )
     flagged = cleaning.coerce_interactions(spark.createDataFrame(pdf)).toPandas()
     assert flagged[C.USER_ID].tolist()[:4] == ["1", "2", "3", "4"] and pd.isna(flagged[C.USER_ID][4])
     assert flagged[C.ITEM_ID].tolist() == ["10", "20", "30", "40", "50"]
@@ -332,10 +373,15 @@ def test_malformed_source_lines_are_quarantined_and_counted(spark, tmp_path, par
     folder = tmp_path / "shop"
     folder.mkdir()
     rows = [f"u{i % 20},i{i % 7},4,{1700000000 + i}\n" for i in range(300)]
-    (folder / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(rows[:10])
-                                             + "u9,i1,four,1700000000\nu9,i1\n" + "".join(rows[10:]))
-    (folder / "items.csv").write_text("item_id,title,description\n" + "".join(f"i{k},T{k},D\n" for k in range(7))
-                                      + "i7,broken\n")
+    (folder / "interactions.csv").write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(rows[:10])
+        + "u9,i1,four,1700000000\nu9,i1\n"
+        + "".join(rows[10:])
+    )
+    (folder / "items.csv").write_text(
+        "item_id,title,description\n" + "".join(f"i{k},T{k},D\n" for k in range(7)) + "i7,broken\n"
+    )
     params["ingest"].update(source="generic", path=str(folder), max_bad_line_share=0.2)
     ingest.run(params, tmp_path)
     metrics = clean.run(params, tmp_path)
@@ -348,6 +394,7 @@ def test_malformed_source_lines_are_quarantined_and_counted(spark, tmp_path, par
 
 
 # ---------------------------------------------------------------- atomic output
+
 
 def test_a_failed_run_leaves_the_previous_clean_data_intact(spark, tmp_path, tiny_params, monkeypatch):
     write_raw(tmp_path, [row("u1", "i1"), row("u2", "i2", minutes=1)], hand_made_items(), hand_made_users())
@@ -387,7 +434,10 @@ def test_spark_settings_come_from_params_and_suit_a_cluster(params):
 
     params["spark"].update(master="spark://head:7077", driver_memory="6g", shuffle_partitions=64)
     conf = spark_conf(params["spark"])
-    assert (conf["spark.master"], conf["spark.driver.memory"], conf["spark.sql.shuffle.partitions"]) == \
-        ("spark://head:7077", "6g", "64")
+    assert (conf["spark.master"], conf["spark.driver.memory"], conf["spark.sql.shuffle.partitions"]) == (
+        "spark://head:7077",
+        "6g",
+        "64",
+    )
     assert "spark.driver.host" not in conf, "a cluster's executors must be able to reach the driver"
     assert spark_conf({**params["spark"], "master": "local[*]"})["spark.driver.host"] == "127.0.0.1"

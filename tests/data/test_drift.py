@@ -5,6 +5,7 @@ a drifted version stops the run with the numbers, thresholds and the Data Docs p
 the message, and does not become the baseline. The arithmetic (PSI, id shares, id
 sampling, pruning) is checked on pandas alone.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,10 +33,15 @@ def interactions(users: range = range(N_USERS), rating_shift: float = 0.0) -> pd
     for u in users:
         tail = [N_POPULAR + (u + k) % N_TAIL for k in range(3)]
         for n, i in enumerate([0, 1, 2, *tail]):
-            rows.append({C.USER_ID: f"u{u:03d}", C.ITEM_ID: f"i{i:02d}",
-                         C.RATING: min(5.0, 1.0 + (u + i) % 5 + rating_shift),
-                         C.TIMESTAMP: pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(hours=u, minutes=n),
-                         C.EVENT: "rating"})
+            rows.append(
+                {
+                    C.USER_ID: f"u{u:03d}",
+                    C.ITEM_ID: f"i{i:02d}",
+                    C.RATING: min(5.0, 1.0 + (u + i) % 5 + rating_shift),
+                    C.TIMESTAMP: pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(hours=u, minutes=n),
+                    C.EVENT: "rating",
+                }
+            )
     frame = pd.DataFrame(rows)
     frame[C.TIMESTAMP] = frame[C.TIMESTAMP].astype("datetime64[us, UTC]")
     return frame
@@ -44,9 +50,13 @@ def interactions(users: range = range(N_USERS), rating_shift: float = 0.0) -> pd
 def write_version(root: Path, frame: pd.DataFrame) -> Path:
     """data/clean (+ raw, + an empty quarantine) as the clean stage would leave them."""
     n_items = N_POPULAR + N_TAIL
-    items = pd.DataFrame({C.ITEM_ID: [f"i{i:02d}" for i in range(n_items)],
-                          C.TITLE: [f"Item {i}" for i in range(n_items)],
-                          C.TEXT: [f"Item {i}: a story." for i in range(n_items)]})
+    items = pd.DataFrame(
+        {
+            C.ITEM_ID: [f"i{i:02d}" for i in range(n_items)],
+            C.TITLE: [f"Item {i}" for i in range(n_items)],
+            C.TEXT: [f"Item {i}: a story." for i in range(n_items)],
+        }
+    )
     users = pd.DataFrame({C.USER_ID: sorted(frame[C.USER_ID].unique())})
     for table, data in (("interactions", frame), ("items", items), ("users", users)):
         io.write_table(data, root / C.DATA_RAW / table)
@@ -64,6 +74,7 @@ def blocking(message: str) -> set[str]:
 
 
 # --- the gate, end to end (Spark + GX) ------------------------------------------------
+
 
 @pytest.mark.spark
 def test_drift_gate_compares_with_the_last_passing_version_only(spark, params, tmp_path, capsys):
@@ -115,6 +126,7 @@ def test_drift_gate_compares_with_the_last_passing_version_only(spark, params, t
 def test_rating_shift_fails_and_every_page_reaches_mlflow(spark, params, tmp_path, monkeypatch):
     """Through the stage runner with a real MLflow SQLite store: Data Docs of both gates are artifacts."""
     import mlflow
+
     from pipeline_tasks import validate_raw
 
     monkeypatch.setenv(C.TRACKING_URI_ENV, f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -126,12 +138,17 @@ def test_rating_shift_fails_and_every_page_reaches_mlflow(spark, params, tmp_pat
     with pytest.raises(DataValidationError) as caught:
         run_stage("validate_clean", validate_clean.run, params, root)
     assert blocking(str(caught.value)) == {"rating_mean_shift"}
-    assert re.search(r"rating_mean_shift .*observed \+0\.\d+ \(\d\.\d+, previously \d\.\d+\); "
-                     r"threshold: <= 0.3 stars", str(caught.value))
+    assert re.search(
+        r"rating_mean_shift .*observed \+0\.\d+ \(\d\.\d+, previously \d\.\d+\); "
+        r"threshold: <= 0.3 stars",
+        str(caught.value),
+    )
 
     client = mlflow.tracking.MlflowClient()
-    runs = client.search_runs([mlflow.get_experiment_by_name(params["mlflow"]["experiment"]).experiment_id],
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [mlflow.get_experiment_by_name(params["mlflow"]["experiment"]).experiment_id],
+        order_by=["attributes.start_time ASC"],
+    )
     assert [r.info.run_name for r in runs] == ["validate_raw", "validate_clean", "validate_clean"]
 
     def artifacts(run, path=""):
@@ -142,8 +159,7 @@ def test_rating_shift_fails_and_every_page_reaches_mlflow(spark, params, tmp_pat
 
     raw_run, _, failed_run = runs
     assert "gx_docs/index.html" in artifacts(raw_run)
-    assert {p.split("/")[1] for p in artifacts(raw_run) if p.endswith(".html") and p.count("/") == 2} \
-        == set(C.TABLES)
+    assert {p.split("/")[1] for p in artifacts(raw_run) if p.endswith(".html") and p.count("/") == 2} == set(C.TABLES)
     logged = artifacts(failed_run)
     pages = {p.split("/")[1] for p in logged if p.endswith(".html") and p.count("/") == 2}
     assert pages == {*C.TABLES, "quarantine", "drift"}  # the failed run's pages too, drift included
@@ -152,6 +168,7 @@ def test_rating_shift_fails_and_every_page_reaches_mlflow(spark, params, tmp_pat
 
 
 # --- the arithmetic (pandas only) -----------------------------------------------------
+
 
 def counts(values: dict[str, int]) -> pd.DataFrame:
     return pd.DataFrame({C.ITEM_ID: list(values), drift.COUNT: list(values.values())})
@@ -191,8 +208,7 @@ def test_rating_mean_shift_handles_implicit_feedback():
 
 def version(name: str, n_users: int = 3) -> drift.VersionStats:
     ids = pd.DataFrame({C.USER_ID: [f"u{u}" for u in range(n_users)], drift.BUCKET: list(range(n_users))})
-    return drift.VersionStats(name, name, 10, n_users, 2, 3.0, drift.ID_HASH_MODULUS, ids,
-                              counts({"i1": 6, "i2": 4}))
+    return drift.VersionStats(name, name, 10, n_users, 2, 3.0, drift.ID_HASH_MODULUS, ids, counts({"i1": 6, "i2": 4}))
 
 
 def test_saved_versions_round_trip_and_old_ones_are_pruned(tmp_path):

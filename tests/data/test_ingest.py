@@ -1,4 +1,5 @@
 """Stage ingest: synthetic and MovieLens sources to data/raw, clear errors for broken inputs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,11 @@ def write_ml100k(folder: Path, ratings: str) -> Path:
     flags = ["0"] * 19
     flags[1] = flags[15] = "1"  # Action, Sci-Fi
     (folder / "u.item").write_bytes(
-        ("1|Caf\xe9 Society (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n"
-         "2|Heat (1995)|01-Jan-1995||http://y|" + GENRE_FLAGS + "\n").encode("latin-1"))
+        (
+            "1|Caf\xe9 Society (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n"
+            "2|Heat (1995)|01-Jan-1995||http://y|" + GENRE_FLAGS + "\n"
+        ).encode("latin-1")
+    )
     (folder / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
     return folder
 
@@ -94,13 +98,16 @@ def test_wrong_delimiter_is_named(tmp_path, params):
         ingest.run(movielens_params(params, folder), tmp_path)
 
 
-@pytest.mark.parametrize("problem, match", [
-    ("no_folder", r"does not exist.*ingest\.path"),
-    ("empty_path", r"ingest\.path is empty"),
-    ("empty_file", r"u\.data is empty"),
-    ("missing_file", r"missing file .*u\.user"),
-    ("no_ratings", r"holds no MovieLens ratings file"),
-])
+@pytest.mark.parametrize(
+    "problem, match",
+    [
+        ("no_folder", r"does not exist.*ingest\.path"),
+        ("empty_path", r"ingest\.path is empty"),
+        ("empty_file", r"u\.data is empty"),
+        ("missing_file", r"missing file .*u\.user"),
+        ("no_ratings", r"holds no MovieLens ratings file"),
+    ],
+)
 def test_broken_sources_raise_a_clear_error(tmp_path, params, problem, match):
     folder = write_ml100k(tmp_path / "ml", "1\t1\t4\t881250949\n")
     path: Path | str = folder
@@ -123,8 +130,9 @@ def test_movielens_1m_layout(tmp_path, params):
     folder = tmp_path / "ml-1m"
     folder.mkdir()
     (folder / "ratings.dat").write_text("1::10::5::978300760\n2::20::3::978302109\n")
-    (folder / "movies.dat").write_bytes("10::GoldenEye (1995)::Action|Adventure\n20::Amélie (2001)::Comedy|Romance\n"
-                                        .encode("latin-1"))
+    (folder / "movies.dat").write_bytes(
+        "10::GoldenEye (1995)::Action|Adventure\n20::Amélie (2001)::Comedy|Romance\n".encode("latin-1")
+    )
     (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
     metrics = ingest.run(movielens_params(params, folder), tmp_path)
     assert metrics["layout"] == "ml-1m" and metrics["rows"] == {"interactions": 2, "items": 2, "users": 2}
@@ -139,8 +147,10 @@ def test_movielens_csv_layout_with_tags(tmp_path, params):
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,0.5,964981247\n")
-    (folder / "movies.csv").write_text('movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n'
-                                       '2,"American President, The (1995)",(no genres listed)\n')
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
+        '2,"American President, The (1995)",(no genres listed)\n'
+    )
     (folder / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,Pixar,2\n3,1,fun,3\n")
     metrics = ingest.run(movielens_params(params, folder), tmp_path)
     assert metrics["layout"] == "ml-csv"
@@ -159,8 +169,17 @@ def test_unknown_source_is_a_params_error(tmp_path, params):
 
 
 def test_cli_prints_the_error_without_traceback(tmp_path, capsys):
-    code = ingest.main(["--root", str(tmp_path), "--no-mlflow", "--set", "ingest.source=movielens",
-                        "--set", f"ingest.path={tmp_path / 'missing'}"])
+    code = ingest.main(
+        [
+            "--root",
+            str(tmp_path),
+            "--no-mlflow",
+            "--set",
+            "ingest.source=movielens",
+            "--set",
+            f"ingest.path={tmp_path / 'missing'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "DataSourceError" in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 Every fixture file is built here in tmp_path (nothing is downloaded). The bad-file cases check
 that each error names the file, the line or column, and the fix.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -39,17 +40,33 @@ def source(params: dict, name: str, path: Path) -> dict:
 
 # ---------------------------------------------------------------- Amazon reviews
 
+
 def amazon_2018(folder: Path, extra: list | None = None) -> Path:
     reviews = [
-        {"overall": 5.0, "verified": True, "reviewTime": "09 13, 2009", "reviewerID": "A1", "asin": "B001",
-         "reviewerName": "x", "reviewText": "Great", "summary": "ok", "unixReviewTime": 1252800000},
+        {
+            "overall": 5.0,
+            "verified": True,
+            "reviewTime": "09 13, 2009",
+            "reviewerID": "A1",
+            "asin": "B001",
+            "reviewerName": "x",
+            "reviewText": "Great",
+            "summary": "ok",
+            "unixReviewTime": 1252800000,
+        },
         {"overall": 3.0, "reviewerID": "A2", "asin": "B002", "unixReviewTime": 1252900000, "style": {"Format:": "x"}},
         {"overall": 4.0, "reviewerID": "A1", "asin": "B002", "unixReviewTime": 1253000000},
     ] + (extra or [])
     write_jsonl(folder / "Books_5.json", reviews)
     meta = [
-        {"asin": "B001", "title": "The Sourdough Book", "description": ["<p>Bread &amp; more.</p>", "Second."],
-         "category": ["Books", "Cooking"], "brand": "x", "feature": ["Hardcover"]},
+        {
+            "asin": "B001",
+            "title": "The Sourdough Book",
+            "description": ["<p>Bread &amp; more.</p>", "Second."],
+            "category": ["Books", "Cooking"],
+            "brand": "x",
+            "feature": ["Hardcover"],
+        },
         {"asin": "B002", "title": "Jazz Nights", "description": [], "category": ["Books", "Music"]},
         {"asin": "B003", "title": "Never Reviewed", "description": ["A cold-start item."], "category": []},
     ]
@@ -59,16 +76,49 @@ def amazon_2018(folder: Path, extra: list | None = None) -> Path:
 
 def amazon_2023(folder: Path) -> Path:
     reviews = [
-        {"rating": 5.0, "title": "Loved it", "text": "Nice", "images": [], "asin": "B0X1", "parent_asin": "P1",
-         "user_id": "AE1", "timestamp": 1588687728923, "helpful_vote": 2, "verified_purchase": True},
-        {"rating": 2.0, "title": "Meh", "text": "", "images": [], "asin": "B0X2", "parent_asin": "P1",
-         "user_id": "AE2", "timestamp": 1588687729000, "helpful_vote": 0, "verified_purchase": False},
+        {
+            "rating": 5.0,
+            "title": "Loved it",
+            "text": "Nice",
+            "images": [],
+            "asin": "B0X1",
+            "parent_asin": "P1",
+            "user_id": "AE1",
+            "timestamp": 1588687728923,
+            "helpful_vote": 2,
+            "verified_purchase": True,
+        },
+        {
+            "rating": 2.0,
+            "title": "Meh",
+            "text": "",
+            "images": [],
+            "asin": "B0X2",
+            "parent_asin": "P1",
+            "user_id": "AE2",
+            "timestamp": 1588687729000,
+            "helpful_vote": 0,
+            "verified_purchase": False,
+        },
     ]
     write_jsonl(folder / "All_Beauty.jsonl.gz", reviews, gz=True)
-    meta = [{"main_category": "All Beauty", "title": "Rose Face Cream", "average_rating": 4.1, "rating_number": 9,
-             "features": ["Organic", "50 ml"], "description": ["Soothing cream."], "price": None, "images": [],
-             "videos": [], "store": "S", "categories": ["Beauty", "Skin Care"], "details": {"a": 1},
-             "parent_asin": "P1"}]
+    meta = [
+        {
+            "main_category": "All Beauty",
+            "title": "Rose Face Cream",
+            "average_rating": 4.1,
+            "rating_number": 9,
+            "features": ["Organic", "50 ml"],
+            "description": ["Soothing cream."],
+            "price": None,
+            "images": [],
+            "videos": [],
+            "store": "S",
+            "categories": ["Beauty", "Skin Care"],
+            "details": {"a": 1},
+            "parent_asin": "P1",
+        }
+    ]
     write_jsonl(folder / "meta_All_Beauty.jsonl", meta)
     return folder
 
@@ -81,8 +131,9 @@ def test_amazon_2018_layout_with_gzipped_meta(tmp_path, params):
     assert inter[C.RATING].tolist() == [5.0, 3.0, 4.0] and set(inter[C.EVENT]) == {"review"}
     assert inter[C.TIMESTAMP][0] == pd.Timestamp(1252800000, unit="s", tz="UTC")
     items = read_raw(tmp_path, "items").set_index(C.ITEM_ID)
-    assert items.loc["B001", C.TEXT] == ("The Sourdough Book. Categories: Books, Cooking. "
-                                         "<p>Bread &amp; more.</p> Second. Hardcover")
+    assert items.loc["B001", C.TEXT] == (
+        "The Sourdough Book. Categories: Books, Cooking. <p>Bread &amp; more.</p> Second. Hardcover"
+    )
     assert items.loc["B003", C.TEXT] == "Never Reviewed. A cold-start item."  # in the catalogue, unreviewed
     assert sorted(read_raw(tmp_path, "users")[C.USER_ID]) == ["A1", "A2"]
 
@@ -98,8 +149,9 @@ def test_amazon_2023_layout_parent_asin_and_millisecond_times(tmp_path, params):
 
 
 def test_amazon_broken_json_lines_are_kept_for_the_quarantine(tmp_path, params):
-    good = [{"overall": 4.0, "reviewerID": f"U{i}", "asin": "B001", "unixReviewTime": 1252800000 + i}
-            for i in range(200)]
+    good = [
+        {"overall": 4.0, "reviewerID": f"U{i}", "asin": "B001", "unixReviewTime": 1252800000 + i} for i in range(200)
+    ]
     folder = amazon_2018(tmp_path / "amz", extra=good + ['{"overall": 5.0, "reviewerID": "A9", "asin"'])
     metrics = ingest.run(source(params, "amazon", folder), tmp_path)
     assert metrics["malformed_lines"] == 1 and metrics["rows"]["interactions"] == 203
@@ -110,6 +162,7 @@ def test_amazon_broken_json_lines_are_kept_for_the_quarantine(tmp_path, params):
 
 # ---------------------------------------------------------------- generic CSV / Parquet
 
+
 def generic_params(params: dict, folder: Path, **columns) -> dict:
     source(params, "generic", folder)
     params["ingest"]["generic"]["columns"].update(columns)
@@ -119,16 +172,20 @@ def generic_params(params: dict, folder: Path, **columns) -> dict:
 def test_generic_csv_with_a_column_map(tmp_path, params):
     folder = tmp_path / "shop"
     folder.mkdir()
-    (folder / "events.csv").write_text("customer,sku,stars,when,kind\n"
-                                       "c1,s1,5,2026-01-02T10:00:00Z,purchase\n"
-                                       "c2,s1,,2026-01-03 11:00:00,view\n"
-                                       "c2,s2,3.5,2026-01-04,purchase\n")
+    (folder / "events.csv").write_text(
+        "customer,sku,stars,when,kind\n"
+        "c1,s1,5,2026-01-02T10:00:00Z,purchase\n"
+        "c2,s1,,2026-01-03 11:00:00,view\n"
+        "c2,s2,3.5,2026-01-04,purchase\n"
+    )
     (folder / "catalogue.csv").write_text('sku,name,blurb\ns1,"Tea, green",Fresh leaves.\ns2,Mug,\n')
     (folder / "users.csv").write_text("customer,country\nc1,DE\nc2,FR\n")
-    params = generic_params(params, folder, user_id="customer", item_id="sku", rating="stars", timestamp="when",
-                            event="kind", title="name")
-    params["ingest"]["generic"].update(interactions="events", items="catalogue.csv", timestamp_unit="iso",
-                                       text_columns=["blurb"])
+    params = generic_params(
+        params, folder, user_id="customer", item_id="sku", rating="stars", timestamp="when", event="kind", title="name"
+    )
+    params["ingest"]["generic"].update(
+        interactions="events", items="catalogue.csv", timestamp_unit="iso", text_columns=["blurb"]
+    )
     metrics = ingest.run(params, tmp_path)
     assert metrics["layout"] == "generic-csv"
     inter = read_raw(tmp_path, "interactions")
@@ -145,8 +202,9 @@ def test_generic_parquet_folder_of_parts_and_epoch_milliseconds(tmp_path, params
     folder = tmp_path / "lake"
     (folder / "interactions").mkdir(parents=True)
     for part in range(2):
-        pd.DataFrame({"uid": [10 + part, 20 + part], "iid": [1, 2], "ts": [1700000000000, 1700000001000],
-                      "rating": [1.0, 2.0]}).to_parquet(folder / "interactions" / f"part-{part}.parquet")
+        pd.DataFrame(
+            {"uid": [10 + part, 20 + part], "iid": [1, 2], "ts": [1700000000000, 1700000001000], "rating": [1.0, 2.0]}
+        ).to_parquet(folder / "interactions" / f"part-{part}.parquet")
     pd.DataFrame({"iid": [1, 2], "title": ["A", "B"], "description": ["a", "b"]}).to_parquet(folder / "items.parquet")
     params = generic_params(params, folder, user_id="uid", item_id="iid", timestamp="ts")
     params["ingest"]["generic"]["timestamp_unit"] = "ms"
@@ -163,8 +221,12 @@ def test_generic_malformed_lines_are_numbered_and_kept(tmp_path, params):
     folder = tmp_path / "shop"
     folder.mkdir()
     rows = [f"u{i},i1,4,{1700000000 + i}\n" for i in range(300)]
-    (folder / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n" + "".join(rows[:10])
-                                             + "u9,i1,four,1700000000\nu9,i1\n" + "".join(rows[10:]))
+    (folder / "interactions.csv").write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(rows[:10])
+        + "u9,i1,four,1700000000\nu9,i1\n"
+        + "".join(rows[10:])
+    )
     (folder / "items.csv").write_text("item_id,title,description\ni1,Tea,Green\n")
     metrics = ingest.run(source(params, "generic", folder), tmp_path)
     assert metrics["rows"]["interactions"] == 300 and metrics["malformed_lines"] == 2
@@ -175,6 +237,7 @@ def test_generic_malformed_lines_are_numbered_and_kept(tmp_path, params):
 
 
 # ---------------------------------------------------------------- the bad-file catalogue
+
 
 def generic_folder(tmp_path: Path, interactions: bytes) -> Path:
     folder = tmp_path / "shop"
@@ -187,19 +250,38 @@ def generic_folder(tmp_path: Path, interactions: bytes) -> Path:
 HEADER = b"user_id,item_id,rating,timestamp\n"
 
 
-@pytest.mark.parametrize("problem, content, match", [
-    ("wrong delimiter", b"user_id;item_id;rating;timestamp\nu1;i1;4;1700000000\n",
-     r"interactions\.csv: line 1 \(the header\).*looks semicolon-separated.*ingest\.generic\.delimiter"),
-    ("missing column", b"user_id,item_id,rating\nu1,i1,4\n",
-     r"interactions\.csv: required column 'timestamp' \(timestamp\) is missing.*ingest\.generic\.columns\.timestamp"),
-    ("renamed column", b"user_id,item_id,rating,time_stamp\nu1,i1,4,1700000000\n",
-     r"interactions\.csv: column 'timestamp'.*'time_stamp': it looks renamed.*columns\.timestamp: time_stamp"),
-    ("empty file", b"", r"interactions\.csv is empty"),
-    ("non-UTF-8", HEADER + b"u1,i1,4,1700000000\nZo\xeb,i1,4,1700000001\n",
-     r"interactions\.csv: line 3, column 3 holds byte 0xeb.*not UTF-8.*re-save it as UTF-8"),
-    ("truncated last line", HEADER + b"u1,i1,4,1700000000\nu2,i1",
-     r"interactions\.csv: line 3 \(the last\) is cut off.*truncated"),
-])
+@pytest.mark.parametrize(
+    "problem, content, match",
+    [
+        (
+            "wrong delimiter",
+            b"user_id;item_id;rating;timestamp\nu1;i1;4;1700000000\n",
+            r"interactions\.csv: line 1 \(the header\).*looks semicolon-separated.*ingest\.generic\.delimiter",
+        ),
+        (
+            "missing column",
+            b"user_id,item_id,rating\nu1,i1,4\n",
+            r"interactions\.csv: required column 'timestamp' \(timestamp\) is missing"
+            r".*ingest\.generic\.columns\.timestamp",
+        ),
+        (
+            "renamed column",
+            b"user_id,item_id,rating,time_stamp\nu1,i1,4,1700000000\n",
+            r"interactions\.csv: column 'timestamp'.*'time_stamp': it looks renamed.*columns\.timestamp: time_stamp",
+        ),
+        ("empty file", b"", r"interactions\.csv is empty"),
+        (
+            "non-UTF-8",
+            HEADER + b"u1,i1,4,1700000000\nZo\xeb,i1,4,1700000001\n",
+            r"interactions\.csv: line 3, column 3 holds byte 0xeb.*not UTF-8.*re-save it as UTF-8",
+        ),
+        (
+            "truncated last line",
+            HEADER + b"u1,i1,4,1700000000\nu2,i1",
+            r"interactions\.csv: line 3 \(the last\) is cut off.*truncated",
+        ),
+    ],
+)
 def test_bad_generic_files_name_the_file_the_place_and_the_fix(tmp_path, params, problem, content, match):
     folder = generic_folder(tmp_path, content)
     with pytest.raises(DataSourceError, match=match):
@@ -213,8 +295,9 @@ def test_folder_without_data_files(tmp_path, params):
     (folder / "README.txt").write_text("reviews go here")
     with pytest.raises(DataSourceError, match=r"amz holds no Amazon reviews JSON Lines files.*found: README\.txt"):
         ingest.run(source(params, "amazon", folder), tmp_path)
-    with pytest.raises(DataSourceError,
-                       match=r"holds no 'interactions' table.*found: README\.txt.*generic\.interactions"):
+    with pytest.raises(
+        DataSourceError, match=r"holds no 'interactions' table.*found: README\.txt.*generic\.interactions"
+    ):
         ingest.run(source(params, "generic", folder), tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -242,8 +325,11 @@ def test_amazon_renamed_field_truncated_gzip_and_missing_meta(tmp_path, params):
 
 def test_truncated_jsonl_record_names_the_last_line(tmp_path, params):
     folder = amazon_2023(tmp_path / "amz")
-    write_jsonl(folder / "All_Beauty.jsonl", [{"rating": 5.0, "parent_asin": "P1", "user_id": "U", "timestamp": 1}],
-                tail='{"rating": 4.0, "parent_asin": "P1", "us')
+    write_jsonl(
+        folder / "All_Beauty.jsonl",
+        [{"rating": 5.0, "parent_asin": "P1", "user_id": "U", "timestamp": 1}],
+        tail='{"rating": 4.0, "parent_asin": "P1", "us',
+    )
     (folder / "All_Beauty.jsonl.gz").unlink()
     with pytest.raises(DataSourceError, match=r"All_Beauty\.jsonl: line 2 \(the last\) is cut off mid-record"):
         ingest.run(source(params, "amazon", folder), tmp_path)
@@ -261,8 +347,9 @@ def test_movielens_truncated_last_line(tmp_path, params):
 
 def test_cli_prints_a_source_error_without_traceback(tmp_path, capsys):
     folder = generic_folder(tmp_path, b"user_id;item_id;rating;timestamp\nu1;i1;4;1\n")
-    code = ingest.main(["--root", str(tmp_path), "--no-mlflow", "--set", "ingest.source=generic",
-                        "--set", f"ingest.path={folder}"])
+    code = ingest.main(
+        ["--root", str(tmp_path), "--no-mlflow", "--set", "ingest.source=generic", "--set", f"ingest.path={folder}"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "DataSourceError" in err and "interactions.csv: line 1" in err and "Traceback" not in err
@@ -272,9 +359,10 @@ def test_movielens_25m_layout_ignores_extra_files_and_reads_quoted_tags(tmp_path
     folder = tmp_path / "ml-25m"
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,296,5.0,1147880044\n2,296,3.5,1147868817\n")
-    (folder / "movies.csv").write_text('movieId,title,genres\n296,Pulp Fiction (1994),Comedy|Crime|Drama|Thriller\n')
-    (folder / "tags.csv").write_text('userId,movieId,tag,timestamp\n3,296,"dark comedy, violent",1\n4,296,cult,2\n'
-                                     '5,296,cult,3\n')
+    (folder / "movies.csv").write_text("movieId,title,genres\n296,Pulp Fiction (1994),Comedy|Crime|Drama|Thriller\n")
+    (folder / "tags.csv").write_text(
+        'userId,movieId,tag,timestamp\n3,296,"dark comedy, violent",1\n4,296,cult,2\n5,296,cult,3\n'
+    )
     (folder / "links.csv").write_text("movieId,imdbId,tmdbId\n296,0110912,680\n")
     (folder / "genome-scores.csv").write_text("movieId,tagId,relevance\n296,1,0.5\n")
     metrics = ingest.run(source(params, "movielens", folder), tmp_path)
@@ -284,6 +372,7 @@ def test_movielens_25m_layout_ignores_extra_files_and_reads_quoted_tags(tmp_path
 
 
 # ---------------------------------------------------------------- nightly increments
+
 
 def test_increments_add_batches_and_the_cutoff_picks_them(tmp_path, params):
     base = ingest.run(params, tmp_path)
@@ -329,10 +418,12 @@ def test_increment_params_are_checked(tmp_path, params):
     with pytest.raises(PipelineError, match=r"no full load to add it to.*ingest\.batch=''"):
         ingest.run(params, tmp_path)
     ingest.run(params | {"ingest": {**params["ingest"], "batch": ""}}, tmp_path)
-    for change, match in [({"cutoff": "2026-06-01"}, r"cutoff '2026-06-01' is before ingest\.batch"),
-                          ({"batch": "tonight"}, r"synthetic increment is named by its date"),
-                          ({"batch": "../x"}, r"not a usable batch id"),
-                          ({"batch": "2026-03-01"}, r"is synthetic day -\d+")]:
+    for change, match in [
+        ({"cutoff": "2026-06-01"}, r"cutoff '2026-06-01' is before ingest\.batch"),
+        ({"batch": "tonight"}, r"synthetic increment is named by its date"),
+        ({"batch": "../x"}, r"not a usable batch id"),
+        ({"batch": "2026-03-01"}, r"is synthetic day -\d+"),
+    ]:
         with pytest.raises(ParamsError, match=match):
             ingest.run(params | {"ingest": {**params["ingest"], **change}}, tmp_path)
 
@@ -360,8 +451,10 @@ def test_dvc_keeps_earlier_batches_when_an_increment_is_ingested(tmp_path):
     P.dump(params, project / "params.yaml")  # written quoted: DVC refuses a YAML date
     assert "Running stage 'ingest'" in repro()
     assert sorted(p.name for p in (project / "data/batches").iterdir()) == ["2026-06-30", "base"]
-    assert sorted(p.name for p in (project / C.DATA_RAW / "interactions").iterdir()) == \
-        ["part-2026-06-30.parquet", "part-base.parquet"]
+    assert sorted(p.name for p in (project / C.DATA_RAW / "interactions").iterdir()) == [
+        "part-2026-06-30.parquet",
+        "part-base.parquet",
+    ]
     assert "didn't change" in repro()
 
 
@@ -370,5 +463,7 @@ def test_movielens_csv_header_with_a_renamed_column(tmp_path, params):
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,stars,timestamp\n1,1,4.0,964982703\n")
     (folder / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Animation\n")
-    with pytest.raises(DataSourceError, match=r"ratings\.csv: column 'rating'.*'stars': it looks renamed; rename it back"):
+    with pytest.raises(
+        DataSourceError, match=r"ratings\.csv: column 'rating'.*'stars': it looks renamed; rename it back"
+    ):
         ingest.run(source(params, "movielens", folder), tmp_path)

@@ -1,4 +1,5 @@
 """The synthetic generator: deterministic, realistic in the ways the pipeline relies on, dirt recorded."""
+
 from __future__ import annotations
 
 import copy
@@ -73,8 +74,10 @@ def test_text_says_which_topic_an_item_is_about(data):
     items = data.items[data.items[C.TEXT].str.len() > 40]
     hits = 0
     for text, topic in zip(items[C.TEXT].str.lower(), items["genres"]):
-        votes = {name: sum(text.count(w.lower()) for w in vocab["nouns"] + vocab["adjectives"])
-                 for name, vocab in TOPICS.items()}
+        votes = {
+            name: sum(text.count(w.lower()) for w in vocab["nouns"] + vocab["adjectives"])
+            for name, vocab in TOPICS.items()
+        }
         hits += max(votes, key=votes.get) == topic
     assert hits / len(items) > 0.95
     assert items[C.TITLE].nunique() == len(items), "titles are unique"

@@ -4,6 +4,7 @@ One good project passes both gates; bad projects fail the right gate and the mes
 names exactly the broken checks. GX on Spark costs about a second per suite, so the
 tables are a few dozen rows and each test runs each gate once.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,18 +30,28 @@ def good_interactions() -> pd.DataFrame:
     for u in range(N_USERS):
         for i in range(N_ITEMS):
             rating = None if (u + i) % 7 == 0 else float(1 + (u + i) % 5)  # a few null ratings are fine
-            rows.append({C.USER_ID: f"u{u}", C.ITEM_ID: f"i{i}", C.RATING: rating,
-                         C.TIMESTAMP: pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(hours=10 * u + i),
-                         C.EVENT: "rating"})
+            rows.append(
+                {
+                    C.USER_ID: f"u{u}",
+                    C.ITEM_ID: f"i{i}",
+                    C.RATING: rating,
+                    C.TIMESTAMP: pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(hours=10 * u + i),
+                    C.EVENT: "rating",
+                }
+            )
     frame = pd.DataFrame(rows)
     frame[C.TIMESTAMP] = frame[C.TIMESTAMP].astype("datetime64[us, UTC]")
     return frame
 
 
 def good_items() -> pd.DataFrame:
-    return pd.DataFrame({C.ITEM_ID: [f"i{i}" for i in range(N_ITEMS)],
-                         C.TITLE: [f"Item {i}" for i in range(N_ITEMS)],
-                         C.TEXT: [f"Item {i}. A story about topic {i}." for i in range(N_ITEMS)]})
+    return pd.DataFrame(
+        {
+            C.ITEM_ID: [f"i{i}" for i in range(N_ITEMS)],
+            C.TITLE: [f"Item {i}" for i in range(N_ITEMS)],
+            C.TEXT: [f"Item {i}. A story about topic {i}." for i in range(N_ITEMS)],
+        }
+    )
 
 
 def good_users() -> pd.DataFrame:
@@ -52,8 +63,7 @@ def dirty_rows(n: int) -> pd.DataFrame:
     return good_interactions().head(n).assign(**{C.USER_ID: None})
 
 
-def write_project(root: Path, raw: dict | None = None, clean: dict | None = None,
-                  quarantined: int = 1) -> Path:
+def write_project(root: Path, raw: dict | None = None, clean: dict | None = None, quarantined: int = 1) -> Path:
     """raw/clean tables (defaults: the good ones; raw interactions also hold the quarantined rows)."""
     good = {"interactions": good_interactions(), "items": good_items(), "users": good_users()}
     raw = {**good, "interactions": pd.concat([good_interactions(), dirty_rows(quarantined)]), **(raw or {})}
@@ -105,8 +115,11 @@ def test_raw_gate_fails_on_a_renamed_column_and_a_broken_id_column(spark, params
     assert validate_raw.main(["--root", str(root), "--no-mlflow"]) == 3
     message = capsys.readouterr().err
 
-    assert failed_checks(message) == {"interactions_columns_present", "items_item_id_not_null",
-                                      "interactions_timestamp_parseable"}
+    assert failed_checks(message) == {
+        "interactions_columns_present",
+        "items_item_id_not_null",
+        "interactions_timestamp_parseable",
+    }
     assert "missing columns ['item_id']" in message
     assert "1 of 5 rows (20.00%)" in message and "at most 5.00% of item_id null" in message
     assert "3 of 21 rows" in message

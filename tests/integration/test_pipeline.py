@@ -1,5 +1,6 @@
 """The whole pipeline, end to end, on the real components: `recpipe run` (dvc repro) in a
 fresh git + DVC checkout with tiny synthetic data, real Spark, GX, MLflow (SQLite) and DVC."""
+
 from __future__ import annotations
 
 import json
@@ -63,20 +64,29 @@ def test_make_run_end_to_end_then_no_op(tiny_project: Path):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("recpipe.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    nested = {r.data.tags.get("recpipe.stage") for r in runs
-              if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    nested = {
+        r.data.tags.get("recpipe.stage")
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    }
     assert set(C.STAGES) <= nested
 
     # The registered model loads in a fresh process, from another directory, and recommends.
     probe = subprocess.run(
-        [sys.executable, "-c",
-         "import mlflow, pandas as pd, sys; mlflow.set_tracking_uri(sys.argv[1]);"
-         "m = mlflow.pyfunc.load_model('models:/recpipe@challenger');"
-         "out = m.predict(pd.DataFrame({'user_id': [sys.argv[2]], 'k': [5]}));"
-         "print(len(out.loc[0, 'item_ids']))",
-         f"sqlite:///{tiny_project / 'mlflow/mlflow.db'}",
-         pd.read_parquet(tiny_project / C.DATA_SPLIT / "test")[C.USER_ID].iloc[0]],
-        cwd="/", capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import mlflow, pandas as pd, sys; mlflow.set_tracking_uri(sys.argv[1]);"
+            "m = mlflow.pyfunc.load_model('models:/recpipe@challenger');"
+            "out = m.predict(pd.DataFrame({'user_id': [sys.argv[2]], 'k': [5]}));"
+            "print(len(out.loc[0, 'item_ids']))",
+            f"sqlite:///{tiny_project / 'mlflow/mlflow.db'}",
+            pd.read_parquet(tiny_project / C.DATA_SPLIT / "test")[C.USER_ID].iloc[0],
+        ],
+        cwd="/",
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert probe.stdout.strip().splitlines()[-1] == "5"
 

@@ -3,6 +3,7 @@
 In-process through FastAPI's TestClient (every endpoint, the A/B split, the logs, reload),
 then once as a real `recpipe serve` process on a loopback port.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,8 +37,9 @@ def registry_helpers():
 
 @pytest.fixture(scope="module")
 def served_project(tmp_path_factory, tiny_encoder_dir):
-    root, params, _ = registry_helpers().build_registry_project(tmp_path_factory.mktemp("serve") / "project",
-                                                                tiny_encoder_dir)
+    root, params, _ = registry_helpers().build_registry_project(
+        tmp_path_factory.mktemp("serve") / "project", tiny_encoder_dir
+    )
     return root, params
 
 
@@ -47,8 +49,11 @@ def project(served_project, tmp_path, monkeypatch):
     root, params = served_project
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
     shutil.copy(root / "mlflow" / "mlflow.db", tmp_path / "mlflow.db")
-    params = {**params, "mlflow": {**params["mlflow"], "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-              "register": {**params["register"], "serve_poll_s": 0.2}}
+    params = {
+        **params,
+        "mlflow": {**params["mlflow"], "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "register": {**params["register"], "serve_poll_s": 0.2},
+    }
     client = registry.client_for(params, root)
     client.set_registered_model_alias("recpipe", C.ALIAS_CHAMPION, "1")
     client.set_registered_model_alias("recpipe", C.ALIAS_CHALLENGER, "2")
@@ -104,14 +109,17 @@ def test_unknown_user_gets_cold_start_popular_and_fresh_items(api):
     assert not body["cold_start"] and not {"i00", "i01"} & {i["item_id"] for i in body["items"]}
 
 
-@pytest.mark.parametrize("query, hint", [
-    ({"user_id": "u001", "k": 0}, "k must be a positive integer"),
-    ({"user_id": "u001", "k": -3}, "k must be a positive integer"),
-    ({"user_id": "u001", "k": "ten"}, "k must be a positive integer"),
-    ({"user_id": "u001", "k": 2.5}, "k must be a positive integer"),
-    ({"k": 10}, "user_id is required"),
-    ({"user_id": "", "k": 10}, "user_id is required"),
-])
+@pytest.mark.parametrize(
+    "query, hint",
+    [
+        ({"user_id": "u001", "k": 0}, "k must be a positive integer"),
+        ({"user_id": "u001", "k": -3}, "k must be a positive integer"),
+        ({"user_id": "u001", "k": "ten"}, "k must be a positive integer"),
+        ({"user_id": "u001", "k": 2.5}, "k must be a positive integer"),
+        ({"k": 10}, "user_id is required"),
+        ({"user_id": "", "k": 10}, "user_id is required"),
+    ],
+)
 def test_invalid_requests_get_422_with_a_clear_message(api, query, hint):
     http, _, tmp, _ = api
     answer = http.get("/recommend", params=query)
@@ -153,8 +161,10 @@ def test_feedback_is_appended_and_validated(api):
     exposure = http.get("/recommend", params={"user_id": "u003", "k": 3}).json()
     item = exposure["items"][0]["item_id"]
     for event in ("click", "purchase"):
-        answer = http.post("/feedback", json={"user_id": "u003", "item_id": item, "event": event,
-                                              "exposure_id": exposure["exposure_id"]})
+        answer = http.post(
+            "/feedback",
+            json={"user_id": "u003", "item_id": item, "event": event, "exposure_id": exposure["exposure_id"]},
+        )
         assert answer.status_code == 200 and answer.json()["variant"] == exposure["variant"]
     bad = http.post("/feedback", json={"user_id": "u003", "item_id": item, "event": "like"})
     assert bad.status_code == 422 and "event must be 'click' or 'purchase'" in bad.json()["error"]
@@ -207,8 +217,13 @@ def test_recpipe_serve_process_answers_and_reloads_on_alias_move(project):
     P.dump(params, tmp / "params.yaml")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != C.TRACKING_URI_ENV}
-    server = subprocess.Popen([sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(tmp), "serve",
-                               "--port", str(port)], cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(tmp), "serve", "--port", str(port)],
+        cwd="/",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

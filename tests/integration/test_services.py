@@ -1,6 +1,7 @@
 """The local multi-service mode for real: PostgreSQL + the MLflow tracking server (basic auth on)
 started by pipeline_tasks.infra.services, then `recpipe run` of a tiny project logging over HTTP with
 its Optuna study in PostgreSQL; the registered version is looked up on that server."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,7 @@ def services_dir(postgres_parent_dir):
     services.down(postgres_parent_dir / "services")
 
 
-def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tmp_path, tiny_encoder_dir,
-                                                                monkeypatch):
+def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tmp_path, tiny_encoder_dir, monkeypatch):
     state = services.up(services_dir, components=("postgres", "mlflow"))
     assert services.status(services_dir) == {"postgres": True, "mlflow": True}
     creds = read_env_file(services_dir / "credentials.env")
@@ -49,12 +49,15 @@ def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tm
     assert ":" not in storage.split("@")[0].removeprefix("postgresql+psycopg2://")  # no password in params
 
     project = make_project(tmp_path / "project", tiny_encoder_dir, [f"tune.storage={storage}"])
-    client_env = {key: creds[key] for key in
-                  ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE")}
+    client_env = {
+        key: creds[key]
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE")
+    }
     env = {k: v for k, v in os.environ.items() if k != C.PARENT_RUN_ENV}
     env.update(client_env, PATH=f"{BIN}{os.pathsep}{env['PATH']}")
-    run = subprocess.run([str(BIN / "recpipe"), "run"], cwd=project, env=env, capture_output=True, text=True,
-                         timeout=3600)
+    run = subprocess.run(
+        [str(BIN / "recpipe"), "run"], cwd=project, env=env, capture_output=True, text=True, timeout=3600
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
 
     for key, value in client_env.items():
@@ -80,12 +83,21 @@ def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tm
     # The registered model loads through the server (artifact proxy, with login) in a fresh process.
     user = pd.read_parquet(project / C.DATA_SPLIT / "test")[C.USER_ID].iloc[0]
     probe = subprocess.run(
-        [sys.executable, "-c",
-         "import mlflow, pandas as pd, sys; mlflow.set_tracking_uri(sys.argv[1]);"
-         f"m = mlflow.pyfunc.load_model('models:/{register['model_name']}@challenger');"
-         "print(len(m.predict(pd.DataFrame({'user_id': [sys.argv[2]], 'k': [5]})).loc[0, 'item_ids']))",
-         url, user],
-        cwd="/", env={**os.environ, **client_env}, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-c",
+            "import mlflow, pandas as pd, sys; mlflow.set_tracking_uri(sys.argv[1]);"
+            f"m = mlflow.pyfunc.load_model('models:/{register['model_name']}@challenger');"
+            "print(len(m.predict(pd.DataFrame({'user_id': [sys.argv[2]], 'k': [5]})).loc[0, 'item_ids']))",
+            url,
+            user,
+        ],
+        cwd="/",
+        env={**os.environ, **client_env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert probe.stdout.strip().splitlines()[-1] == "5"
 
@@ -106,9 +118,14 @@ def test_clean_stage_runs_on_a_spark_standalone_cluster(services_dir, tmp_path):
     tiny = [f"--set={o}" for o in TINY_OVERRIDES if o.startswith(("ingest.", "spark.shuffle"))]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     for stage, extra in (("ingest", []), ("clean", [f"--set=spark.master={master}"])):
-        result = subprocess.run([sys.executable, "-m", f"pipeline_tasks.{stage}", "--root", str(tmp_path),
-                                 "--no-mlflow", *tiny, *extra], cwd=PROJECT_ROOT, env=env,
-                                capture_output=True, text=True, timeout=1800)
+        result = subprocess.run(
+            [sys.executable, "-m", f"pipeline_tasks.{stage}", "--root", str(tmp_path), "--no-mlflow", *tiny, *extra],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
 
     counts = json.loads((tmp_path / C.METRICS_DIR / "clean.json").read_text())["interactions"]

@@ -1,4 +1,5 @@
 """Model-test fixtures: a tiny split on disk (the tiny encoder is in tests/conftest.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,10 @@ def item_table() -> pd.DataFrame:
 def topic_histories(n_users: int, length: int, seed: int = 0) -> dict[str, list[str]]:
     """Each user stays within one topic: the next item's text always shares the user's topic words."""
     rng = np.random.default_rng(seed)
-    return {f"u{u:03d}": [f"i{u % N_TOPICS}{j}" for j in rng.integers(0, ITEMS_PER_TOPIC, size=length)]
-            for u in range(n_users)}
+    return {
+        f"u{u:03d}": [f"i{u % N_TOPICS}{j}" for j in rng.integers(0, ITEMS_PER_TOPIC, size=length)]
+        for u in range(n_users)
+    }
 
 
 def write_split(root: Path, n_users: int = 24, length: int = 8) -> Path:
@@ -38,8 +41,15 @@ def write_split(root: Path, n_users: int = 24, length: int = 8) -> Path:
     for user, items in topic_histories(n_users, length).items():
         for t, item in enumerate(items):
             name = "test" if t == length - 1 else "valid" if t == length - 2 else "train"
-            parts[name].append({C.USER_ID: user, C.ITEM_ID: item, C.RATING: 4.0,
-                                C.TIMESTAMP: start + pd.Timedelta(hours=t), C.EVENT: "rating"})
+            parts[name].append(
+                {
+                    C.USER_ID: user,
+                    C.ITEM_ID: item,
+                    C.RATING: 4.0,
+                    C.TIMESTAMP: start + pd.Timedelta(hours=t),
+                    C.EVENT: "rating",
+                }
+            )
     base = root / C.DATA_SPLIT
     for name, rows in parts.items():
         frame = pd.DataFrame(rows)
@@ -59,9 +69,23 @@ def tiny_split(tmp_path) -> Path:
 def tiny_params(params, tiny_encoder_dir) -> dict:
     """Train params sized for the tiny encoder and split: a few seconds per fit."""
     t = params["train"]
-    t.update(encoder=str(tiny_encoder_dir), dim=16, user_layers=1, user_heads=2, max_seq_len=8, max_text_len=12,
-             epochs=2, batch_size=8, n_negatives=8, text_grad_items=4, checkpoint_every=0, device="cpu",
-             dropout=0.0, lr=0.01, encoder_lr=0.001)
+    t.update(
+        encoder=str(tiny_encoder_dir),
+        dim=16,
+        user_layers=1,
+        user_heads=2,
+        max_seq_len=8,
+        max_text_len=12,
+        epochs=2,
+        batch_size=8,
+        n_negatives=8,
+        text_grad_items=4,
+        checkpoint_every=0,
+        device="cpu",
+        dropout=0.0,
+        lr=0.01,
+        encoder_lr=0.001,
+    )
     return params
 
 

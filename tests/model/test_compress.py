@@ -1,4 +1,5 @@
 """compress: every variant built, reloaded and measured on a tiny trained model."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,16 @@ def compress_params(tiny_params: dict) -> dict:
     return tiny_params
 
 
-ALL_VARIANTS = {"fp32", "int8_dynamic", "onnx_fp32", "onnx_int8", "pruned", "distilled", "item_table_fp16",
-                "item_table_int8"}
+ALL_VARIANTS = {
+    "fp32",
+    "int8_dynamic",
+    "onnx_fp32",
+    "onnx_int8",
+    "pruned",
+    "distilled",
+    "item_table_fp16",
+    "item_table_int8",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +52,24 @@ def compressed(tmp_path_factory, tiny_encoder_dir):
 
     root = write_split(tmp_path_factory.mktemp("compress") / "project")
     params = P.defaults()
-    params["train"].update(encoder=str(tiny_encoder_dir), dim=16, user_layers=1, user_heads=2, max_seq_len=8,
-                           max_text_len=12, epochs=2, batch_size=8, n_negatives=8, text_grad_items=4,
-                           checkpoint_every=0, device="cpu", dropout=0.0, lr=0.01, encoder_lr=0.001)
-    params["compress"].update(latency_calls=30, warmup_calls=3, max_ndcg_drop=0.05, distill_epochs=2,
-                              recovery_epochs=1)
+    params["train"].update(
+        encoder=str(tiny_encoder_dir),
+        dim=16,
+        user_layers=1,
+        user_heads=2,
+        max_seq_len=8,
+        max_text_len=12,
+        epochs=2,
+        batch_size=8,
+        n_negatives=8,
+        text_grad_items=4,
+        checkpoint_every=0,
+        device="cpu",
+        dropout=0.0,
+        lr=0.01,
+        encoder_lr=0.001,
+    )
+    params["compress"].update(latency_calls=30, warmup_calls=3, max_ndcg_drop=0.05, distill_epochs=2, recovery_epochs=1)
     fitting.fit(params, root, output_dir=root / C.MODEL_DIR)
     return root, compress.run(params, root)
 
@@ -104,8 +126,9 @@ def test_the_stored_forms_are_what_they_claim(compressed):
 
     assert np.load(out / "item_table_fp16" / "item_table.npy").dtype == np.float16
     assert np.load(out / "item_table_int8" / "item_table.npy").dtype == np.int8
-    np.testing.assert_allclose(Recommender.load(out / "item_table_int8").item_table, reference.item_table,
-                               atol=1.0 / 127)  # per-row scale: error at most half a step of max|row| / 127
+    np.testing.assert_allclose(
+        Recommender.load(out / "item_table_int8").item_table, reference.item_table, atol=1.0 / 127
+    )  # per-row scale: error at most half a step of max|row| / 127
 
     # int8 encoders: no fp32 weights on disk; torch int8 reloads as quantised Linear layers.
     for name in ("int8_dynamic", "onnx_int8", "onnx_fp32"):
@@ -129,8 +152,11 @@ def test_the_stored_forms_are_what_they_claim(compressed):
     assert config("onnx_int8")["encoder_quantization"] == "onnx_int8"
     word_embeddings = reference.encoder.get_input_embeddings().weight.numel()
     assert any(n == word_embeddings and "word_embeddings" in name for name, n in quantised.items())
-    assert not [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT
-                and int(np.prod(t.dims)) >= word_embeddings]  # no fp32 copy left behind
+    assert not [
+        t.name
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) >= word_embeddings
+    ]  # no fp32 copy left behind
 
     # pruned: half of every encoder Linear weight is zero; distilled: fewer layers than the teacher.
     pruned = Recommender.load(out / "pruned")
@@ -148,8 +174,11 @@ def test_distillation_moves_the_student_towards_the_teacher(tiny_encoder_dir, ti
     from pipeline_tasks.model import recommender as model_lib
 
     torch.manual_seed(0)
-    net = towers.build_model({**_tiny_train_cfg(tiny_encoder_dir), "finetune": "frozen"},
-                                list(tiny_items["item_id"]), list(tiny_items["title"]))
+    net = towers.build_model(
+        {**_tiny_train_cfg(tiny_encoder_dir), "finetune": "frozen"},
+        list(tiny_items["item_id"]),
+        list(tiny_items["title"]),
+    )
     with torch.no_grad():  # a random tiny BERT's layers are near-identity: give the dropped layer real work
         for module in net.item_tower.encoder.modules():
             if isinstance(module, torch.nn.Linear):
@@ -172,8 +201,9 @@ def _tiny_train_cfg(encoder_dir) -> dict:
     from pipeline_tasks.core import params as P
 
     cfg = P.defaults()["train"]
-    cfg.update(encoder=str(encoder_dir), dim=16, user_layers=1, user_heads=2, max_seq_len=8, max_text_len=12,
-               dropout=0.0)
+    cfg.update(
+        encoder=str(encoder_dir), dim=16, user_layers=1, user_heads=2, max_seq_len=8, max_text_len=12, dropout=0.0
+    )
     return cfg
 
 

@@ -1,4 +1,5 @@
 """TextSeqRec and Recommender: shapes, fine-tune modes, learning, save/load, recommending."""
+
 from __future__ import annotations
 
 import copy
@@ -17,10 +18,12 @@ from pipeline_tasks.model.trainer import Trainer
 @pytest.fixture
 def tiny_model(tiny_params, tiny_items):
     """build_model(train params + overrides) over the tiny catalogue."""
+
     def build(**overrides) -> towers.TextSeqRec:
         torch.manual_seed(0)
         texts = [training_data.item_text(r) for r in tiny_items.to_dict(orient="records")]
         return towers.build_model({**tiny_params["train"], **overrides}, tiny_items["item_id"].tolist(), texts)
+
     return build
 
 
@@ -133,8 +136,13 @@ def test_save_load_round_trip_from_another_directory(tiny_params, tiny_split, tm
     with torch.no_grad():
         expected = (model.user_vectors_from_table(table, histories) @ table.T).numpy()
     model_dir = M.save(model, tmp_path / "saved" / "model", item_table=table.numpy())
-    assert {p.name for p in model_dir.iterdir()} >= {"config.json", "weights.pt", "encoder", "item_ids.json",
-                                                      "item_table.npy"}
+    assert {p.name for p in model_dir.iterdir()} >= {
+        "config.json",
+        "weights.pt",
+        "encoder",
+        "item_ids.json",
+        "item_table.npy",
+    }
     assert json.loads((model_dir / "config.json").read_text())["dim"] == 16
 
     elsewhere = tmp_path / "elsewhere"

@@ -4,6 +4,7 @@ checkpoint is restarted and ends with exactly the model of a run that was never 
 Both runs are separate `python -m pipeline_tasks.train` processes with one thread each, so the
 only difference between them is the kill.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,16 @@ def test_torchrun_single_process_matches_a_plain_run(tiny_params, split_writer, 
     plain_root = project(split_writer, tmp_path, "plain", params)
     ddp_root = project(split_writer, tmp_path, "ddp", params)
     plain = run_to_completion(plain_root)
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=1",
-                "-m", "pipeline_tasks.train", "--root", str(ddp_root), "--no-mlflow"]
+    torchrun = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "pipeline_tasks.train",
+        "--root",
+        str(ddp_root),
+        "--no-mlflow",
+    ]
     done = subprocess.run(torchrun, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = io.read_json(ddp_root / C.METRICS_DIR / "train.json")

@@ -1,4 +1,5 @@
 """The train stage: run/CLI outputs, tuned params, pruning, checkpoint resume."""
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,16 @@ from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.model import checkpoint, fitting, training_data
 from pipeline_tasks.model.recommender import Recommender
 
-METRIC_KEYS = {"epochs", "final_loss", "best_epoch", "valid_ndcg@10", "seconds", "sequences_per_s", "device",
-               "n_params_trainable"}
+METRIC_KEYS = {
+    "epochs",
+    "final_loss",
+    "best_epoch",
+    "valid_ndcg@10",
+    "seconds",
+    "sequences_per_s",
+    "device",
+    "n_params_trainable",
+}
 
 
 def crash(epoch: int, value: float) -> None:
@@ -124,14 +133,17 @@ def test_real_minilm_trains_a_few_steps(tiny_params, tiny_split):
 def test_learning_curves_go_to_mlflow(tiny_params, tiny_split, tmp_path):
     """A real SQLite MLflow store: per-epoch loss and valid NDCG@10, plus a step-level loss curve."""
     import mlflow
+
     from pipeline_tasks.core import tracking
 
     tiny_params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking.stage_run("train", tiny_params, tmp_path) as run:
         summary = fitting.fit(tiny_params, tiny_split)
     client = mlflow.MlflowClient(tracking.tracking_uri(tiny_params, tmp_path))
-    history = {key: client.get_metric_history(run.info.run_id, key)
-               for key in ("epoch/loss", "epoch/valid_ndcg_at_10", "step/loss", "step/lr")}
+    history = {
+        key: client.get_metric_history(run.info.run_id, key)
+        for key in ("epoch/loss", "epoch/valid_ndcg_at_10", "step/loss", "step/lr")
+    }
     assert [m.step for m in history["epoch/loss"]] == [1, 2]
     assert max(m.value for m in history["epoch/valid_ndcg_at_10"]) == pytest.approx(summary["valid_ndcg@10"])
     n_steps = 2 * 3  # 24 one-window users in batches of 8, two epochs; under 10 batches: every step
@@ -140,7 +152,9 @@ def test_learning_curves_go_to_mlflow(tiny_params, tiny_split, tmp_path):
 
 
 def test_item_text_does_not_repeat_the_title():
-    assert training_data.item_text({C.TITLE: "Heat (1995)", C.TEXT: "Heat (1995). Genres: Crime."}) == \
-        "Heat (1995). Genres: Crime."
+    assert (
+        training_data.item_text({C.TITLE: "Heat (1995)", C.TEXT: "Heat (1995). Genres: Crime."})
+        == "Heat (1995). Genres: Crime."
+    )
     assert training_data.item_text({C.TITLE: "Heat", C.TEXT: "a heist"}) == "Heat. a heist"
     assert training_data.item_text({C.TITLE: "Heat", C.TEXT: None}) == "Heat"

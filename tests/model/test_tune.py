@@ -1,4 +1,5 @@
 """tune: the search-space mapper, pruning, and a real (tiny) study that continues across runs."""
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,16 @@ def test_conditions_read_base_params_and_fixed_trials(params):
     assert tuning.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {"train.lora_r": 4}
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"train.nope": {"type": "float", "low": 0.1, "high": 1.0}}, "train.nope"),
-    ({"train.lr": {"type": "gaussian", "low": 0.1, "high": 1.0}}, "gaussian"),
-    ({"train.lr": {"type": "float", "low": 0.1}}, "high"),
-    ({"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "logg": True}}, "logg"),
-    ({"train.finetune": {"type": "categorical", "choices": []}}, "choices"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"train.nope": {"type": "float", "low": 0.1, "high": 1.0}}, "train.nope"),
+        ({"train.lr": {"type": "gaussian", "low": 0.1, "high": 1.0}}, "gaussian"),
+        ({"train.lr": {"type": "float", "low": 0.1}}, "high"),
+        ({"train.lr": {"type": "float", "low": 0.1, "high": 1.0, "logg": True}}, "logg"),
+        ({"train.finetune": {"type": "categorical", "choices": []}}, "choices"),
+    ],
+)
 def test_a_bad_search_space_fails_before_training(params, entry, message):
     params["tune"]["search_space"] = entry
     with pytest.raises(ParamsError, match=message):
@@ -127,10 +131,15 @@ def test_tune_run_logs_child_runs_writes_best_params_and_continues_the_study(tin
     assert 0.001 <= best["train.lr"] <= 0.05
     assert (root / "optuna" / "study.db").exists()
     assert {p.name for p in (root / "reports" / "tune").iterdir()} >= {
-        "optimization_history.png", "parallel_coordinate.png", "param_importances.png", "trials.html"}
+        "optimization_history.png",
+        "parallel_coordinate.png",
+        "param_importances.png",
+        "trials.html",
+    }
 
-    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                  output_format="list")
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
     assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
     for child in children:
         assert child.data.tags["optuna.state"] == "COMPLETE" and child.info.status == "FINISHED"
@@ -152,20 +161,33 @@ def test_a_trial_worse_than_its_predecessors_is_pruned_inside_run(tiny_split, ti
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
     monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
     space = {"train.lr": SPACE["train.lr"]}
-    tiny_params["tune"].update(n_trials=1, epochs=2, search_space=space, study_name="p", pruner="median",
-                               pruner_startup_trials=2, pruner_warmup_epochs=1)
+    tiny_params["tune"].update(
+        n_trials=1,
+        epochs=2,
+        search_space=space,
+        study_name="p",
+        pruner="median",
+        pruner_startup_trials=2,
+        pruner_warmup_epochs=1,
+    )
     study = tuning.open_study(tiny_params, tiny_split)
     for lr in (0.01, 0.02):
-        study.add_trial(optuna.trial.create_trial(
-            params={"train.lr": lr}, distributions={"train.lr": FloatDistribution(0.001, 0.05, log=True)},
-            value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"train.lr": lr},
+                distributions={"train.lr": FloatDistribution(0.001, 0.05, log=True)},
+                value=1.0,
+                intermediate_values={1: 1.0, 2: 1.0},
+            )
+        )
 
     with tracking.stage_run("tune", tiny_params, tiny_split) as parent:
         result = tune.run(tiny_params, tiny_split)
 
     assert result["n_trials"] == 3 and result["n_pruned"] == 1 and result["best_value"] == 1.0
-    (child,) = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                  output_format="list")
+    (child,) = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list"
+    )
     assert child.data.tags["optuna.state"] == "PRUNED" and child.info.status == "FINISHED"
 
 
@@ -195,8 +217,7 @@ def postgres_url(postgres_parent_dir):
         yield server.url
 
 
-def test_two_worker_processes_share_one_postgres_study(postgres_url, split_writer, tiny_params, tmp_path,
-                                                       monkeypatch):
+def test_two_worker_processes_share_one_postgres_study(postgres_url, split_writer, tiny_params, tmp_path, monkeypatch):
     import subprocess
     import sys
 
@@ -204,18 +225,42 @@ def test_two_worker_processes_share_one_postgres_study(postgres_url, split_write
     from tests.conftest import PROJECT_ROOT
 
     per_worker = 3
-    tiny_params["tune"].update(storage=postgres_url, study_name="shared", n_trials=per_worker, epochs=2,
-                               pruner="median", pruner_startup_trials=2, pruner_warmup_epochs=1,
-                               search_space={"train.lr": SPACE["train.lr"], "train.dropout": SPACE["train.dropout"]})
+    tiny_params["tune"].update(
+        storage=postgres_url,
+        study_name="shared",
+        n_trials=per_worker,
+        epochs=2,
+        pruner="median",
+        pruner_startup_trials=2,
+        pruner_warmup_epochs=1,
+        search_space={"train.lr": SPACE["train.lr"], "train.dropout": SPACE["train.dropout"]},
+    )
     params_file = tmp_path / "params.yaml"
     P.dump(tiny_params, params_file)
     roots = [split_writer(tmp_path / f"worker{i}") for i in range(2)]  # as on two hosts: own disk, one study
     flags = [tmp_path / f"ready{i}" for i in range(2)]
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(flags[i]), str(flags[1 - i]),
-                                 "--params", str(params_file), "--root", str(roots[i]), "--no-mlflow"],
-                                cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(flags[i]),
+                str(flags[1 - i]),
+                "--params",
+                str(params_file),
+                "--root",
+                str(roots[i]),
+                "--no-mlflow",
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [w.communicate(timeout=900)[0] for w in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]

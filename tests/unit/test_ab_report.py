@@ -4,6 +4,7 @@ Users are bucketed with the server's own hash, each user has a personal click pr
 around the variant's true CTR (so exposures of one user are correlated, as in real
 traffic), and the logs are written in the server's format by its own EventLog.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,9 +23,16 @@ def cfg() -> dict:
     return P.defaults()["register"]
 
 
-def simulate(n_users: int, true_ctr: dict, seed: int, share: float = 0.5, per_user: int = 3,
-             purchase_given_click: dict | None = None, latency_ms: dict | None = None,
-             heterogeneity: float = 20.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulate(
+    n_users: int,
+    true_ctr: dict,
+    seed: int,
+    share: float = 0.5,
+    per_user: int = 3,
+    purchase_given_click: dict | None = None,
+    latency_ms: dict | None = None,
+    heterogeneity: float = 20.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exposure and feedback logs of n_users; a user's CTR ~ Beta around the variant's true CTR."""
     rng = np.random.default_rng(seed)
     purchase_given_click = purchase_given_click or {"champion": 0.2, "challenger": 0.2}
@@ -39,20 +47,37 @@ def simulate(n_users: int, true_ctr: dict, seed: int, share: float = 0.5, per_us
     start = pd.Timestamp("2026-11-01", tz="UTC")
     ts = start + pd.to_timedelta(row_user * 60 + nth * 10, unit="s")
     row_variant = variants[row_user]
-    exposures = pd.DataFrame({
-        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S+00:00"), "exposure_id": [f"e{u}-{j}" for u, j in zip(row_user, nth)],
-        "user_id": users[row_user], "variant": row_variant,
-        "model_version": np.where(row_variant == "champion", "1", "2"), "k": 10, "cold_start": False,
-        "latency_ms": rng.gamma(4, np.where(row_variant == "champion", latency_ms["champion"],
-                                            latency_ms["challenger"]) / 4)})
+    exposures = pd.DataFrame(
+        {
+            "ts": ts.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+            "exposure_id": [f"e{u}-{j}" for u, j in zip(row_user, nth)],
+            "user_id": users[row_user],
+            "variant": row_variant,
+            "model_version": np.where(row_variant == "champion", "1", "2"),
+            "k": 10,
+            "cold_start": False,
+            "latency_ms": rng.gamma(
+                4, np.where(row_variant == "champion", latency_ms["champion"], latency_ms["challenger"]) / 4
+            ),
+        }
+    )
     clicked = rng.random(len(exposures)) < propensity[row_user]
     buy_p = np.where(row_variant == "champion", purchase_given_click["champion"], purchase_given_click["challenger"])
     bought = clicked & (rng.random(len(exposures)) < buy_p)
     click_ts = (ts + pd.Timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    frames = [pd.DataFrame({"ts": click_ts[mask], "user_id": exposures["user_id"][mask], "item_id": "i1",
-                            "event": event, "exposure_id": exposures["exposure_id"][mask],
-                            "variant": exposures["variant"][mask]})
-              for event, mask in (("click", clicked), ("purchase", bought))]
+    frames = [
+        pd.DataFrame(
+            {
+                "ts": click_ts[mask],
+                "user_id": exposures["user_id"][mask],
+                "item_id": "i1",
+                "event": event,
+                "exposure_id": exposures["exposure_id"][mask],
+                "variant": exposures["variant"][mask],
+            }
+        )
+        for event, mask in (("click", clicked), ("purchase", bought))
+    ]
     return exposures, pd.concat(frames, ignore_index=True)
 
 
@@ -108,9 +133,13 @@ def test_too_little_traffic_needs_more_data(cfg):
 
 
 def test_a_broken_guardrail_keeps_the_champion(cfg):
-    exposures, feedback = simulate(4000, {"champion": 0.10, "challenger": 0.13}, seed=4,
-                                   purchase_given_click={"champion": 0.5, "challenger": 0.05},
-                                   latency_ms={"champion": 5.0, "challenger": 40.0})
+    exposures, feedback = simulate(
+        4000,
+        {"champion": 0.10, "challenger": 0.13},
+        seed=4,
+        purchase_given_click={"champion": 0.5, "challenger": 0.05},
+        latency_ms={"champion": 5.0, "challenger": 40.0},
+    )
     result = ab_report.analyse(exposures, feedback, cfg, ["purchase_rate", "latency_p99_ms"])
     assert result["significant"] and result["decision"] == ab_report.KEEP
     assert {c["name"] for c in result["guardrails"] if not c["passed"]} == {"purchase_rate", "latency_p99_ms"}
@@ -118,10 +147,23 @@ def test_a_broken_guardrail_keeps_the_champion(cfg):
 
 def test_feedback_without_exposure_id_goes_to_the_users_latest_exposure():
     ts = ["2026-11-01T00:00:00+00:00", "2026-11-01T00:01:00+00:00", "2026-11-01T00:05:00+00:00"]
-    exposures = pd.DataFrame({"ts": ts, "exposure_id": ["a", "b", "c"], "user_id": ["u1", "u1", "u2"],
-                              "variant": ["champion"] * 3, "model_version": ["1"] * 3})
-    feedback = pd.DataFrame({"ts": ["2026-11-01T00:02:00+00:00", "2026-11-01T00:06:00+00:00"],
-                             "user_id": ["u1", "u2"], "item_id": ["x", "y"], "event": ["click", "purchase"]})
+    exposures = pd.DataFrame(
+        {
+            "ts": ts,
+            "exposure_id": ["a", "b", "c"],
+            "user_id": ["u1", "u1", "u2"],
+            "variant": ["champion"] * 3,
+            "model_version": ["1"] * 3,
+        }
+    )
+    feedback = pd.DataFrame(
+        {
+            "ts": ["2026-11-01T00:02:00+00:00", "2026-11-01T00:06:00+00:00"],
+            "user_id": ["u1", "u2"],
+            "item_id": ["x", "y"],
+            "event": ["click", "purchase"],
+        }
+    )
     out = ab_report.attribute(exposures, feedback).set_index("exposure_id")
     assert out["click"].to_dict() == {"a": False, "b": True, "c": False}
     assert out["purchase"].to_dict() == {"a": False, "b": False, "c": True}

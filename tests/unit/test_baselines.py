@@ -4,6 +4,7 @@ Cluster 0 has the most users, so Pop ranks its items first and fails everyone el
 item-item models (ItemKNN, EASE), ALS and the ID-only sequential model (SASRec-ID) learn
 to recommend the unseen items of the user's own cluster.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,15 @@ def write_clustered_clean(root: Path, seed: int = 0) -> None:
                 rows.append((user, f"i{cluster * ITEMS_PER_CLUSTER + item:03d}", t))
     df = pd.DataFrame(rows, columns=[C.USER_ID, C.ITEM_ID, "t"])
     stamps = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(df["t"], unit="h")
-    inter = pd.DataFrame({C.USER_ID: df[C.USER_ID], C.ITEM_ID: df[C.ITEM_ID], C.RATING: 5.0,
-                          C.TIMESTAMP: stamps.astype("datetime64[us, UTC]"), C.EVENT: "rating"})
+    inter = pd.DataFrame(
+        {
+            C.USER_ID: df[C.USER_ID],
+            C.ITEM_ID: df[C.ITEM_ID],
+            C.RATING: 5.0,
+            C.TIMESTAMP: stamps.astype("datetime64[us, UTC]"),
+            C.EVENT: "rating",
+        }
+    )
     item_ids = [f"i{i:03d}" for i in range(N_CLUSTERS * ITEMS_PER_CLUSTER)]
     io.write_table(inter, root / C.DATA_CLEAN / "interactions")
     items = pd.DataFrame({C.ITEM_ID: item_ids, C.TITLE: item_ids, C.TEXT: item_ids})
@@ -47,13 +55,21 @@ def write_clustered_clean(root: Path, seed: int = 0) -> None:
 
 
 def tiny_params(params: dict) -> dict:
-    params["baselines"].update(itemknn_neighbors=[2, 8], ease_lambdas=[0.5, 5.0, 50.0],
-                               batch_size=16,  # several blocks, so batching is exercised
-                               als_ranks=[8], als_reg_params=[0.01, 1.0], als_alphas=[10.0], als_max_iter=8,
-                               sasrec_epochs=6, sasrec_patience=0)
+    params["baselines"].update(
+        itemknn_neighbors=[2, 8],
+        ease_lambdas=[0.5, 5.0, 50.0],
+        batch_size=16,  # several blocks, so batching is exercised
+        als_ranks=[8],
+        als_reg_params=[0.01, 1.0],
+        als_alphas=[10.0],
+        als_max_iter=8,
+        sasrec_epochs=6,
+        sasrec_patience=0,
+    )
     params["spark"].update(master="local[2]", shuffle_partitions=2)
-    params["train"].update(dim=16, user_layers=1, max_seq_len=8, batch_size=4, n_negatives=16, lr=0.01,
-                           dropout=0.0, device="cpu")
+    params["train"].update(
+        dim=16, user_layers=1, max_seq_len=8, batch_size=4, n_negatives=16, lr=0.01, dropout=0.0, device="cpu"
+    )
     return params
 
 
@@ -90,7 +106,7 @@ def test_selection_picks_a_value_from_each_grid(baseline_run):
     # SASRec-ID's hyperparameter is its epoch count, the best of the validated epochs.
     assert set(selected["SASRec-ID"]["grid"]) == {str(e) for e in range(1, 7)}
     assert selected["SASRec-ID"]["grid"][str(selected["SASRec-ID"]["epochs"])] == selected["SASRec-ID"]["valid_ndcg@10"]
-    for name, record in selected.items():
+    for record in selected.values():
         assert 0.0 <= record["valid_ndcg@10"] <= 1.0
         if "grid" in record:
             assert record["valid_ndcg@10"] == max(record["grid"].values())

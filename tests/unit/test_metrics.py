@@ -1,4 +1,5 @@
 """Every ranking metric against numbers worked out by hand."""
+
 from __future__ import annotations
 
 import math
@@ -10,9 +11,13 @@ import pytest
 from pipeline_tasks.core import metrics as M
 
 # Three users, top-3 lists over an 8-item catalogue (items 6 and 7 never recommended).
-RANKED = np.array([[4, 2, 0],    # target 2 at rank 1 (0-based)
-                   [1, 5, 3],    # target 1 at rank 0
-                   [0, 3, 4]])   # target 5 missing
+RANKED = np.array(
+    [
+        [4, 2, 0],  # target 2 at rank 1 (0-based)
+        [1, 5, 3],  # target 1 at rank 0
+        [0, 3, 4],
+    ]
+)  # target 5 missing
 TARGETS = np.array([2, 1, 5])
 CTX = M.EvalContext(n_items=8)
 
@@ -81,8 +86,7 @@ def test_compute_all_names_every_metric_at_its_k():
 
 
 def test_top_k_excludes_seen_items_and_breaks_ties_by_item_index():
-    scores = np.array([[0.1, 0.9, 0.5, 0.5, 0.0],
-                       [1.0, 1.0, 1.0, 1.0, 1.0]])
+    scores = np.array([[0.1, 0.9, 0.5, 0.5, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
     ranked = M.top_k(scores, [np.array([1]), np.array([], dtype=int)], 3)
     assert ranked.tolist() == [[2, 3, 0], [0, 1, 2]]
 
@@ -101,5 +105,5 @@ def test_ranking_length_and_metric_set_follow_evaluate_ks():
     assert M.ranking_length([10]) == 20
     assert M.ranking_length([10, 50]) == 50
     names = [f"{m}@{k}" for m, k in M.metric_set([10, 50])]
-    assert names[:len(M.HEADLINE)] == [f"{m}@{k}" for m, k in M.HEADLINE]
+    assert names[: len(M.HEADLINE)] == [f"{m}@{k}" for m, k in M.HEADLINE]
     assert {"recall@50", "ndcg@50"} <= set(names) and len(names) == len(set(names))

@@ -1,4 +1,5 @@
 """params.yaml is the one source of every number: typed, complete, and strict about keys."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,27 +26,34 @@ def test_unknown_key_is_rejected_with_its_name_and_the_known_keys(tmp_path):
         P.load(bad)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epochs=abc", "must be an integer"),
-    ("train.use_text=maybe", "must be true or false"),
-    ("train.lr=fast", "must be a number"),
-    ("nosuchsection.x=1", "unknown key 'nosuchsection'"),
-    ("train.epochs", "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=abc", "must be an integer"),
+        ("train.use_text=maybe", "must be true or false"),
+        ("train.lr=fast", "must be a number"),
+        ("nosuchsection.x=1", "unknown key 'nosuchsection'"),
+        ("train.epochs", "section.key=value"),
+    ],
+)
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ParamsError, match=message):
         P.load(None, [override])
 
 
 def test_overrides_are_typed_and_nested():
-    params = P.load(None, ["train.epochs=3", "train.lr=1e-3", "baselines.models=[Pop, EASE]",
-                           "ingest.synthetic.dirt.bot_users=2"])
+    params = P.load(
+        None, ["train.epochs=3", "train.lr=1e-3", "baselines.models=[Pop, EASE]", "ingest.synthetic.dirt.bot_users=2"]
+    )
     assert params["train"]["epochs"] == 3
     assert params["train"]["lr"] == pytest.approx(0.001)
     assert params["baselines"]["models"] == ["Pop", "EASE"]
     assert params["ingest"]["synthetic"]["dirt"]["bot_users"] == 2
     # The defaults themselves are never mutated by a load.
-    assert P.defaults()["ingest"]["synthetic"]["dirt"]["bot_users"] == P.DEFAULTS["ingest"]["synthetic"]["dirt"]["bot_users"]
+    assert (
+        P.defaults()["ingest"]["synthetic"]["dirt"]["bot_users"]
+        == P.DEFAULTS["ingest"]["synthetic"]["dirt"]["bot_users"]
+    )
 
 
 def test_search_space_is_open_for_any_dotted_param():
@@ -54,9 +62,20 @@ def test_search_space_is_open_for_any_dotted_param():
 
 
 def test_stage_cli_rejects_an_unknown_key_without_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline_tasks.split", "--root", str(tmp_path),
-                             "--no-mlflow", "--set", "split.min_user_interactionz=3"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline_tasks.split",
+            "--root",
+            str(tmp_path),
+            "--no-mlflow",
+            "--set",
+            "split.min_user_interactionz=3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "unknown key 'split.min_user_interactionz'" in result.stderr
     assert "Traceback" not in result.stderr

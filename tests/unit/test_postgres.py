@@ -1,4 +1,5 @@
 """pipeline_tasks.infra.postgres against a real PostgreSQL 15 server (runs as user `postgres` when we are root)."""
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ def _scalar(url: str, sql: str):
 
 def test_server_accepts_the_url_and_stops(pg_dir):
     with postgres_server(pg_dir, database="optuna", user="optuna_user") as pg:
-        assert pg.url.startswith("postgresql+psycopg2://optuna_user:") and pg.url.endswith(f"@127.0.0.1:{pg.port}/optuna")
+        assert pg.url.startswith("postgresql+psycopg2://optuna_user:") and pg.url.endswith(
+            f"@127.0.0.1:{pg.port}/optuna"
+        )
         assert _scalar(pg.url, "select current_user || '@' || current_database()") == "optuna_user@optuna"
         assert _scalar(pg.url, "show server_version_num").startswith("15")
         assert is_running(pg_dir)

@@ -3,6 +3,7 @@
 A tiny project (topic split, tiny encoder) is trained twice and registered twice (v1, v2)
 once per module; each test works on its own copy of the SQLite store.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,9 +34,23 @@ def write_split(root: Path) -> Path:
 
 def tiny_registry_params(encoder_dir: Path) -> dict:
     params = P.defaults()
-    params["train"].update(encoder=str(encoder_dir), dim=16, user_layers=1, user_heads=2, max_seq_len=8,
-                           max_text_len=12, epochs=2, batch_size=8, n_negatives=8, text_grad_items=4,
-                           checkpoint_every=0, device="cpu", dropout=0.0, lr=0.01, encoder_lr=0.001)
+    params["train"].update(
+        encoder=str(encoder_dir),
+        dim=16,
+        user_layers=1,
+        user_heads=2,
+        max_seq_len=8,
+        max_text_len=12,
+        epochs=2,
+        batch_size=8,
+        n_negatives=8,
+        text_grad_items=4,
+        checkpoint_every=0,
+        device="cpu",
+        dropout=0.0,
+        lr=0.01,
+        encoder_lr=0.001,
+    )
     params["baselines"]["models"] = ["Pop"]
     params["compress"].update(variants=["fp32"], latency_calls=10, warmup_calls=1, throughput_items=8)
     params["evaluate"].update(bootstrap_resamples=50, min_group_users=5)
@@ -112,6 +127,7 @@ def champion(client) -> str | None:
 
 # --- the gate as a function ----------------------------------------------------------------------
 
+
 def scores(ndcg: float, slices: dict | None = None) -> dict:
     return {"metrics": {"ndcg@10": ndcg}, "slices": slices or {}}
 
@@ -140,11 +156,15 @@ def test_gate_promotes_a_clear_improvement_and_keeps_a_small_one(gate_params):
 
 def test_gate_fails_on_a_guarded_slice_drop_but_ignores_tiny_groups(gate_params):
     champ = scores(0.20, slice_of(short=(100, 0.30), long=(5, 0.50)))
-    dropped = decide(scores(0.30, slice_of(short=(100, 0.25), long=(5, 0.50))), ("1", champ), gate_params, BUDGET_OK, None)
+    dropped = decide(
+        scores(0.30, slice_of(short=(100, 0.25), long=(5, 0.50))), ("1", champ), gate_params, BUDGET_OK, None
+    )
     assert not dropped.passed
     assert [c.name for c in dropped.checks if not c.passed] == ["guarded_slices"]
     assert dropped.slice_deltas["history_length"]["short"]["drop_rel"] == pytest.approx(1 / 6)
-    tiny_group = decide(scores(0.30, slice_of(short=(100, 0.30), long=(5, 0.0))), ("1", champ), gate_params, BUDGET_OK, None)
+    tiny_group = decide(
+        scores(0.30, slice_of(short=(100, 0.30), long=(5, 0.0))), ("1", champ), gate_params, BUDGET_OK, None
+    )
     assert tiny_group.passed  # 5 users < evaluate.min_group_users: too noisy to judge
 
 
@@ -169,6 +189,7 @@ def test_first_champion_needs_the_floor_and_the_best_baseline(gate_params):
 
 
 # --- the registered pipeline runs ------------------------------------------------------------------
+
 
 def test_pipeline_registrations_are_gated_and_the_champion_is_rescored(store):
     params, client, (first, second), _ = store
@@ -201,12 +222,17 @@ def test_promotion_past_a_failed_gate_needs_a_reason_which_is_recorded(store):
     assert champion(client) == "1"
     event = registry.promote(client, "recpipe", "2", reason="hotfix for the holiday catalogue", who="alice")
     assert event["forced"] and event["from_version"] == "1" and event["to_version"] == "2"
-    assert {C.ALIAS_CHAMPION: "2", C.ALIAS_PREVIOUS_CHAMPION: "1"}.items() <= registry.aliases(client, "recpipe").items()
+    assert {C.ALIAS_CHAMPION: "2", C.ALIAS_PREVIOUS_CHAMPION: "1"}.items() <= registry.aliases(
+        client, "recpipe"
+    ).items()
     last = registry.history(client, "recpipe")[-1]
     assert last["actor"] == "alice" and last["reason"] == "hotfix for the holiday catalogue" and last["forced"]
     assert last["metrics"]["ndcg@10"]["from"] is not None and last["metrics"]["ndcg@10"]["delta"] is not None
     tags = client.get_model_version("recpipe", "2").tags
-    assert tags["champion.promoted_by"] == "alice" and "champion.retired_at" in client.get_model_version("recpipe", "1").tags
+    assert (
+        tags["champion.promoted_by"] == "alice"
+        and "champion.retired_at" in client.get_model_version("recpipe", "1").tags
+    )
 
 
 def test_a_version_that_passed_the_gate_against_the_current_champion_needs_no_reason(store):
@@ -243,8 +269,12 @@ def test_rollback_goes_back_after_a_load_check_and_refuses_a_broken_version(stor
 class FlakyClient:
     """The real MlflowClient, except that the n-th registry write raises (a crash midway)."""
 
-    WRITES = {"set_registered_model_alias", "delete_registered_model_alias", "set_model_version_tag",
-              "set_registered_model_tag"}
+    WRITES = {
+        "set_registered_model_alias",
+        "delete_registered_model_alias",
+        "set_model_version_tag",
+        "set_registered_model_tag",
+    }
 
     def __init__(self, client, fail_at: int):
         self.client, self.fail_at, self.writes = client, fail_at, 0
@@ -259,6 +289,7 @@ class FlakyClient:
             if self.writes == self.fail_at:
                 raise ConnectionError(f"injected failure at write {self.writes} ({attr})")
             return method(*args, **kwargs)
+
         return write
 
 
@@ -317,6 +348,7 @@ def test_cli_promote_history_and_ab(store, capsys):
 
 # --- model card, version tags and lineage ----------------------------------------------------------
 
+
 def test_version_carries_lineage_tags_and_a_model_card(store):
     params, client, _, _ = store
     v1, v2 = (client.get_model_version("recpipe", v) for v in ("1", "2"))
@@ -330,8 +362,16 @@ def test_version_carries_lineage_tags_and_a_model_card(store):
     assert (v1.tags["airflow.dag_id"], v1.tags["airflow.dag_run_id"]) == ("none", "none")
     assert (v2.tags["airflow.dag_id"], v2.tags["airflow.dag_run_id"]) == tuple(AIRFLOW_RUN.values())
     # The card: the version's description and an artifact of its run, with the sections the issue asks for.
-    for section in ("## Data", "## Metrics", "bootstrap interval", "## Slices and fairness", "## Compression",
-                    "## Gate (compare)", "## Known limits", "recpipe_nightly"):
+    for section in (
+        "## Data",
+        "## Metrics",
+        "bootstrap interval",
+        "## Slices and fairness",
+        "## Compression",
+        "## Gate (compare)",
+        "## Known limits",
+        "recpipe_nightly",
+    ):
         assert section in v2.description, section
     import mlflow
 
@@ -371,8 +411,10 @@ def test_auto_promote_false_leaves_a_passing_first_champion_to_a_person(store, r
     evaluate_json.write_text(json.dumps(metrics))
     client.delete_registered_model_alias("recpipe", C.ALIAS_CHAMPION)
     # This test is about auto_promote, not the budgets (compress measured a loaded 2-core box).
-    params = {**params, "register": {**params["register"], "auto_promote": False, "min_ndcg": 0.0,
-                                     "max_latency_p99_ms": 1e6}}
+    params = {
+        **params,
+        "register": {**params["register"], "auto_promote": False, "min_ndcg": 0.0, "max_latency_p99_ms": 1e6},
+    }
     result = register.run(params, copy)
     assert result["decision"]["kind"] == "first" and result["decision"]["passed"]
     assert not result["decision"]["promote"] and "awaiting `recpipe promote`" in result["decision"]["summary"]
@@ -393,11 +435,19 @@ def test_registered_pyfunc_loads_in_a_fresh_process_elsewhere_and_excludes_seen_
         "import json, sys, mlflow, pandas as pd\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "m = mlflow.pyfunc.load_model('models:/recpipe@champion')\n"
-        "out = m.predict(pd.DataFrame({'user_id': ['u001', 'brand-new'], 'history': [None, ['i00', 'i01']], 'k': [5, 4]}))\n"
-        "print(json.dumps({'items': [list(x) for x in out['item_ids']], 'scores': [list(x) for x in out['scores']]}))\n")
+        "frame = pd.DataFrame({'user_id': ['u001', 'brand-new'], 'history': [None, ['i00', 'i01']], 'k': [5, 4]})\n"
+        "out = m.predict(frame)\n"
+        "print(json.dumps({'items': [list(x) for x in out['item_ids']], 'scores': [list(x) for x in out['scores']]}))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != C.TRACKING_URI_ENV}
-    done = subprocess.run([sys.executable, "-c", script, params["mlflow"]["tracking_uri"]], cwd="/", env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, params["mlflow"]["tracking_uri"]],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     known, new = out["items"]
@@ -412,3 +462,52 @@ def _history_of(user: str) -> list[str]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.topic_histories(24, 8)[user]
+
+
+def test_a_version_registered_before_the_package_layout_still_loads(store, tmp_path):
+    """Versions registered by the flat layout pickled their model as `pipeline_tasks.serving.RecpipePyfunc`
+    (serving was a module then). That name must keep resolving, in this process (where `recpipe serve`
+    loads versions, with the package already imported) and in a fresh one, with the same answers."""
+    import subprocess
+    import sys
+
+    import cloudpickle
+    import mlflow
+
+    from pipeline_tasks.serving.pyfunc import RecpipePyfunc
+
+    params, client, _, _ = store
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/recpipe/2", dst_path=str(tmp_path)))
+    pickled = local / "python_model.pkl"
+    assert b"pipeline_tasks.serving.pyfunc" in pickled.read_bytes()  # what this layout writes
+    # The pickle the flat layout wrote: the same class, referenced under its old module path.
+    RecpipePyfunc.__module__ = "pipeline_tasks.serving"
+    try:
+        pickled.write_bytes(cloudpickle.dumps(RecpipePyfunc()))
+    finally:
+        RecpipePyfunc.__module__ = "pipeline_tasks.serving.pyfunc"
+    assert b"pipeline_tasks.serving.pyfunc" not in pickled.read_bytes()
+
+    request = {"user_id": ["u001", "brand-new"], "history": [None, ["i00", "i01"]], "k": [5, 4]}
+    import pandas as pd
+
+    expected = [
+        list(x) for x in mlflow.pyfunc.load_model("models:/recpipe/2").predict(pd.DataFrame(request))["item_ids"]
+    ]
+    here = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame(request))
+    assert [list(x) for x in here["item_ids"]] == expected
+
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "out = mlflow.pyfunc.load_model(sys.argv[1]).predict(pd.DataFrame(json.loads(sys.argv[2])))\n"
+        "print(json.dumps([list(x) for x in out['item_ids']]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(local), json.dumps(request)],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected

@@ -1,4 +1,5 @@
 """Leave-one-out by time on a hand-made table, and the index view (dataset.load_split) of its output."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,23 +23,44 @@ def ts(day: int) -> pd.Timestamp:
 # (user, item, day). u1: a tie on day 3 between items b and c (broken by item id: c is later);
 # u2: 2 interactions (< min 3) -> all train; u3: exactly 3; u4: items z and cold seen only in valid/test.
 ROWS = [
-    ("u1", "a", 1), ("u1", "c", 3), ("u1", "b", 3), ("u1", "d", 0), ("u1", "e", 2),
-    ("u2", "a", 5), ("u2", "b", 6),
-    ("u3", "b", 9), ("u3", "a", 7), ("u3", "d", 8),
-    ("u4", "a", 1), ("u4", "b", 2), ("u4", "z", 4), ("u4", "cold", 5),
+    ("u1", "a", 1),
+    ("u1", "c", 3),
+    ("u1", "b", 3),
+    ("u1", "d", 0),
+    ("u1", "e", 2),
+    ("u2", "a", 5),
+    ("u2", "b", 6),
+    ("u3", "b", 9),
+    ("u3", "a", 7),
+    ("u3", "d", 8),
+    ("u4", "a", 1),
+    ("u4", "b", 2),
+    ("u4", "z", 4),
+    ("u4", "cold", 5),
 ]
 
 
 def write_clean(root: Path, rows=ROWS, items=None) -> None:
     df = pd.DataFrame(rows, columns=[C.USER_ID, C.ITEM_ID, "day"])
-    inter = pd.DataFrame({C.USER_ID: df[C.USER_ID], C.ITEM_ID: df[C.ITEM_ID], C.RATING: 4.0,
-                          C.TIMESTAMP: df["day"].map(ts).astype("datetime64[us, UTC]"), C.EVENT: "rating"})
+    inter = pd.DataFrame(
+        {
+            C.USER_ID: df[C.USER_ID],
+            C.ITEM_ID: df[C.ITEM_ID],
+            C.RATING: 4.0,
+            C.TIMESTAMP: df["day"].map(ts).astype("datetime64[us, UTC]"),
+            C.EVENT: "rating",
+        }
+    )
     items = items if items is not None else sorted(set(df[C.ITEM_ID]) | {"unused"})
     io.write_table(inter, root / C.DATA_CLEAN / "interactions")
-    io.write_table(pd.DataFrame({C.ITEM_ID: items, C.TITLE: items, C.TEXT: [f"text of {i}" for i in items]}),
-                   root / C.DATA_CLEAN / "items")
-    io.write_table(pd.DataFrame({C.USER_ID: ["u1", "u2", "u3", "u4"], "gender": ["F", "M", "F", None]}),
-                   root / C.DATA_CLEAN / "users")
+    io.write_table(
+        pd.DataFrame({C.ITEM_ID: items, C.TITLE: items, C.TEXT: [f"text of {i}" for i in items]}),
+        root / C.DATA_CLEAN / "items",
+    )
+    io.write_table(
+        pd.DataFrame({C.USER_ID: ["u1", "u2", "u3", "u4"], "gender": ["F", "M", "F", None]}),
+        root / C.DATA_CLEAN / "users",
+    )
 
 
 @pytest.fixture
@@ -88,9 +110,17 @@ def test_no_row_is_lost_or_duplicated(split_root):
 def test_metrics_count_rows_and_cold_start_targets(split_root):
     _, metrics = split_root
     # items: a b c d e z cold + unused; cold targets: "cold" and "c" (u1's only c is its test row)
-    assert metrics == {"users": 4, "items": 8, "train_rows": 8, "valid_rows": 3, "test_rows": 3,
-                       "cold_start_test_items": 2, "cold_start_test_rows": 2,
-                       "cold_start_items": 0, "withheld_rows": 0}
+    assert metrics == {
+        "users": 4,
+        "items": 8,
+        "train_rows": 8,
+        "valid_rows": 3,
+        "test_rows": 3,
+        "cold_start_test_items": 2,
+        "cold_start_test_rows": 2,
+        "cold_start_items": 0,
+        "withheld_rows": 0,
+    }
 
 
 def test_min_user_interactions_is_a_param(tmp_path, params):
@@ -152,11 +182,15 @@ def test_same_second_ties_follow_the_source_order(tmp_path: Path, params: dict):
 
 # --- the cold-start protocol (split.cold_start_share) ------------------------------------------
 
+
 def many_users(n_users: int = 60, n_items: int = 40, per_user: int = 8, seed: int = 3) -> list[tuple[str, str, int]]:
     """Random distinct histories: many test targets, most items also seen in train and valid."""
     rng = np.random.default_rng(seed)
-    return [(f"u{u:02d}", f"i{j:02d}", day) for u in range(n_users)
-            for day, j in enumerate(rng.choice(n_items, size=per_user, replace=False))]
+    return [
+        (f"u{u:02d}", f"i{j:02d}", day)
+        for u in range(n_users)
+        for day, j in enumerate(rng.choice(n_items, size=per_user, replace=False))
+    ]
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The MLflow store is chosen by params unless the user sets MLFLOW_TRACKING_URI."""
+
 from __future__ import annotations
 
 from pipeline_tasks.core import params as P
