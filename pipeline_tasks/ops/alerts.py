@@ -99,8 +99,3 @@ def not_promoted(root: Path) -> dict | None:
         "champion_ndcg": decision.get("champion_ndcg"),
         "champion_version": decision.get("champion_version"),
     }
-
-
-def not_promoted_reason(root: Path) -> str | None:
-    found = not_promoted(root)
-    return found["reason"] if found else None
