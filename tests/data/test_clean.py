@@ -287,7 +287,7 @@ def test_rows_lost_on_the_way_to_disk_stop_the_run(spark, tmp_path, tiny_params,
     def lose_a_row(df, path, files):  # fault injection: a writer that drops data silently
         real_write(df.limit(1) if path.name == "interactions" and "quarantine" not in str(path) else df, path, files)
 
-    monkeypatch.setattr(clean, "write_parquet", lose_a_row)
+    monkeypatch.setattr(cleaning, "write_parquet", lose_a_row)
     with pytest.raises(PipelineError, match="wrote 1 interactions for 2 raw ones"):
         clean.run(tiny_params, tmp_path)
     pd.testing.assert_frame_equal(read(tmp_path, C.DATA_CLEAN, "interactions"), before)
@@ -411,7 +411,7 @@ def test_a_failed_run_leaves_the_previous_clean_data_intact(spark, tmp_path, tin
             raise OSError("No space left on device")
         real_write(df, path, files)
 
-    monkeypatch.setattr(clean, "write_parquet", crash_on_third_table)
+    monkeypatch.setattr(cleaning, "write_parquet", crash_on_third_table)
     with pytest.raises(OSError):
         clean.run(tiny_params, tmp_path)
     for table in C.TABLES:

@@ -289,9 +289,9 @@ def test_two_worker_processes_share_one_postgres_study(postgres_url, split_write
 def test_shared_storage_workers_draw_different_start_up_trials(params, monkeypatch):
     url = "postgresql+psycopg2://u@h/db"
     assert tuning.sampler_seed(params, "sqlite:///x.db", 3) == params["tune"]["sampler_seed"] + 3  # reproducible
-    monkeypatch.setattr(tune, "worker_name", lambda: "host-a:7")
+    monkeypatch.setattr(tuning, "worker_name", lambda: "host-a:7")
     first = tuning.sampler_seed(params, url, 0)
-    monkeypatch.setattr(tune, "worker_name", lambda: "host-b:7")  # another container, same pid
+    monkeypatch.setattr(tuning, "worker_name", lambda: "host-b:7")  # another container, same pid
     assert tuning.sampler_seed(params, url, 0) != first
     assert 0 <= first < 2**32
 
