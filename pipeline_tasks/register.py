@@ -117,6 +117,7 @@ def run(params: dict, root: Path) -> dict:
             client,
             name,
             version,
+            expected_champion=champion_version,
             gate={
                 "passed": True,
                 "summary": decision.summary,

@@ -6,11 +6,12 @@ Each trial copies params, overrides the searched keys (dotted names, e.g. `train
 `train.epochs` (= `tune.epochs`), and calls `fit`, which reports the validation
 NDCG@10 after every epoch; the pruner (median | hyperband | none) may stop a trial there.
 The study lives in its own RDB storage (default SQLite `optuna/study.db`, never the MLflow
-database) and is loaded if it exists, so a re-run adds trials to the same study and
-several workers can share a PostgreSQL one. Writes `metrics/tune/best_params.json`
-(dotted keys -> values, read by `train` when `train.use_best_params`) and Optuna plots
-under `reports/tune/`.
-The search itself is pipeline_tasks/model/tuning.py.
+database) and is scoped to the data version and the search: a re-run on the same data adds
+trials to the same study, and several workers can share a PostgreSQL one. With
+`tune.every_n_nights` > 1 the nights between searches reuse the last search's best. Writes
+`metrics/tune/best_params.json` (dotted keys -> values, read by `train` when
+`train.use_best_params`) and Optuna plots under `reports/tune/`. The search itself is
+pipeline_tasks/model/tuning.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ import optuna
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core.stage_cli import stage_main
-from pipeline_tasks.model.tuning import OBJECTIVE, check_space, make_objective, open_study, save_plots, summarise
+from pipeline_tasks.model.tuning import (
+    OBJECTIVE,
+    check_space,
+    last_search,
+    make_objective,
+    open_study,
+    record_night,
+    save_plots,
+    search_due,
+    summarise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +44,29 @@ REPORTS = Path(C.REPORTS_DIR) / "tune"
 def run(params: dict, root: Path) -> dict:
     root = Path(root)
     space = check_space(params)
-    tune = params["tune"]
-    study = open_study(params, root)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(
-        make_objective(params, root, space),
-        n_trials=tune["n_trials"],
-        timeout=tune["timeout_s"] or None,
-        gc_after_trial=True,
-        show_progress_bar=True,
-    )
-    result = summarise(study)
+    due, why = search_due(params, root)
+    if due:
+        study = open_study(params, root)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(
+            make_objective(params, root, space),
+            n_trials=params["tune"]["n_trials"],
+            timeout=params["tune"]["timeout_s"] or None,
+            gc_after_trial=True,
+            show_progress_bar=True,
+        )
+    else:
+        study = last_search(params, root)
+    result = {**summarise(study), "searched": due, "why": why}
+    record_night(root, study.study_name if due else None)
     io.write_json(result["best_params"], root / C.BEST_PARAMS_FILE)
-    for path in save_plots(study, root / REPORTS):
+    for path in save_plots(study, root / REPORTS) if due else []:
         tracking.log_artifact(path, artifact_path="tune")
     tracking.log_artifact(root / C.BEST_PARAMS_FILE, artifact_path="tune")
     log.info(
-        "tune: %d trials (%d pruned), best %s=%.4f with %s",
+        "tune (%s): study %s, %d trials (%d pruned), best %s=%.4f with %s",
+        why,
+        result["study"],
         result["n_trials"],
         result["n_pruned"],
         OBJECTIVE,

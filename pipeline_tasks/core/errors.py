@@ -1,7 +1,7 @@
 """Domain errors, raised at the boundary. Each message names the problem and the fix.
 
-The stage CLI prints these without a traceback and exits non-zero (2): they are
-expected failures an operator acts on, not bugs.
+The stage CLI prints these without a traceback and exits non-zero (2; 3 for bad data, 75 for a
+service that blinked): they are expected failures an operator acts on, not bugs.
 """
 
 from __future__ import annotations
@@ -29,3 +29,10 @@ class DataValidationError(RecpipeError):
 
 class PipelineError(RecpipeError):
     """A stage's inputs are missing or inconsistent (run the earlier stage first)."""
+
+
+class TransientError(RecpipeError):
+    """A service the run depends on blinked (a locked database, an HTTP 5xx, a timeout): nothing is wrong
+    with the inputs, and the same run can succeed later. Airflow retries it (exit code 75, EX_TEMPFAIL)."""
+
+    exit_code = 75

@@ -239,7 +239,8 @@ DEFAULTS: dict[str, Any] = {
         "pruner_startup_trials": 2,  # median: trials that finish before any is pruned
         "pruner_warmup_epochs": 1,  # median: epochs a trial always completes before it can be pruned
         "storage": "",  # "" = optuna/study.db (SQLite); or a postgresql:// URL
-        "study_name": "recpipe",
+        "study_name": "recpipe",  # + the hash of the data and the search: one study per data version
+        "every_n_nights": 1,  # search every run (1), or on the first and every n-th night; between: reuse
         "search_space": {
             "train.lr": {"type": "float", "low": 0.0005, "high": 0.005, "log": True},
             "train.temperature": {"type": "float", "low": 0.05, "high": 0.3, "log": True},

@@ -18,6 +18,7 @@ from pipeline_tasks.core import metrics as M
 from pipeline_tasks.core.errors import PipelineError
 from pipeline_tasks.data.dataset import EvalTask, SplitData, eval_task, rank_in_batches, ranked_from_frame, read_ranking
 from pipeline_tasks.model.recommender import Recommender
+from pipeline_tasks.model.training_data import item_text
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def model_ranking(split: SplitData, task: EvalTask, model_dir: Path, k: int, bat
             "(`python -m pipeline_tasks.train` or `dvc repro train`)"
         )
     rec = Recommender.load(model_dir)
-    columns = model_columns(rec.item_ids, split)
+    columns = model_columns(rec, split)
     position = {u: j for j, u in enumerate(task.users)}
     histories = [[split.item_ids[i] for i in seen] for seen in task.seen]
 
@@ -59,16 +60,20 @@ def model_ranking(split: SplitData, task: EvalTask, model_dir: Path, k: int, bat
     return rank_in_batches(score_users, task, k, batch_size, desc=f"{model_dir.name} {task.target_split}")
 
 
-def model_columns(model_item_ids: list[str], split: SplitData) -> np.ndarray:
-    """Column of each split item (in split order) in the model's score matrix."""
-    where = {item: j for j, item in enumerate(model_item_ids)}
-    missing = [item for item in split.item_ids if item not in where]
-    if missing:
-        raise PipelineError(
-            f"the trained model does not know {len(missing)} items of data/split/items "
-            f"(e.g. {missing[:3]}): it was trained on another catalogue; re-run the train stage"
-        )
-    return np.array([where[item] for item in split.item_ids], dtype=np.int64)
+def model_columns(rec: Recommender, split: SplitData) -> np.ndarray:
+    """Column of each split item (in split order) in the model's score matrix.
+
+    Items the model never saw (the catalogue grew since it was trained: every night adds some) are
+    added to it first: a text model places them by their text, an ID-only one ranks them last
+    (Recommender.add_items). That is how the gate re-scores an older champion on tonight's split.
+    """
+    unknown = [j for j, item in enumerate(split.item_ids) if item not in rec.item_index]
+    if unknown:
+        rows = split.items.iloc[unknown].to_dict(orient="records")
+        rec.add_items([split.item_ids[j] for j in unknown], [item_text(row) for row in rows])
+        how = "placed by their text" if rec.model.uses_text else "ranked last (an ID-only model cannot place them)"
+        log.info("%d items of the split are new to this model: %s", len(unknown), how)
+    return np.array([rec.item_index[item] for item in split.item_ids], dtype=np.int64)
 
 
 # --- Slices ---------------------------------------------------------------------------------

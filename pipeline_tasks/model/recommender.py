@@ -90,6 +90,7 @@ class Recommender:
         self.item_ids: list[str] = model.item_ids
         self.item_index: dict[str, int] = {item: i for i, item in enumerate(self.item_ids)}
         self.item_table: np.ndarray = np.asarray(item_table, dtype=np.float32)
+        self.unplaced: set[int] = set()  # items added that this model cannot place (see add_items)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu") -> Recommender:
@@ -135,9 +136,32 @@ class Recommender:
             raise PipelineError("this model is ID-only (use_text=false): pass item_idx to encode_items")
         return self.model.item_tower.vectors(pooled, idx).cpu().numpy()
 
+    def add_items(self, item_ids: list[str], texts: list[str]) -> None:
+        """Append items the model was never trained on (the catalogue grew since) to its catalogue.
+
+        A text model places each by its text alone (it learnt no ID embedding for them), as it does any
+        cold item. An ID-only model cannot place them: they score -inf, so they rank after every item it
+        knows, and a history ignores them. The model's item list grows with the table (one list).
+        """
+        new = [(item, text) for item, text in zip(item_ids, texts) if item not in self.item_index]
+        if not new:
+            return
+        if self.model.uses_text:
+            rows = self.encode_items([text for _, text in new])
+        else:
+            rows = np.zeros((len(new), self.item_table.shape[1]), dtype=np.float32)
+            self.unplaced.update(range(len(self.item_ids), len(self.item_ids) + len(new)))
+        for item, _ in new:
+            self.item_index[item] = len(self.item_ids)
+            self.item_ids.append(item)
+        self.item_table = np.concatenate([self.item_table, rows.astype(np.float32)])
+
     def history_indices(self, histories: list[list[str]]) -> list[list[int]]:
-        """Item ids to catalogue indices; ids the model does not know are ignored."""
-        return [[self.item_index[i] for i in h if i in self.item_index] for h in histories]
+        """Item ids to catalogue indices; ids the model does not know (or cannot place) are ignored."""
+        return [
+            [self.item_index[i] for i in h if i in self.item_index and self.item_index[i] not in self.unplaced]
+            for h in histories
+        ]
 
     @torch.no_grad()
     def user_vectors(self, histories: list[list[str]], batch_size: int = 512) -> np.ndarray:
@@ -151,8 +175,11 @@ class Recommender:
         return np.concatenate(blocks) if blocks else np.zeros((0, self.item_table.shape[1]), dtype=np.float32)
 
     def scores(self, histories: list[list[str]]) -> np.ndarray:
-        """(n_users, n_items) cosine scores in catalogue (item_ids) order."""
-        return self.user_vectors(histories) @ self.item_table.T
+        """(n_users, n_items) cosine scores in catalogue (item_ids) order; -inf for items it cannot place."""
+        scores = self.user_vectors(histories) @ self.item_table.T
+        if self.unplaced:
+            scores[:, sorted(self.unplaced)] = -np.inf
+        return scores
 
     def recommend(self, histories: list[list[str]], k: int, exclude_seen: bool = True) -> list[list[tuple[str, float]]]:
         """Top-k (item_id, score) per history, best first; seen items removed when exclude_seen."""

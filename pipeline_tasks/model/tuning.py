@@ -1,10 +1,24 @@
 """Hyperparameter search with Optuna: the search space from `tune.search_space`, the study's
 storage, pruner and sampler, the objective (one `fit` per trial, pruned on validation NDCG@10
-after each epoch) and the study's summary and plots. The tune stage runs it."""
+after each epoch) and the study's summary and plots. The tune stage runs it.
+
+A study is scoped to what makes its trials comparable: the data they are scored on (the split's
+train and valid interactions and its catalogue) and the search itself (space, epochs per trial,
+the train params it does not search, the seed). Its name is `tune.study_name` + that scope's
+hash, so a re-run on the same data adds trials to the same study (several workers share it),
+while a new night's data or a new space opens a new study: its best is its own, never a trial
+scored on older data. A new study starts with the previous study's best params as its first
+trial (a warm start), when they fit the current space.
+
+Searching is not needed every night: `tune.every_n_nights` (1 = every run) lets the nights in
+between reuse the last search's best params (their study is named in the metrics).
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -12,16 +26,20 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from pipeline_tasks.core import constants as C
+from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core import params as P
-from pipeline_tasks.core import tracking
 from pipeline_tasks.core.errors import ParamsError, PipelineError
+from pipeline_tasks.data import dataset
 from pipeline_tasks.model.fitting import fit
+from pipeline_tasks.model.trainer import NOT_TRAINING_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +116,11 @@ def check_space(params: dict) -> dict[str, dict]:
     for name, spec in space.items():
         P.get_dotted(params, name)  # raises ParamsError naming an unknown key
         check_spec(name, spec)
+    if params["tune"]["every_n_nights"] < 1:
+        raise ParamsError(
+            f"tune.every_n_nights={params['tune']['every_n_nights']} must be at least 1 "
+            "(1 = search on every run, 7 = on the first night and then weekly)"
+        )
     return space
 
 
@@ -144,14 +167,32 @@ def make_pruner(params: dict) -> optuna.pruners.BasePruner:
     raise ParamsError(f"tune.pruner is {kind!r}; use median, hyperband or none")
 
 
+def study_scope(params: dict, root: Path) -> str:
+    """12 hex digits naming what the study's trials have in common (see the module docstring)."""
+    split = dataset.load_split(root)
+    digest = hashlib.sha256()
+    for part in (split.train, split.valid):
+        for array in (part.users, part.items, part.timestamps):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    space = params["tune"]["search_space"]
+    fixed = {k: v for k, v in params["train"].items() if f"train.{k}" not in space and k not in NOT_TRAINING_KEYS}
+    search = [split.item_ids, split.user_ids, space, params["tune"]["epochs"], fixed, params["seed"]]
+    digest.update(json.dumps(search, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:12]
+
+
+def study_name(params: dict, root: Path) -> str:
+    return f"{params['tune']['study_name']}.{study_scope(params, root)}"
+
+
 def open_study(params: dict, root: Path) -> optuna.Study:
-    """Create the study or load it, so a re-run continues where the last one stopped."""
+    """This data's and search's study: created (warm-started) or loaded, so a re-run continues it."""
     url = storage_url(params, root)
     storage = open_storage(url)
-    name = params["tune"]["study_name"]
+    name = study_name(params, root)
     existing = existing_trials(storage, name)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed(params, url, existing))
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction="maximize",
@@ -159,6 +200,41 @@ def open_study(params: dict, root: Path) -> optuna.Study:
         pruner=make_pruner(params),
         load_if_exists=True,
     )
+    if not existing:
+        warm_start(study, previous_study(storage, params, exclude=name), params["tune"]["search_space"])
+    return study
+
+
+def previous_study(storage: optuna.storages.BaseStorage, params: dict, exclude: str = "") -> optuna.Study | None:
+    """The latest other study of this pipeline (same tune.study_name) with a complete trial."""
+    prefix = f"{params['tune']['study_name']}."
+    summaries = [
+        s
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=True)
+        if s.study_name.startswith(prefix) and s.study_name != exclude and s.best_trial is not None
+    ]
+    if not summaries:
+        return None
+    latest = max(summaries, key=lambda s: s.datetime_start or datetime.min)  # set: each has a trial
+    return optuna.load_study(study_name=latest.study_name, storage=storage)
+
+
+def warm_start(study: optuna.Study, previous: optuna.Study | None, space: dict[str, dict]) -> None:
+    """Queue the previous study's best params as this study's first trial, if they fit the space."""
+    if previous is None:
+        return
+    best = previous.best_params
+    if set(best) != set(space) or not all(fits(space[key], value) for key, value in best.items()):
+        log.info("tune: %s's best params do not fit the current search space: no warm start", previous.study_name)
+        return
+    study.enqueue_trial(best, user_attrs={"warm_start_from": previous.study_name})
+    log.info("tune: warm start from %s's best %s", previous.study_name, best)
+
+
+def fits(spec: dict, value: Any) -> bool:
+    if "choices" in spec:
+        return value in spec["choices"]
+    return spec["low"] <= value <= spec["high"]
 
 
 def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -263,6 +339,51 @@ def set_tag(key: str, value: str) -> None:
 # --- results ---------------------------------------------------------------------------------
 
 
+# --- the search schedule -----------------------------------------------------------------
+
+
+def schedule_path(root: Path) -> Path:
+    """Beside the default study database, outside DVC's outputs (DVC deletes those before a re-run)."""
+    return root / C.OPTUNA_DIR / "schedule.json"
+
+
+def search_due(params: dict, root: Path) -> tuple[bool, str]:
+    """(search tonight?, why). The first run, and every `tune.every_n_nights`-th after the last search."""
+    every = params["tune"]["every_n_nights"]
+    path = schedule_path(root)
+    state = io.read_json(path) if path.exists() else {}
+    if not state.get("last_study"):
+        return True, "no earlier search"
+    nights = int(state.get("nights_since_search", 0)) + 1
+    if nights >= every:
+        return True, f"night {nights} since the last search (tune.every_n_nights={every})"
+    return False, f"night {nights} of {every} since the last search ({state['last_study']}): its best params reused"
+
+
+def record_night(root: Path, searched_study: str | None) -> None:
+    """Count this night; a search resets the count and becomes the study later nights reuse."""
+    path = schedule_path(root)
+    state = io.read_json(path) if path.exists() else {}
+    if searched_study:
+        state = {"last_study": searched_study, "nights_since_search": 0}
+    else:
+        state["nights_since_search"] = int(state.get("nights_since_search", 0)) + 1
+    io.write_json(state, path)
+
+
+def last_search(params: dict, root: Path) -> optuna.Study:
+    """The study of the last search (for the nights between searches)."""
+    state = io.read_json(schedule_path(root))
+    storage = open_storage(storage_url(params, root))
+    try:
+        return optuna.load_study(study_name=state["last_study"], storage=storage)
+    except KeyError as err:
+        raise PipelineError(
+            f"the last search's study {state['last_study']!r} is not in {redact(storage_url(params, root))}: "
+            f"delete {schedule_path(root)} to search again tonight"
+        ) from err
+
+
 def summarise(study: optuna.Study) -> dict[str, Any]:
     states = [t.state for t in study.trials]
     complete = states.count(optuna.trial.TrialState.COMPLETE)
@@ -273,6 +394,7 @@ def summarise(study: optuna.Study) -> dict[str, Any]:
             "tune.timeout_s, or use tune.pruner=none"
         )
     return {
+        "study": study.study_name,
         "n_trials": len(states),
         "n_complete": complete,
         "n_pruned": states.count(optuna.trial.TrialState.PRUNED),

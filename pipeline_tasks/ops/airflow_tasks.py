@@ -136,7 +136,7 @@ def skipped_stage(stage: str, root: Path, form: dict) -> str | None:
 @task
 def run_stage(stage: str, parent_run_id: str, **context) -> str:
     """`dvc repro --single-item <stage>`: a no-op when its inputs did not change."""
-    from pipeline_tasks.core.errors import DataValidationError, RecpipeError
+    from pipeline_tasks.core.errors import DataValidationError, RecpipeError, TransientError
     from pipeline_tasks.ops.pipeline import repro_stage
 
     root = project_dir(context)
@@ -152,6 +152,8 @@ def run_stage(stage: str, parent_run_id: str, **context) -> str:
         raise fail_without_retry(RuntimeError(f"{message}. Bad data: not retried. Data Docs: {root}/reports/gx/"))
     if stage_code == RecpipeError.exit_code:
         raise fail_without_retry(RuntimeError(f"{message}. Bad input or params: not retried; fix and clear the task"))
+    if stage_code == TransientError.exit_code:
+        raise RuntimeError(f"{message}. A service it needs (MLflow, a database) did not answer: retried with backoff")
     raise RuntimeError(f"{message}; retried with backoff")
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import tracking
-from pipeline_tasks.core.errors import PipelineError
+from pipeline_tasks.core.errors import PipelineError, TransientError
 
 AUDIT_PREFIX = "recpipe.audit."
 AB_TAG = "recpipe.ab"
@@ -44,6 +44,14 @@ HEADLINE_TAG = "metric.ndcg_at_10"  # written by register (tracking.metric_key("
 
 class RegistryError(PipelineError):
     """An alias move was refused or failed; the message says what state the registry is in."""
+
+
+class RegistryUnavailable(TransientError):
+    """The registry could not be read (not: the model does not exist). Retry; never read as "no champion"."""
+
+
+# promote()'s expected_champion when the caller does not check what the champion is.
+ANY_CHAMPION = object()
 
 
 # --- small readers ---------------------------------------------------------------------------
@@ -77,11 +85,31 @@ def actor(explicit: str | None = None) -> str:
 
 
 def aliases(client, name: str) -> dict[str, str]:
-    """{alias: version} of the registered model ({} if it does not exist yet)."""
+    """{alias: version} of the registered model; {} only when the model does not exist yet.
+
+    Any other failure (a locked SQLite file, an HTTP 5xx, a timeout) raises RegistryUnavailable:
+    read as "no champion", a blink would let the gate apply the first-run rule and replace the
+    live champion.
+    """
+    from mlflow.exceptions import MlflowException
+
     try:
-        return {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
-    except Exception:  # noqa: BLE001 - RestException RESOURCE_DOES_NOT_EXIST
-        return {}
+        model = client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise unavailable(name, err) from err
+    except Exception as err:  # noqa: BLE001 - a driver error (sqlite3 / SQLAlchemy / HTTP) under the client
+        raise unavailable(name, err) from err
+    return {a: str(v) for a, v in model.aliases.items()}
+
+
+def unavailable(name: str, err: Exception) -> RegistryUnavailable:
+    return RegistryUnavailable(
+        f"could not read the aliases of {name!r} from the MLflow registry ({type(err).__name__}: "
+        f"{str(err)[:300]}); nothing was changed. The store may be busy or down: the task is retried; "
+        "if it keeps failing, check the MLflow server / database (mlflow.tracking_uri)"
+    )
 
 
 def require_model(client, name: str) -> Any:
@@ -234,17 +262,31 @@ def gate_passed_against(version_tags: dict, champion: str | None) -> bool:
 
 
 def promote(
-    client, name: str, version: str, reason: str | None = None, who: str | None = None, gate: dict | None = None
+    client,
+    name: str,
+    version: str,
+    reason: str | None = None,
+    who: str | None = None,
+    gate: dict | None = None,
+    expected_champion: Any = ANY_CHAMPION,
 ) -> dict:
     """Make `version` the champion (the old one becomes previous_champion).
 
     Without a passed gate against the current champion, `reason` is required and the move
-    is recorded as forced.
+    is recorded as forced. `expected_champion` (a version, or None for "no champion"): the
+    champion the caller's gate compared against; if another is champion now, nothing moves.
     """
     require_model(client, name)
     target = require_version(client, name, str(version))
     version = str(target.version)
     current = aliases(client, name).get(C.ALIAS_CHAMPION)
+    if expected_champion is not ANY_CHAMPION and current != expected_champion:
+        raise RegistryError(
+            f"not promoted: the champion moved since the gate read it (the gate compared v{version} against "
+            f"v{expected_champion or '-'}, the champion is now v{current or '-'}), so its verdict is stale. "
+            f"v{version} stays challenger; the next run gates against the new champion, or promote it by hand "
+            "with `recpipe promote VERSION --reason TEXT`"
+        )
     if current == version:
         raise RegistryError(f"v{version} is already the champion of {name}; nothing to do")
     passed = gate_passed_against(target.tags, current) if gate is None else bool(gate.get("passed"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from pipeline_tasks import tune
 from pipeline_tasks.core import constants as C
-from pipeline_tasks.core import tracking
+from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.model import tuning
 
@@ -77,9 +78,9 @@ def test_trial_params_override_epochs_seed_and_check_types(params):
         tuning.trial_params(params, {"train.lora_r": 4.5}, number=0)
 
 
-def test_median_pruner_prunes_a_bad_trial_after_the_warm_up(params, tmp_path):
+def test_median_pruner_prunes_a_bad_trial_after_the_warm_up(params, tiny_split):
     params["tune"].update(pruner="median", pruner_startup_trials=2, pruner_warmup_epochs=1)
-    study = tuning.open_study(params, tmp_path)
+    study = tuning.open_study(params, tiny_split)
     for good in (0.5, 0.6):
         trial = study.ask()
         report = tuning.epoch_reporter(trial)
@@ -149,7 +150,8 @@ def test_tune_run_logs_child_runs_writes_best_params_and_continues_the_study(tin
     tiny_params["tune"]["n_trials"] = 1
     second = tune.run(tiny_params, root)  # no MLflow run active: still works
     assert second["n_trials"] == 3
-    study = optuna.load_study(study_name="t", storage=tuning.storage_url(tiny_params, root))
+    assert second["study"] == first["study"] == tuning.study_name(tiny_params, root)
+    study = optuna.load_study(study_name=second["study"], storage=tuning.storage_url(tiny_params, root))
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert second["best_value"] >= first["best_value"]
 
@@ -265,7 +267,9 @@ def test_two_worker_processes_share_one_postgres_study(postgres_url, split_write
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
 
-    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    reports = [json.loads((root / "metrics" / "tune.json").read_text()) for root in roots]
+    assert reports[0]["study"] == reports[1]["study"]  # the same data and search: one study
+    study = optuna.load_study(study_name=reports[0]["study"], storage=postgres_url)
     trials = study.trials
     # None lost, none duplicated: exactly the trials both asked for, numbered 0..n-1, all finished.
     assert sorted(t.number for t in trials) == list(range(2 * per_worker))
@@ -280,7 +284,6 @@ def test_two_worker_processes_share_one_postgres_study(postgres_url, split_write
     spans = [(min(t.datetime_start for t in ts), max(t.datetime_complete for t in ts)) for ts in by_worker.values()]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
 
-    reports = [json.loads((root / "metrics" / "tune.json").read_text()) for root in roots]
     assert max(r["n_trials"] for r in reports) == 2 * per_worker  # the last to finish saw every trial
     assert all(r["best_value"] <= study.best_value for r in reports)
     assert max(r["best_value"] for r in reports) == study.best_value
@@ -302,3 +305,40 @@ def test_an_unreachable_storage_fails_with_a_clear_message(tmp_path):
     with pytest.raises(PipelineError, match=r"(?s)u:\*\*\*@127.0.0.1:1/db.*check tune.storage") as err:
         tuning.open_storage("postgresql+psycopg2://u:secret@127.0.0.1:1/db", attempts=2)
     assert "secret" not in str(err.value)  # the password never reaches a log
+
+
+# --- one study per data version; searching every n nights -------------------------------------
+
+
+def test_new_data_opens_a_new_study_warm_started_from_the_last_best(tiny_split, tiny_params, monkeypatch):
+    """Tonight's split differs (one more valid interaction per user): its trials are not mixed with
+    yesterday's, its best is its own, and its first trial is yesterday's best."""
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
+    space = {"train.lr": SPACE["train.lr"]}
+    tiny_params["tune"].update(n_trials=2, epochs=1, search_space=space, study_name="night", pruner="none")
+    first = tune.run(tiny_params, tiny_split)
+
+    valid = io.read_table(tiny_split / C.DATA_SPLIT / "valid")
+    shifted = valid.assign(**{C.TIMESTAMP: valid[C.TIMESTAMP] + pd.Timedelta(minutes=1)})
+    io.write_table(shifted, tiny_split / C.DATA_SPLIT / "valid")  # another night's data
+    second = tune.run(tiny_params, tiny_split)
+
+    assert first["study"] != second["study"] and second["n_trials"] == 2  # not 4: no trial of the old data
+    study = optuna.load_study(study_name=second["study"], storage=tuning.storage_url(tiny_params, tiny_split))
+    assert study.trials[0].params == first["best_params"]
+    assert study.trials[0].user_attrs["warm_start_from"] == first["study"]
+    assert json.loads((tiny_split / C.BEST_PARAMS_FILE).read_text()) == second["best_params"]
+
+
+def test_the_nights_between_searches_reuse_the_last_search(tiny_split, tiny_params, monkeypatch):
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
+    space = {"train.lr": SPACE["train.lr"]}
+    tiny_params["tune"].update(n_trials=1, epochs=1, search_space=space, study_name="weekly", every_n_nights=3)
+    nights = [tune.run(tiny_params, tiny_split) for _ in range(4)]
+    assert [n["searched"] for n in nights] == [True, False, False, True]
+    assert nights[1]["study"] == nights[2]["study"] == nights[0]["study"]
+    assert nights[1]["best_params"] == nights[0]["best_params"] and "reused" in nights[1]["why"]
+    with pytest.raises(ParamsError, match="every_n_nights"):
+        tune.run({**tiny_params, "tune": {**tiny_params["tune"], "every_n_nights": 0}}, tiny_split)

@@ -511,3 +511,59 @@ def test_a_version_registered_before_the_package_layout_still_loads(store, tmp_p
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+# --- a registry that blinks -------------------------------------------------------------------
+
+
+def test_a_locked_store_is_never_read_as_no_champion(store):
+    """A SQLite store held by another writer: reading the aliases fails loudly (retryable), it does not
+    answer {} ("no champion yet"), which would let the gate apply the first-run rule."""
+    import sqlite3
+
+    params, client, _, tmp = store
+    holder = sqlite3.connect(tmp / "mlflow.db", timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing: readers get "database is locked"
+    try:
+        with pytest.raises(registry.RegistryUnavailable, match="could not read the aliases") as caught:
+            registry.aliases(client, "recpipe")
+        assert caught.value.exit_code == 75  # Airflow retries it
+    finally:
+        holder.rollback()
+        holder.close()
+    assert champion(client) == "1"
+
+
+def test_the_register_stage_fails_and_moves_nothing_when_the_registry_blinks(store, registry_project, monkeypatch):
+    """An HTTP 5xx (here: an INTERNAL_ERROR from the client) while the gate reads the champion: the stage
+    fails with a retryable error, and the champion and previous_champion are exactly as before."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    params, client, _, tmp = store
+    root, _, _ = registry_project
+    before = registry.aliases(client, "recpipe")
+    real = MlflowClient.get_registered_model
+
+    def blink(self, name):
+        raise MlflowException("503 Service Unavailable", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", blink)
+    generous = {**params["register"], "min_ndcg": 0.0, "min_improvement": -1.0, "max_latency_p99_ms": 1e6}
+    with pytest.raises(registry.RegistryUnavailable):
+        register.run({**params, "register": generous}, root)
+    monkeypatch.setattr(MlflowClient, "get_registered_model", real)
+    assert registry.aliases(client, "recpipe") == before
+
+
+def test_promote_refuses_when_the_champion_moved_since_the_gate_read_it(store):
+    """The gate of v2's run found no champion; meanwhile a person made v1 champion. v2's "first champion"
+    verdict is stale: it must not replace v1. With the champion the gate saw, the promotion goes through."""
+    params, client, _, _ = store
+    force_state(client, "1", None)
+    with pytest.raises(registry.RegistryError, match=r"compared v2 against v-, the champion is now v1"):
+        registry.promote(client, "recpipe", "2", gate={"passed": True, "summary": "ok"}, expected_champion=None)
+    assert registry.aliases(client, "recpipe")[C.ALIAS_CHAMPION] == "1"
+    assert C.ALIAS_PREVIOUS_CHAMPION not in registry.aliases(client, "recpipe")
+    event = registry.promote(client, "recpipe", "2", gate={"passed": True, "summary": "ok"}, expected_champion="1")
+    assert event["from_version"] == "1" and registry.aliases(client, "recpipe")[C.ALIAS_CHAMPION] == "2"
