@@ -5,9 +5,9 @@ The nightly flow, triggered by a person from the web UI with a **form generated 
 params.yaml**: data source and path, epochs, fine-tune mode, device, Optuna trials,
 auto-promote. Each field is typed, with bounds and enums; the form refuses invalid values.
 
-Submitted values are written into `params.yaml` as overrides (comments kept) and recorded
-in `reports/params_used.json` and the MLflow parent run, so DVC re-runs exactly the stages
-they affect.
+Submitted values apply to this run only: they are written, with params.yaml, into the run's
+`params.run.yaml` (params.yaml, the nightly configuration, is never rewritten) and recorded in
+`reports/params_used.json` and the MLflow runs, so DVC re-runs exactly the stages they affect.
 
 Operator actions:
 * **Skip the search** reuses the last `metrics/tune/best_params.json`.
@@ -45,14 +45,15 @@ def form() -> dict[str, Param]:
 
 @task
 def apply_form(**context) -> list[str]:
-    """Write the form's changed values into params.yaml (validated first) and record them."""
+    """This run's params: params.yaml + the form's changed values (validated first), recorded."""
     from pipeline_tasks.ops.form import overrides_from_form
-    from pipeline_tasks.ops.pipeline import load_project_params, write_overrides
+    from pipeline_tasks.ops.pipeline import load_project_params
+    from pipeline_tasks.ops.run_params import write_run_params
 
     root = Path(context["params"]["project_dir"])
     overrides = overrides_from_form(dict(context["params"]), load_project_params(root))
-    write_overrides(root, overrides)
-    print(f"overrides applied: {overrides or 'none'}")
+    write_run_params(root, overrides)
+    print(f"overrides for this run: {overrides or 'none'}")
     return overrides
 
 

@@ -4,6 +4,9 @@
 Nightly retraining, on the schedule in params.yaml (`airflow.schedule`, default 02:00 UTC):
 `ingest → validate_raw → clean → validate_clean → split → baselines → tune → train → compress → evaluate → register`.
 
+* **Its night**: the logical date names the increment ingest reads (synthetic: that day after the
+  generated history; files: `<ingest.path>/<YYYY-MM-DD>/`, else the whole folder, fingerprinted),
+  written with params.yaml into the run's `params.run.yaml` (params.yaml itself is never rewritten).
 * **Short-circuit**: when DVC sees no new data and no param change, the run ends in seconds
   (every stage task is skipped).
 * Each task runs its **DVC stage** (`dvc repro --single-item <stage>`), so DVC caches and
@@ -23,7 +26,7 @@ from pathlib import Path
 from airflow.sdk import Param, dag
 
 from pipeline_tasks.core.params import load as load_params
-from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline
+from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, nightly_params, pipeline
 
 
 def schedule() -> str:
@@ -52,7 +55,7 @@ def schedule() -> str:
     },
 )
 def recpipe_nightly():
-    pipeline()
+    pipeline(first=nightly_params())
 
 
 recpipe_nightly()

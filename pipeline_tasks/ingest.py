@@ -15,7 +15,10 @@ for the clean stage to quarantine, up to `ingest.max_bad_line_share`; beyond it,
 file a person must fix (readers.py), a DataSourceError names the file, the line and the fix.
 
 Nightly increments: each load is a batch under data/batches/<batch>/. `ingest.batch: ''` is a
-full load (it replaces every batch); `ingest.batch: 2026-07-01` adds (or replaces) that batch.
+full load (it replaces every batch); `ingest.batch: 2026-07-01` adds (or replaces) that batch:
+synthetic day of that date, or for a file source `<ingest.path>/2026-07-01/` when that folder
+exists (the increments layout), else the files at `ingest.path`. An increment with no full load
+before it loads the full history first (a scheduled pipeline can start on any night).
 data/raw is then assembled from the base batch and every increment up to `ingest.cutoff`
 (default: the batch just ingested), by hard links, so the rest of the pipeline reads one table.
 Cleaning is not done here: that is the clean stage's job (and its quarantine's).
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_tasks.core import constants as C
-from pipeline_tasks.core.errors import ParamsError, PipelineError
+from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.core.stage_cli import stage_main
 from pipeline_tasks.data.batches import (
     BASE_BATCH,
@@ -56,20 +59,10 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
             f"be left out of data/raw; set the cutoff to the batch or later (or leave it empty)"
         )
     if batch != BASE_BATCH and not (root / BATCHES / BASE_BATCH).exists():
-        raise PipelineError(
-            f"ingest.batch={batch!r} is an increment, but there is no full load to add it to "
-            f"({root / BATCHES / BASE_BATCH} is missing): run ingest once with ingest.batch='' first"
-        )
-    tables, injected = read_source(params, root, day)  # every source error is raised before anything is written
-    tables = RawTables(
-        standard_interactions(tables.interactions),
-        tables.items.reset_index(drop=True),
-        tables.users.reset_index(drop=True),
-        tables.layout,
-        tables.bad_lines,
-        tables.malformed,
-    )
-    write_batch(root, batch, tables, injected)
+        # A first night that is already an increment (a scheduled run on any date): the history first.
+        log.info("ingest: %s is an increment and there is no full load yet: loading the full history first", batch)
+        load_batch(params, root, BASE_BATCH, day=0)
+    tables, injected = load_batch(params, root, batch, day)
     included = assemble_raw(root, cutoff)
     metrics: dict[str, Any] = {
         "source": cfg["source"],
@@ -89,6 +82,21 @@ def run(params: dict[str, Any], root: Path) -> dict[str, Any]:
         metrics["injected"] = {str(k): int(v) for k, v in injected["kind"].value_counts().sort_index().items()}
     log.info("ingest %s (%s), batch %s of %s: %s", cfg["source"], tables.layout, batch, included, metrics["rows"])
     return metrics
+
+
+def load_batch(params: dict[str, Any], root: Path, batch: str, day: int) -> tuple[RawTables, Any]:
+    """Read one batch of the source (every source error is raised before anything is written), store it."""
+    tables, injected = read_source(params, root, day, batch)
+    tables = RawTables(
+        standard_interactions(tables.interactions),
+        tables.items.reset_index(drop=True),
+        tables.users.reset_index(drop=True),
+        tables.layout,
+        tables.bad_lines,
+        tables.malformed,
+    )
+    write_batch(root, batch, tables, injected)
+    return tables, injected
 
 
 def main(argv: list[str] | None = None) -> int:

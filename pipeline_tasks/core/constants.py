@@ -32,7 +32,8 @@ TABLES = ("interactions", "items", "users")
 SPLITS = ("train", "valid", "test")
 
 # Paths, relative to the project root (the folder holding params.yaml / dvc.yaml).
-PARAMS_FILE = "params.yaml"
+PARAMS_FILE = "params.yaml"  # the committed nightly configuration: no run rewrites it
+RUN_PARAMS_FILE = "params.run.yaml"  # one run's effective params (ops/run_params.py); the DVC stages read it
 DATA_RAW = "data/raw"
 DATA_CLEAN = "data/clean"
 DATA_QUARANTINE = "data/quarantine"

@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
         # Nightly increments: '' = a full load (replaces every batch); an id (a date, e.g. 2026-07-01)
         # adds or replaces that batch next to the earlier ones.
         "batch": "",
+        # Set by each scheduled run, not by a person: the content hash of the files it reads, so
+        # changed input makes DVC re-run ingest (ops/run_params.py). '' for the synthetic source.
+        "source_fingerprint": "",
         # data/raw = the full load + every increment whose id is <= cutoff ('' = the batch just ingested).
         "cutoff": "",
         # Generic CSV / Parquet: file (or folder of parts) names under `path`, and the column map.

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core.errors import DataSourceError, ParamsError
+from pipeline_tasks.data.batches import BASE_BATCH
 from pipeline_tasks.data.movielens import DOWNLOAD_HINT, read_movielens
 from pipeline_tasks.data.readers import (
     DELIMITERS,
@@ -79,8 +80,13 @@ TIME_UNITS = ("s", "ms", "us", "iso")
 # ---------------------------------------------------------------- any source
 
 
-def read_source(params: dict[str, Any], root: Path, day: int) -> tuple[RawTables, pd.DataFrame]:
-    """The chosen source's raw tables and the dirt injected on purpose (none for real data)."""
+def read_source(
+    params: dict[str, Any], root: Path, day: int, batch: str = BASE_BATCH
+) -> tuple[RawTables, pd.DataFrame]:
+    """The chosen source's raw tables and the dirt injected on purpose (none for real data).
+
+    A file source's increment `batch` is read from `<ingest.path>/<batch>/` when that folder exists.
+    """
     cfg = params["ingest"]
     source = cfg["source"]
     if source == "synthetic":
@@ -91,6 +97,8 @@ def read_source(params: dict[str, Any], root: Path, day: int) -> tuple[RawTables
     if source not in C.INGEST_SOURCES:
         raise ParamsError(f"ingest.source must be one of {', '.join(C.INGEST_SOURCES)}, got {source!r}")
     folder = source_folder(cfg["path"], root, source)
+    if batch != BASE_BATCH and (folder / batch).is_dir():
+        folder = folder / batch  # the increments layout: one folder per night
     if source == "movielens":
         return read_movielens(folder, cfg), empty_injected()
     malformed = Malformed()

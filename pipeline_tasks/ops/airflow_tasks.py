@@ -72,6 +72,18 @@ def alert_on_failure(context) -> None:
 
 
 @task
+def nightly_params(**context) -> list[str]:
+    """This night's run params: params.yaml + the night the logical date names (ops/run_params.py)."""
+    from pipeline_tasks.ops.run_params import nightly_overrides, write_run_params
+
+    root = project_dir(context)
+    overrides = nightly_overrides(root, context["logical_date"].date())
+    write_run_params(root, overrides)
+    print(f"night {context['logical_date'].date()}: run params = params.yaml + {overrides}")
+    return overrides
+
+
+@task
 def prepare_data(**context) -> dict:
     """recpipe_manual's data actions, before anything else: a data version to retrain on, or a backfill."""
     from pipeline_tasks.core.errors import RecpipeError
@@ -89,7 +101,8 @@ def prepare_data(**context) -> dict:
             print(f"data version of {rev} restored: {versions}; ingest is skipped in this run")
             return {"data_rev": rev, "versions": versions}
         if start or end:
-            done = backfill(root, start, end, extra_env=dag_run_env(context))
+            overrides = context["ti"].xcom_pull(task_ids="apply_form") or []
+            done = backfill(root, start, end, extra_env=dag_run_env(context), overrides=overrides)
             print(f"backfilled increments, in order: {', '.join(done)}")
             return {"backfill": done}
     except RecpipeError as err:
@@ -110,12 +123,13 @@ def anything_to_do(**context) -> bool:
 @task
 def start_pipeline_run(**context) -> str:
     """Open the MLflow parent run that every stage of this DAG run nests under."""
-    from pipeline_tasks.ops.pipeline import load_project_params, start_parent_run
+    from pipeline_tasks.ops.pipeline import start_parent_run
+    from pipeline_tasks.ops.run_params import load_run_params
 
     root = project_dir(context)
     ti = context["ti"]
     return start_parent_run(
-        load_project_params(root),
+        load_run_params(root),
         root,
         run_name=f"airflow {ti.run_id}",
         tags={"airflow.dag_id": ti.dag_id, "airflow.run_id": ti.run_id},
@@ -163,11 +177,11 @@ def publish_run(parent_run_id: str, **context) -> dict:
     from mlflow import MlflowClient
 
     from pipeline_tasks.core import io, tracking
-    from pipeline_tasks.ops.pipeline import load_project_params
+    from pipeline_tasks.ops.run_params import load_run_params
     from pipeline_tasks.ops.run_versions import data_versions, dvc_push, keep_lock_on_branch
 
     root = project_dir(context)
-    params = load_project_params(root)
+    params = load_run_params(root)
     cfg = params["airflow"]
     result: dict = {"pushed": dvc_push(root) if cfg["dvc_push"] else "off (airflow.dvc_push: false)"}
     register = io.read_json(root / "metrics/register.json") if (root / "metrics/register.json").exists() else {}
@@ -199,10 +213,11 @@ def finish_pipeline_run(parent_run_id: str, **context) -> str:
     from airflow.sdk.exceptions import AirflowFailException
 
     from pipeline_tasks.ops import alerts
-    from pipeline_tasks.ops.pipeline import end_parent_run, load_project_params, summary
+    from pipeline_tasks.ops.pipeline import end_parent_run, summary
+    from pipeline_tasks.ops.run_params import load_run_params
 
     root = project_dir(context)
-    params = load_project_params(root)
+    params = load_run_params(root)
     finished = set(context["ti"].xcom_pull(task_ids=list(STAGES)) or [])
     not_done = [stage for stage in STAGES if stage not in finished]
     published = bool(context["ti"].xcom_pull(task_ids="publish_run"))

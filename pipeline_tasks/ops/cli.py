@@ -35,7 +35,7 @@ def load_params(root: Path, overrides: list[str]) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline_tasks.ops.pipeline import run_pipeline
 
-    return run_pipeline(load_params(args.root, []), args.root)
+    return run_pipeline(args.root, args.overrides)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -197,7 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="project root (default: the current directory)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the whole pipeline (dvc repro) and print the summary").set_defaults(func=cmd_run)
+    run = sub.add_parser("run", help="run the whole pipeline (dvc repro) and print the summary")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one parameter for this run only (params.yaml is not changed; repeatable)",
+    )
+    run.set_defaults(func=cmd_run)
     sub.add_parser("summary", help="print the last run's summary").set_defaults(func=cmd_summary)
     ui = sub.add_parser("mlflow-ui", help="start the MLflow UI on this project's store")
     ui.add_argument("--host", default="127.0.0.1")

@@ -121,8 +121,12 @@ def repro_stage(
     return code, (int(found[-1]) if code and found else None)
 
 
-def run_pipeline(params: dict, root: Path) -> int:
-    """Everything `make run` does after the venv exists. Returns the exit code."""
+def run_pipeline(root: Path, overrides: list[str] | None = None) -> int:
+    """Everything `make run` does after the venv exists: this run's params (params.yaml + overrides,
+    ops/run_params.py), then `dvc repro`. Returns the exit code."""
+    from pipeline_tasks.ops.run_params import write_run_params
+
+    params = write_run_params(root, list(overrides or []))
     stale = stale_stages(root)
     if not stale:
         print("Nothing changed since the last run (dvc status is clean): no stage re-runs.")
@@ -176,36 +180,7 @@ def summary(params: dict, root: Path) -> str:
     return "\n".join(parts)
 
 
-def write_overrides(root: Path, overrides: list[str]) -> dict:
-    """Write `section.key=value` overrides into params.yaml (comments kept) so DVC sees them.
-
-    Checked first against the typed defaults: a bad value fails here, before anything runs.
-    Returns the resolved params, also recorded in reports/params_used.json.
-    """
-    from ruamel.yaml import YAML
-
-    from pipeline_tasks.core import params as P
-
-    path = root / C.PARAMS_FILE
-    resolved = P.load(path if path.exists() else None, overrides)
-    if overrides:
-        yaml = YAML()
-        yaml.preserve_quotes = True
-        document = yaml.load(path.read_text(encoding="utf-8")) if path.exists() else {}
-        for item in overrides:
-            dotted = item.split("=", 1)[0].strip()
-            node = document
-            *parents, leaf = dotted.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = P.get_dotted(resolved, dotted)
-        with open(path, "w", encoding="utf-8") as fh:
-            yaml.dump(document, fh)
-    io.write_json({"overrides": overrides, "params": resolved}, root / C.REPORTS_DIR / "params_used.json")
-    return resolved
-
-
-# The params.yaml key naming the increment (batch) ingest adds; its id is the day (recpipe_manual's backfill).
+# The params key naming the increment (batch) ingest adds; its id is the day (recpipe_manual's backfill).
 BACKFILL_KEY = "ingest.batch"
 
 
@@ -222,15 +197,23 @@ def backfill_dates(start: str | None, end: str | None) -> list[str]:
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
 
 
-def backfill(root: Path, start: str | None, end: str | None, extra_env: dict[str, str] | None = None) -> list[str]:
+def backfill(
+    root: Path,
+    start: str | None,
+    end: str | None,
+    extra_env: dict[str, str] | None = None,
+    overrides: list[str] | None = None,
+) -> list[str]:
     """Ingest the increments of a date range in order, one `dvc repro ingest` per day.
 
-    Each day sets `ingest.batch` to the day and `ingest.cutoff` to '' (data/raw = the full load and
-    every increment up to the batch just ingested), so data/raw ends with the whole range. Stops at
+    Each day's run params are the run's `overrides` + `ingest.batch` = the day and `ingest.cutoff`
+    '' (data/raw = the full load and every increment up to the batch just ingested), so data/raw
+    ends with the whole range, and the run goes on with the last day's params. Stops at
     the first day whose ingest fails, naming it; the batches before it stay in data/batches, so
     triggering again from that day continues the backfill.
     """
     from pipeline_tasks.core import params as P
+    from pipeline_tasks.ops.run_params import write_run_params
 
     days = backfill_dates(start, end)
     try:
@@ -242,8 +225,8 @@ def backfill(root: Path, start: str | None, end: str | None, extra_env: dict[str
         ) from err
     done: list[str] = []
     for day in days:
-        write_overrides(root, [f"{BACKFILL_KEY}={json.dumps(day)}", 'ingest.cutoff=""'])  # quoted: not a YAML date
-        code = repro(root, load_project_params(root), stage="ingest", extra_env=extra_env)
+        day_params = [*(overrides or []), f"{BACKFILL_KEY}={json.dumps(day)}", 'ingest.cutoff=""']  # JSON: not a date
+        code = repro(root, write_run_params(root, day_params), stage="ingest", extra_env=extra_env)
         if code != 0:
             raise PipelineError(
                 f"backfill stopped at the increment of {day}: ingest failed (exit code {code}, "

@@ -249,7 +249,10 @@ def test_backfill_ingests_each_increment_in_order(tiny_project: Path):
 
     from pipeline_tasks.core import params as P
     from pipeline_tasks.ops.pipeline import backfill
+    from pipeline_tasks.ops.run_params import write_run_params
 
+    nightly_config = (tiny_project / "params.yaml").read_bytes()
+    write_run_params(tiny_project, [])
     sh(tiny_project, DVC, "repro", "--single-item", "ingest")  # the full load the increments build on
     rows_before = len(pd.read_parquet(tiny_project / "data/raw/interactions"))
     end = P.load(tiny_project / "params.yaml")["ingest"]["synthetic"]
@@ -259,7 +262,8 @@ def test_backfill_ingests_each_increment_in_order(tiny_project: Path):
     assert backfill(tiny_project, days[0], days[1]) == days
 
     assert sorted(p.name for p in (tiny_project / "data/batches").iterdir()) == sorted(["base", *days])
-    assert P.load(tiny_project / "params.yaml")["ingest"]["batch"] == days[1]
+    assert P.load(tiny_project / "params.run.yaml")["ingest"]["batch"] == days[1]  # the run's params
+    assert (tiny_project / "params.yaml").read_bytes() == nightly_config  # not the nightly configuration
     assert len(pd.read_parquet(tiny_project / "data/raw/interactions")) > rows_before
     assert "ingest" not in json.loads(sh(tiny_project, DVC, "status", "--json", "ingest") or "{}")
     with pytest.raises(PipelineError, match="backfill stopped at the increment of 2026-01-05"):

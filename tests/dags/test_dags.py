@@ -217,10 +217,11 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     assert versions[-1].tags.get("airflow.dag_run_id") == rerun["run_id"]
     assert "champion" not in aliases
 
-    # 3. Nothing changed: the next run short-circuits.
-    again, log = run_dag(project, env, "recpipe_nightly", "2026-11-02T02:00:00+00:00")
+    # 3. The same night again, nothing changed: it short-circuits (and params.yaml is the one it was).
+    again, log = run_dag(project, env, "recpipe_nightly", "2026-11-01T02:00:00+00:00")
     assert again["state"] == "success" and again["tasks"]["register"] == "skipped", again
     assert "nothing to do" in log
+    assert (project / "params.yaml").read_text() == good_params
 
     # 4. recpipe_promote: past a failed gate only with a written reason, audited with the DAG run.
     refused, log = run_dag(

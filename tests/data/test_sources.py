@@ -15,7 +15,7 @@ import pytest
 
 from pipeline_tasks import ingest
 from pipeline_tasks.core import constants as C
-from pipeline_tasks.core.errors import DataSourceError, ParamsError, PipelineError
+from pipeline_tasks.core.errors import DataSourceError, ParamsError
 
 
 def read_raw(root: Path, table: str) -> pd.DataFrame:
@@ -413,10 +413,14 @@ def test_a_day_is_the_same_whatever_came_before(tmp_path, params):
     assert not first.interactions.equals(generate_day(cfg, 42, 4).interactions)
 
 
-def test_increment_params_are_checked(tmp_path, params):
+def test_an_increment_without_a_full_load_loads_the_history_first(tmp_path, params):
+    """A scheduled pipeline can start on any night: its first increment brings the history with it."""
     params["ingest"]["batch"] = "2026-07-01"
-    with pytest.raises(PipelineError, match=r"no full load to add it to.*ingest\.batch=''"):
-        ingest.run(params, tmp_path)
+    assert ingest.run(params, tmp_path)["batches"] == ["base", "2026-07-01"]
+    assert len(pd.read_parquet(tmp_path / C.DATA_RAW / "interactions")) > 1000  # the history, not one day
+
+
+def test_increment_params_are_checked(tmp_path, params):
     ingest.run(params | {"ingest": {**params["ingest"], "batch": ""}}, tmp_path)
     for change, match in [
         ({"cutoff": "2026-06-01"}, r"cutoff '2026-06-01' is before ingest\.batch"),
@@ -435,7 +439,7 @@ def test_dvc_keeps_earlier_batches_when_an_increment_is_ingested(tmp_path):
     import subprocess
     import sys
 
-    from pipeline_tasks.core import params as P
+    from pipeline_tasks.ops.run_params import write_run_params
     from tests.conftest import make_project
 
     project = make_project(tmp_path / "project", tmp_path / "no-encoder")
@@ -446,10 +450,12 @@ def test_dvc_keeps_earlier_batches_when_an_increment_is_ingested(tmp_path):
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return done.stdout
 
+    nightly_config = (project / "params.yaml").read_bytes()
+    write_run_params(project, [])
     repro()
-    params = P.load(project / "params.yaml", ["ingest.batch='2026-06-30'"])
-    P.dump(params, project / "params.yaml")  # written quoted: DVC refuses a YAML date
+    write_run_params(project, ["ingest.batch='2026-06-30'"])  # written quoted: DVC refuses a YAML date
     assert "Running stage 'ingest'" in repro()
+    assert (project / "params.yaml").read_bytes() == nightly_config  # the run's params are its own
     assert sorted(p.name for p in (project / "data/batches").iterdir()) == ["2026-06-30", "base"]
     assert sorted(p.name for p in (project / C.DATA_RAW / "interactions").iterdir()) == [
         "part-2026-06-30.parquet",
