@@ -24,17 +24,8 @@ import optuna
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core.stage_cli import stage_main
-from pipeline_tasks.model.tuning import (
-    OBJECTIVE,
-    check_space,
-    last_search,
-    make_objective,
-    open_study,
-    record_night,
-    save_plots,
-    search_due,
-    summarise,
-)
+from pipeline_tasks.model.search_schedule import last_search, record_night, search_due
+from pipeline_tasks.model.tuning import OBJECTIVE, check_space, make_objective, open_study, save_plots, summarise
 
 log = logging.getLogger(__name__)
 

@@ -77,9 +77,11 @@ def nightly_params(**context) -> list[str]:
     from pipeline_tasks.ops.run_params import nightly_overrides, write_run_params
 
     root = project_dir(context)
-    overrides = nightly_overrides(root, context["logical_date"].date())
+    # A run triggered by hand in Airflow 3 may have no logical date: its night is when it runs.
+    night = (context.get("logical_date") or context["dag_run"].run_after).date()
+    overrides = nightly_overrides(root, night)
     write_run_params(root, overrides)
-    print(f"night {context['logical_date'].date()}: run params = params.yaml + {overrides}")
+    print(f"night {night}: run params = params.yaml + {overrides}")
     return overrides
 
 

@@ -423,7 +423,7 @@ def test_an_increment_without_a_full_load_loads_the_history_first(tmp_path, para
 def test_increment_params_are_checked(tmp_path, params):
     ingest.run(params | {"ingest": {**params["ingest"], "batch": ""}}, tmp_path)
     for change, match in [
-        ({"cutoff": "2026-06-01"}, r"cutoff '2026-06-01' is before ingest\.batch"),
+        ({"batch": "2026-07-01", "cutoff": "2026-06-01"}, r"cutoff '2026-06-01' is before ingest\.batch"),
         ({"batch": "tonight"}, r"synthetic increment is named by its date"),
         ({"batch": "../x"}, r"not a usable batch id"),
         ({"batch": "2026-03-01"}, r"is synthetic day -\d+"),
