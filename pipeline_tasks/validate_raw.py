@@ -4,7 +4,9 @@ Raw data may hold a little dirt (the cleaner quarantines it), so this gate only 
 whether the source is usable at all: the contract's columns are there, ids are null in
 no more than `validate_raw.max_null_id_share` of rows, timestamps parse, and there are
 at least `validate_raw.min_rows` interactions. A large share of bad rows means the
-source broke, and cleaning it would silently drop most of the data.
+source broke, and cleaning it would silently drop most of the data. After an increment
+(`ingest.batch`), its interactions are checked on their own as well: one broken night is a small
+share of months of history.
 """
 
 from __future__ import annotations

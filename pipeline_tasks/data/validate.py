@@ -349,29 +349,40 @@ def log_docs(root: Path, pages: dict[str, Path]) -> None:
 
 
 def summarize(results: list[CheckResult], skipped: list[str], root: Path) -> dict:
-    failed = [r for r in results if not r.success and r.severity == "fail"]
-    warned = [r for r in results if not r.success and r.severity == "warn"]
+    keys = result_keys(results)
+    failed = [k for k, r in zip(keys, results) if not r.success and r.severity == "fail"]
+    warned = [k for k, r in zip(keys, results) if not r.success and r.severity == "warn"]
     return {
         "success": not failed,
         "n_expectations": len(results),
         "n_failed": len(failed),
         "n_warned": len(warned),
         "n_skipped": len(skipped),
-        "failed": [r.name for r in failed],
-        "warned": [r.name for r in warned],
+        "failed": failed,
+        "warned": warned,
         "skipped": skipped,
         "docs": str((docs_dir(root) / "index.html").relative_to(root)),
         "checks": {
-            r.name: {
+            key: {
                 "table": r.table,
                 "severity": r.severity,
                 "success": r.success,
                 "observed": r.observed,
                 "threshold": r.threshold,
             }
-            for r in results
+            for key, r in zip(keys, results)
         },
     }
+
+
+def result_keys(results: list[CheckResult]) -> list[str]:
+    """A check's name; `name@table` when the same check ran on a second table (e.g. tonight's batch)."""
+    seen: set[str] = set()
+    keys = []
+    for r in results:
+        keys.append(r.name if r.name not in seen else f"{r.name}@{r.table}")
+        seen.add(r.name)
+    return keys
 
 
 def failure_message(

@@ -269,8 +269,10 @@ def test_trigger_form_in_a_browser_runs_the_pipeline(live_airflow: dict, browser
     logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in live_airflow["home"].rglob("*.log"))
     assert state == "success", logs[-12000:]
 
-    # The changed value reached the stages through params.yaml, and the run registered a model.
-    assert P.load(project / "params.yaml")["train"]["epochs"] == 1
+    # The changed value reached the stages through the run's params (params.yaml, the nightly
+    # configuration, is unchanged), and the run registered a model.
+    assert P.load(project / "params.run.yaml")["train"]["epochs"] == 1
+    assert P.load(project / "params.yaml")["train"]["epochs"] == 2
     assert "train.epochs=1" in json.loads((project / "reports" / "params_used.json").read_text())["overrides"]
     assert json.loads((project / "metrics" / "train.json").read_text())["epochs"] == 1
     assert (project / "metrics" / "register.json").exists()

@@ -57,7 +57,7 @@ def test_dags_import_without_errors_and_are_wired_in_stage_order():
     )
     tasks = {line.split()[1]: line.split()[2].split(",") for line in out.splitlines() if line.startswith("TASKS")}
     flow = ["anything_to_do", "start_pipeline_run", *C.STAGES, "publish_run", "finish_pipeline_run"]
-    assert tasks["recpipe_nightly"] == flow
+    assert tasks["recpipe_nightly"] == ["nightly_params", *flow]  # first: the night this run ingests
     assert tasks["recpipe_manual"] == ["apply_form", "prepare_data", *flow]
     assert tasks["recpipe_promote"] == ["registry_action"]
     # Parsing must stay cheap: no Spark, torch or MLflow work at import time.
@@ -248,8 +248,11 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     event = registry.history(client, "recpipe")[-1]
     assert event["forced"] and event["actor"] == f"airflow:recpipe_promote/{forced['run_id']}"
 
-    # 5. Bad data: fails at validation (not retried), register never runs, the champion stays.
-    P.dump(P.load(project / "params.yaml", ["ingest.synthetic.dirt.null_id_rate=0.3"]), project / "params.yaml")
+    # 5. Bad data: fails at validation (not retried), register never runs, the champion stays. (A history
+    #    regenerated with 30% null ids: the night falls inside the longer history, so it is a full load.
+    #    A broken increment alone is caught too: tests/data/test_validate.py.)
+    dirty = ["ingest.synthetic.dirt.null_id_rate=0.3", "ingest.synthetic.days=400"]
+    P.dump(P.load(project / "params.yaml", dirty), project / "params.yaml")
     bad, log = run_dag(project, env, "recpipe_nightly", "2026-11-03T02:00:00+00:00")
     assert bad["state"] == "failed", log[-6000:]
     assert bad["tasks"]["validate_raw"] == "failed" and bad["tasks"]["register"] == "upstream_failed", bad

@@ -203,3 +203,26 @@ def test_movielens_100k_passes_every_gate(spark, params, tmp_path, ml100k_path):
     assert set(drift_checks) == set(params["validate_clean"]["drift"]["severity"])
     assert all(c["success"] and c["value"] == pytest.approx(0.0, abs=1e-9) for c in drift_checks.values())
     assert again["drift"]["current"]["rows"] == cleaned["interactions"]["rows_kept"]
+
+
+def test_a_broken_night_is_caught_even_when_the_history_hides_it(spark, tmp_path, params):
+    """Tonight's increment arrives with 30% of its user ids missing: a fraction of a percent of months
+    of history, so the whole table passes; validate_raw checks the batch just ingested on its own and
+    stops the run, naming it."""
+    from pipeline_tasks import ingest
+
+    ingest.run(params, tmp_path)  # the history
+    params["ingest"]["batch"] = "2026-07-01"
+    ingest.run(params, tmp_path)
+    tonight = tmp_path / C.DATA_RAW / "interactions" / "part-2026-07-01.parquet"
+    broken = pd.read_parquet(tonight)
+    broken.loc[broken.sample(frac=0.3, random_state=0).index, C.USER_ID] = None
+    tonight.unlink()  # a hard link to data/batches: replace it, do not write through it
+    broken.to_parquet(tonight, index=False)
+    whole = pd.read_parquet(tmp_path / C.DATA_RAW / "interactions")
+    assert whole[C.USER_ID].isna().mean() < params["validate_raw"]["max_null_id_share"]  # the history hides it
+
+    with pytest.raises(DataValidationError, match=r"interactions_user_id_not_null.*interactions_of_the_batch"):
+        validate_raw.run(params, tmp_path)
+    params["ingest"]["batch"] = ""  # the same data judged as a whole only: it passes
+    assert validate_raw.run(params, tmp_path)["success"]

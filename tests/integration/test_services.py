@@ -76,7 +76,8 @@ def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tm
     import optuna
 
     tune = json.loads((project / C.METRICS_DIR / "tune.json").read_text())
-    study = optuna.load_study(study_name="recpipe", storage=storage)
+    assert tune["study"].startswith("recpipe.")  # the study of this data version (model/tuning.py)
+    study = optuna.load_study(study_name=tune["study"], storage=storage)
     assert len(study.trials) == tune["n_trials"] == 2
     assert not (project / C.OPTUNA_DIR / "study.db").exists()
 
