@@ -82,9 +82,19 @@ DEFAULTS: dict[str, Any] = {
             "days": 180,
             "start_date": "2026-01-01",
             "cold_item_share": 0.05,
-            "popularity_exponent": 1.0,
-            "topic_affinity": 0.85,
-            "drift": 0.15,
+            "popularity_exponent": 1.5,
+            "topic_affinity": 0.95,  # share of sessions whose topic follows the user's taste (the rest: any topic)
+            "drift": 0.15,  # share of each user's taste that moves to another taste over the history
+            # Sequential structure (calibrated against MovieLens-100K: bench/bench_world.py, README).
+            "neighbourhoods_per_topic": 4,  # items of a topic about the same two things (their texts say so)
+            "series_share": 0.5,  # items that are parts of a series (2-5 parts, released in order)
+            "session_length": 4.0,  # mean events of a session (one topic, at least an hour from the next)
+            "follow_series": 0.2,  # chance the next event is the next part of the last item's series
+            "follow_neighbourhood": 0.2,  # else, within a session: chance it stays in the last item's neighbourhood
+            "momentum": 0.3,  # weight of the last items' topics (vs the long-term taste) in a session's topic
+            "trending_share": 0.25,  # else: chance an event picks from the whole catalogue's charts, not the topic
+            "release_hype": 4.0,  # a new release starts this much above its popularity weight (x1+hype) ...
+            "hype_days": 20.0,  # ... and the extra decays with this time constant (popularity drifts)
             "messy_text_share": 0.1,  # good items with harmless markup/spacing/NFD text that clean fixes
             "dirt": {
                 "duplicate_rate": 0.01,
