@@ -1,20 +1,10 @@
 """Register the evaluated model in MLflow as `challenger`, and gate it to `champion`.
 
-The gate scores the chosen compression variant (what would serve) and re-scores the
-current champion, downloaded from the registry, on *this* run's test split with the same
-functions as the evaluate stage (never stale numbers). The challenger passes when:
-- NDCG@10 gains at least `register.min_improvement` (relative) over the champion,
-- no group of a guarded slice (`register.guarded_slices`: history length, cold-start and
-  long-tail targets, ...) with at least `evaluate.min_group_users` users loses more than
-  `register.max_slice_drop` (relative) NDCG@10,
-- the variant's p99 latency and size (metrics/compress.json) fit `register.max_latency_p99_ms`
-  and `register.max_size_mb`.
-With no champion yet, it must instead clear `register.min_ndcg` and beat the run's best
-baseline (plus the same budgets). `register.auto_promote: false` leaves a passing challenger
-to `recpipe promote`. Alias moves go through pipeline_tasks.serving.registry (audited, all or nothing).
-The decision is printed, logged to MLflow (metrics gate.*, tags, gate.json) and stored as
-version tags (gate.passed, gate.summary, gate.champion_version, ...). The gate is
-serving/gate.py; what the version carries (model, lineage, serving data) serving/publish.py.
+Scores the chosen compression variant (what would serve) and the current champion on this run's
+test split, decides with the gate (its rules: serving/gate.py), logs the model with what it carries
+(serving data, lineage, model card: serving/publish.py), registers the version with its tags, moves
+`challenger` and, when the gate passed and `register.auto_promote`, `champion` (through
+serving/registry.py: audited, all or nothing, only if the champion is still the one the gate saw).
 """
 
 from __future__ import annotations

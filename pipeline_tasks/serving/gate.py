@@ -13,7 +13,6 @@ With no champion yet, it must instead clear `register.min_ndcg` and beat the run
 baseline (plus the same budgets). `register.auto_promote: false` leaves a passing challenger
 to `recpipe promote`. Alias moves go through pipeline_tasks.serving.registry (audited, all or nothing).
 The decision is printed, logged to MLflow (metrics gate.*, tags, gate.json) and stored as
-The decision is printed, logged to MLflow (metrics gate.*, tags, gate.json) and stored as
 version tags (gate.passed, gate.summary, gate.champion_version, ...) by the register stage.
 """
 
