@@ -33,17 +33,15 @@ def quiet_environment() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def add_overrides(parser: argparse.ArgumentParser, help: str = "override one parameter (repeatable)") -> None:
+    """`--set SECTION.KEY=VALUE`, repeatable, into `args.overrides`: the same flag on every command."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help)
+
+
 def parse_args(stage: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m pipeline_tasks.{stage}", description=f"recpipe stage: {stage}")
     parser.add_argument("--params", default=C.PARAMS_FILE, help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one parameter, e.g. --set train.epochs=2 (repeatable)",
-    )
+    add_overrides(parser, "override one parameter, e.g. --set train.epochs=2 (repeatable)")
     parser.add_argument("--root", default=".", help="project root holding data/, metrics/, models/ (default: .)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log this stage to MLflow")
     return parser.parse_args(argv)

@@ -24,7 +24,7 @@ from pathlib import Path
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import params as P
 from pipeline_tasks.core.errors import RecpipeError
-from pipeline_tasks.core.stage_cli import quiet_environment
+from pipeline_tasks.core.stage_cli import add_overrides, quiet_environment
 
 
 def load_params(root: Path, overrides: list[str]) -> dict:
@@ -176,14 +176,7 @@ def add_registry_commands(sub) -> None:
     report = sub.add_parser("ab-report", help="CTR per variant from the exposure and feedback logs")
     report.set_defaults(func=cmd_ab_report)
     for parser in (promote, rollback, history, lineage, ab, serve, report):
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="SECTION.KEY=VALUE",
-            help="override one parameter (repeatable)",
-        )
+        add_overrides(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,14 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline (dvc repro) and print the summary")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one parameter for this run only (params.yaml is not changed; repeatable)",
-    )
+    add_overrides(run, "override one parameter for this run only (params.yaml is not changed; repeatable)")
     run.set_defaults(func=cmd_run)
     sub.add_parser("summary", help="print the last run's summary").set_defaults(func=cmd_summary)
     ui = sub.add_parser("mlflow-ui", help="start the MLflow UI on this project's store")
