@@ -3,7 +3,8 @@
     python -m pipeline_tasks.compress --root DIR
 
 From models/model it writes models/compressed/<variant>/ for each name in
-`compress.variants` (fp32 is always built: it is the reference):
+`compress.variants` (fp32 is always built: it is the reference); on the nights between searches
+(`tune.every_n_nights`, `compress.between_searches: chosen`) only fp32 and the last choice:
 
 | variant | item tower | item table |
 |---|---|---|
@@ -39,6 +40,7 @@ from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core.stage_cli import stage_main
 from pipeline_tasks.model.compression import build_and_measure, check_params
 from pipeline_tasks.model.measuring import choose, report
+from pipeline_tasks.model.search_schedule import record_variant, searched_tonight, variant_between_searches
 from pipeline_tasks.model.variants import REFERENCE
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,33 @@ def run(params: dict, root: Path) -> dict:
     check_params(cfg)
     if cfg["num_threads"] > 0:
         torch.set_num_threads(cfg["num_threads"])
+    only, why = variants_tonight(cfg, root)
+    log.info("compress: %s", why)
     with io.atomic_dir(root / C.COMPRESSED_DIR) as out:
-        variants = build_and_measure(params, root, out)
+        variants = build_and_measure(params, root, out, only=only)
         chosen = choose(variants, cfg["max_ndcg_drop"])
         (out / CHOSEN_FILE).write_text(chosen + "\n", encoding="utf-8")
+    if only is None:
+        record_variant(root, chosen)
     report(variants, chosen, root / REPORT)
     tracking.log_artifact(root / REPORT, artifact_path="compress")
     log.info("compress: chose %s %s", chosen, json.dumps(variants[chosen]))
-    return {"variants": variants, "reference": REFERENCE, "chosen": chosen}
+    return {"variants": variants, "reference": REFERENCE, "chosen": chosen, "measured": why}
+
+
+def variants_tonight(cfg: dict, root: Path) -> tuple[str | None, str]:
+    """(None, why): measure every variant; (name, why): fp32 and the last search night's choice only.
+
+    Choosing a variant is a search like the hyperparameters' (the same model shape compresses the same
+    way), so the nights between searches re-measure the last choice, which still has to stay within
+    max_ndcg_drop of fp32 tonight or fp32 itself serves.
+    """
+    last = variant_between_searches(root)
+    if cfg["between_searches"] == "all":
+        return None, "every variant (compress.between_searches=all)"
+    if searched_tonight(root) or last is None or last not in cfg["variants"]:
+        return None, "every variant (a search night, or no earlier choice to keep)"
+    return last, f"fp32 and {last}, the last search night's choice (every variant on the next search night)"
 
 
 def main(argv: list[str] | None = None) -> int:

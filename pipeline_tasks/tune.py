@@ -23,9 +23,20 @@ import optuna
 
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io, tracking
+from pipeline_tasks.core.errors import PipelineError
 from pipeline_tasks.core.stage_cli import stage_main
-from pipeline_tasks.model.search_schedule import last_search, record_night, search_due
-from pipeline_tasks.model.tuning import OBJECTIVE, check_space, make_objective, open_study, save_plots, summarise
+from pipeline_tasks.model.search_schedule import record_night, schedule_path, search_due
+from pipeline_tasks.model.tuning import (
+    OBJECTIVE,
+    check_space,
+    make_objective,
+    open_storage,
+    open_study,
+    redact,
+    save_plots,
+    storage_url,
+    summarise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +76,19 @@ def run(params: dict, root: Path) -> dict:
         result["best_params"],
     )
     return result
+
+
+def last_search(params: dict, root: Path) -> optuna.Study:
+    """The study of the last search (for the nights between searches)."""
+    state = io.read_json(schedule_path(root))
+    storage = open_storage(storage_url(params, root))
+    try:
+        return optuna.load_study(study_name=state["last_study"], storage=storage)
+    except KeyError as err:
+        raise PipelineError(
+            f"the last search's study {state['last_study']!r} is not in {redact(storage_url(params, root))}: "
+            f"delete {schedule_path(root)} to search again tonight"
+        ) from err
 
 
 def main(argv: list[str] | None = None) -> int:

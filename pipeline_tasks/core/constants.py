@@ -51,6 +51,9 @@ GX_DIR = "gx"
 BEST_PARAMS_FILE = "metrics/tune/best_params.json"
 OPTUNA_DIR = "optuna"
 LINEAGE_DIR = "lineage"  # run artifacts of a registered version: dvc.lock and the resolved params
+# A registered version also carries the trained fp32 weights under this artifact name when its serving
+# variant is a compressed copy: the next warm night starts from them (serving/warm_source.py).
+WEIGHTS_ARTIFACT = "weights"
 
 # Stage order: dvc.yaml, the Airflow DAG and the summary all follow it.
 STAGES = (

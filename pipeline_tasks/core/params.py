@@ -242,6 +242,10 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto | cpu | cuda
         "use_best_params": True,
         "num_threads": 0,  # 0 = torch's default
+        # Nights after the first fine-tune from the champion's weights (new items start from their text)
+        # for at most warm_epochs epochs; a champion of another shape (dim, layers, encoder) means a cold night.
+        "warm_start": True,
+        "warm_epochs": 2,
     },
     "tune": {
         "n_trials": 3,
@@ -253,7 +257,7 @@ DEFAULTS: dict[str, Any] = {
         "pruner_warmup_epochs": 1,  # median: epochs a trial always completes before it can be pruned
         "storage": "",  # "" = optuna/study.db (SQLite); or a postgresql:// URL
         "study_name": "recpipe",  # + the hash of the data and the search: one study per data version
-        "every_n_nights": 1,  # search every run (1), or on the first and every n-th night; between: reuse
+        "every_n_nights": 7,  # search on the first night and every n-th (1 = every run); between: reuse
         "search_space": {
             "train.lr": {"type": "float", "low": 0.0005, "high": 0.005, "log": True},
             "train.temperature": {"type": "float", "low": 0.05, "high": 0.3, "log": True},
@@ -285,6 +289,9 @@ DEFAULTS: dict[str, Any] = {
         "distill_epochs": 4,  # distilled: passes over the catalogue texts fitting the teacher's text vectors
         "distill_lr": 0.0001,  # pruned and distilled fine-tunes (AdamW)
         "distill_batch_size": 32,
+        # Between searches (tune.every_n_nights) a night measures fp32 and the variant the last search
+        # night chose, not every variant: "all" measures every variant every night.
+        "between_searches": "chosen",  # chosen | all
     },
     "evaluate": {
         "ks": [10, 20],

@@ -390,6 +390,11 @@ def check_params(cfg: dict) -> None:
     unknown = [name for name in cfg["variants"] if name not in BUILDERS]
     if unknown:
         raise ParamsError(f"compress.variants names unknown variants {unknown}; choose from {sorted(BUILDERS)}")
+    if cfg["between_searches"] not in ("chosen", "all"):
+        raise ParamsError(
+            f"compress.between_searches={cfg['between_searches']!r} is unknown; use chosen (fp32 and the last "
+            "search night's variant) or all (every variant every night)"
+        )
     if cfg["max_ndcg_drop"] < 0:
         raise ParamsError(
             f"compress.max_ndcg_drop={cfg['max_ndcg_drop']} is negative, so not even the fp32 "
@@ -405,21 +410,23 @@ def check_params(cfg: dict) -> None:
         )
 
 
-def variant_names(cfg: dict, has_encoder: bool) -> list[str]:
-    names = [REFERENCE] + [n for n in cfg["variants"] if n != REFERENCE]
+def variant_names(cfg: dict, has_encoder: bool, only: str | None = None) -> list[str]:
+    """fp32 and compress.variants (or fp32 and `only`), less what needs an encoder the model lacks."""
+    wanted: list[str] = [only] if only is not None and only in cfg["variants"] else cfg["variants"]
+    names = [REFERENCE] + [n for n in wanted if n != REFERENCE]
     skipped = [n for n in names if n in NEEDS_ENCODER and not has_encoder]
     if skipped:
         log.warning("skipping %s: the model has no text encoder (train.use_text=false)", skipped)
     return [n for n in names if n not in skipped]
 
 
-def build_and_measure(params: dict, root: Path, out: Path) -> dict[str, dict]:
-    """Every variant built under `out`, reloaded the way serving loads it, and measured."""
+def build_and_measure(params: dict, root: Path, out: Path, only: str | None = None) -> dict[str, dict]:
+    """Every variant (or fp32 and `only`) built under `out`, reloaded the way serving loads it, and measured."""
     cfg = params["compress"]
     source = root / C.MODEL_DIR
     reference = Recommender.load(source)  # fails with a clear message if train has not run
     data = load_eval_data(root, reference.item_ids)
-    names = variant_names(cfg, has_encoder=reference.encoder is not None)
+    names = variant_names(cfg, has_encoder=reference.encoder is not None, only=only)
     if any(name in NEEDS_ENCODER for name in names):
         check_stored_table(reference, data)
     del reference

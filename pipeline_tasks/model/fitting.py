@@ -31,6 +31,7 @@ def fit(
     checkpoint_dir: Path | None = None,
     train_splits: tuple[str, ...] = ("train",),
     keep_checkpoint: bool = False,
+    warm_from: Path | None = None,
 ) -> dict:
     """Train, validate each epoch, save the best epoch to output_dir (None: save nothing).
 
@@ -39,13 +40,14 @@ def fit(
     delete it after a successful run — or, keep_checkpoint, leave the finished state there, so a
     restart of a later phase finds this one done. train_splits ("train", "valid"): a refit on
     train+valid for exactly train.epochs epochs, keeping the last (nothing left to validate on).
+    warm_from: a saved model directory to start from instead of scratch (model/warm_start.py).
     Under torchrun every process runs this; rank 0 alone writes files.
     """
     started = time.perf_counter()
     if params["train"]["num_threads"] > 0:
         torch.set_num_threads(params["train"]["num_threads"])
     with process_group(resolve_device(params["train"]["device"])) as (rank, world):
-        trainer = Trainer(params, Path(root), checkpoint_dir, tuple(train_splits), rank, world)
+        trainer = Trainer(params, Path(root), checkpoint_dir, tuple(train_splits), rank, world, warm_from)
         trainer.resume()
         trainer.train(on_epoch)
         if keep_checkpoint:
@@ -58,22 +60,33 @@ def fit(
         return trainer.summary(time.perf_counter() - started)
 
 
-def fit_final(params: dict, root: Path, output_dir: Path, checkpoint_dir: Path | None) -> dict:
+def fit_final(
+    params: dict, root: Path, output_dir: Path, checkpoint_dir: Path | None, warm_from: Path | None = None
+) -> dict:
     """The train stage's model: the best epoch count on valid, then (train.refit) a fit from scratch on
     train + valid for that many epochs — the protocol every baseline follows, so the final model has
     learnt from each user's latest interactions before it ranks their test item.
 
+    warm_from (a warm night): both phases start from that saved model instead of scratch, for at most
+    `train.warm_epochs` epochs — a model that already knows the catalogue needs only a few passes
+    over tonight's data, which is what makes a warm night cheap.
+
     Each phase checkpoints in its own sub-folder of checkpoint_dir; the selection keeps its finished
     state until the refit is done, so a run killed during the refit resumes there.
     """
+    if warm_from is not None:
+        params = copy.deepcopy(params)
+        params["train"]["epochs"] = params["train"]["warm_epochs"]
     if not params["train"]["refit"]:
-        return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir)
+        return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir, warm_from=warm_from)
 
     def phase_dir(phase: str) -> Path | None:
         return checkpoint_dir / phase if checkpoint_dir is not None else None
 
-    selected = fit(params, root, checkpoint_dir=phase_dir("select"), keep_checkpoint=True)
-    final = refit(params, root, selected["best_epoch"], output_dir, checkpoint_dir=phase_dir("refit"))
+    selected = fit(params, root, checkpoint_dir=phase_dir("select"), keep_checkpoint=True, warm_from=warm_from)
+    final = refit(
+        params, root, selected["best_epoch"], output_dir, checkpoint_dir=phase_dir("refit"), warm_from=warm_from
+    )
     if checkpoint_dir is not None and process_rank() == 0:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return refit_summary(selected, final)
@@ -86,14 +99,22 @@ def refit(
     output_dir: Path,
     checkpoint_dir: Path | None = None,
     name: str = C.MODEL_NAME,
+    warm_from: Path | None = None,
 ) -> dict:
-    """Fit from scratch on train + valid for `epochs` (the count selected on valid), as an MLflow child
-    run `<name> refit`: the final version of a model selected on validation."""
+    """Fit on train + valid for `epochs` (the count selected on valid), from scratch or from warm_from,
+    as an MLflow child run `<name> refit`: the final version of a model selected on validation."""
     params = copy.deepcopy(params)
     params["train"]["epochs"] = epochs
     log.info("%s: refit on train + valid for the selected %d epochs", name, epochs)
     with tracking.child_run(f"{name} refit"):
-        return fit(params, root, output_dir=output_dir, checkpoint_dir=checkpoint_dir, train_splits=("train", "valid"))
+        return fit(
+            params,
+            root,
+            output_dir=output_dir,
+            checkpoint_dir=checkpoint_dir,
+            train_splits=("train", "valid"),
+            warm_from=warm_from,
+        )
 
 
 def refit_summary(selected: dict, final: dict) -> dict:

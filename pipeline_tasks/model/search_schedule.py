@@ -1,17 +1,14 @@
 """When to search: `tune.every_n_nights` (1 = every run) lets the nights between searches reuse the
-last search's best params. The count lives beside the default study database (optuna/schedule.json),
+last search's best params, and (compress.between_searches: chosen) the compression variant the last
+search night chose. The state lives beside the default study database (optuna/schedule.json),
 outside DVC's outputs, which DVC deletes before a stage re-runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
-
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io
-from pipeline_tasks.core.errors import PipelineError
-from pipeline_tasks.model.tuning import open_storage, redact, storage_url
 
 
 def schedule_path(root: Path) -> Path:
@@ -37,20 +34,26 @@ def record_night(root: Path, searched_study: str | None) -> None:
     path = schedule_path(root)
     state = io.read_json(path) if path.exists() else {}
     if searched_study:
-        state = {"last_study": searched_study, "nights_since_search": 0}
+        state = {"last_study": searched_study, "nights_since_search": 0, "variant": state.get("variant")}
     else:
         state["nights_since_search"] = int(state.get("nights_since_search", 0)) + 1
     io.write_json(state, path)
 
 
-def last_search(params: dict, root: Path) -> optuna.Study:
-    """The study of the last search (for the nights between searches)."""
-    state = io.read_json(schedule_path(root))
-    storage = open_storage(storage_url(params, root))
-    try:
-        return optuna.load_study(study_name=state["last_study"], storage=storage)
-    except KeyError as err:
-        raise PipelineError(
-            f"the last search's study {state['last_study']!r} is not in {redact(storage_url(params, root))}: "
-            f"delete {schedule_path(root)} to search again tonight"
-        ) from err
+def searched_tonight(root: Path) -> bool:
+    """Did this night's tune stage search (or has no night been recorded yet)?"""
+    path = schedule_path(root)
+    return not path.exists() or int(io.read_json(path).get("nights_since_search", 0)) == 0
+
+
+def variant_between_searches(root: Path) -> str | None:
+    """The compression variant the last search night chose (None: no night chose one yet)."""
+    path = schedule_path(root)
+    return io.read_json(path).get("variant") if path.exists() else None
+
+
+def record_variant(root: Path, variant: str) -> None:
+    """A search night's compression choice, measured again on the nights until the next search."""
+    path = schedule_path(root)
+    state = io.read_json(path) if path.exists() else {}
+    io.write_json({**state, "variant": variant}, path)

@@ -316,12 +316,18 @@ class TextSeqRec(nn.Module):
         return states * real[:, -1:].to(states.dtype)
 
 
-def build_model(cfg: dict, item_ids: list[str], item_texts: list[str], root: str | Path = ".") -> TextSeqRec:
-    """A fresh model for training: pretrained encoder (with its fine-tune mode applied) + new towers."""
+def build_model(
+    cfg: dict, item_ids: list[str], item_texts: list[str], root: str | Path = ".", encoder_dir: Path | None = None
+) -> TextSeqRec:
+    """A fresh model for training: pretrained encoder (with its fine-tune mode applied) + new towers.
+
+    encoder_dir: start from this encoder instead of `train.encoder` (a warm night: the champion's,
+    adapters merged; see warm_start.py).
+    """
     encoder = tokenizer = None
     hidden_size = 0
     if cfg["use_text"]:
-        encoder, tokenizer = load_encoder(resolve_encoder_path(cfg["encoder"], root))
+        encoder, tokenizer = load_encoder(encoder_dir or resolve_encoder_path(cfg["encoder"], root))
         hidden_size = encoder.config.hidden_size
         encoder = apply_finetune(encoder, cfg["finetune"], cfg)
     config = {key: cfg[key] for key in ARCH_KEYS}

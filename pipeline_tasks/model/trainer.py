@@ -28,9 +28,16 @@ from pipeline_tasks.core import tracking
 from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.core.metrics import EvalContext, ndcg
 from pipeline_tasks.data import dataset
-from pipeline_tasks.model import checkpoint
+from pipeline_tasks.model import checkpoint, warm_start
 from pipeline_tasks.model.distributed import average_gradients
-from pipeline_tasks.model.towers import TextSeqRec, autocast, autocast_dtype, build_model, sampled_softmax_loss
+from pipeline_tasks.model.towers import (
+    ENCODER_DIR,
+    TextSeqRec,
+    autocast,
+    autocast_dtype,
+    build_model,
+    sampled_softmax_loss,
+)
 from pipeline_tasks.model.training_data import TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
@@ -39,7 +46,16 @@ OnEpoch = Callable[[int, float], None]
 VALID_K = 10
 VALID_METRIC = "valid_ndcg@10"
 # train.* keys that change neither the trained weights nor the data order (not in the resume hash).
-NOT_TRAINING_KEYS = {"checkpoint_every", "use_best_params", "num_threads", "device", "refit"}
+# (warm_start / warm_epochs: where training starts is hashed on its own, the epochs it runs are in `epochs`.)
+NOT_TRAINING_KEYS = {
+    "checkpoint_every",
+    "use_best_params",
+    "num_threads",
+    "device",
+    "refit",
+    "warm_start",
+    "warm_epochs",
+}
 STEP_POINTS_PER_EPOCH = 10  # step-level loss points logged to MLflow per epoch (rank 0, active run only)
 
 
@@ -62,11 +78,16 @@ def check_train_params(cfg: dict) -> None:
         raise ParamsError("train.n_negatives, train.text_grad_items and train.checkpoint_every must be >= 0")
 
 
-def training_fingerprint(params: dict, device: str, data: TrainingData, world: int = 1) -> str:
+def training_fingerprint(
+    params: dict, device: str, data: TrainingData, world: int = 1, warm_from: Path | None = None
+) -> str:
     """Hash of everything that shapes the trained weights: a checkpoint resumes only on a match."""
     knobs = {k: v for k, v in params["train"].items() if k not in NOT_TRAINING_KEYS}
+    start = warm_start.weights_digest(warm_from) if warm_from is not None else "scratch"
     payload = json.dumps(
-        {"train": knobs, "seed": params["seed"], "device": device, "world": world}, sort_keys=True, default=str
+        {"train": knobs, "seed": params["seed"], "device": device, "world": world, "start": start},
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256((payload + data.digest()).encode()).hexdigest()
 
@@ -98,6 +119,7 @@ class Trainer:
         train_splits: tuple[str, ...] = ("train",),
         rank: int = 0,
         world: int = 1,
+        warm_from: Path | None = None,
     ):
         self.cfg = params["train"]
         check_train_params(self.cfg)
@@ -114,9 +136,9 @@ class Trainer:
         )
         self.data = load_training_data(root, self.cfg["max_seq_len"], train_splits)
         self.select_on_valid = self.data.valid is not None
-        self.fingerprint = training_fingerprint(params, self.device, self.data, world)
+        self.fingerprint = training_fingerprint(params, self.device, self.data, world, warm_from)
         checkpoint.seed_everything(self.seed)
-        self.model: TextSeqRec = build_model(self.cfg, self.data.item_ids, self.data.item_texts, root).to(self.device)
+        self.model: TextSeqRec = self.initial_model(root, warm_from).to(self.device)
         if world > 1:
             torch.manual_seed(self.seed + rank)  # same initial weights on every rank, different dropout
         self.trains_encoder = self.model.uses_text and any(
@@ -149,6 +171,21 @@ class Trainer:
         self.step_seconds = 0.0
 
     # setup helpers
+    def initial_model(self, root: Path, warm_from: Path | None) -> TextSeqRec:
+        """A fresh model, or (warm_from) one that starts from a saved model's weights (warm_start.py)."""
+        encoder_dir = warm_from / ENCODER_DIR if warm_from is not None and self.cfg["use_text"] else None
+        model = build_model(self.cfg, self.data.item_ids, self.data.item_texts, root, encoder_dir)
+        self.warm_start: dict = {}
+        if warm_from is not None:
+            self.warm_start = warm_start.init_from(model, warm_from)
+            log.info(
+                "warm start from %s: %d items keep their ID vectors, %d start from their text",
+                warm_from,
+                self.warm_start["items_kept"],
+                self.warm_start["items_new"],
+            )
+        return model
+
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
 
@@ -437,4 +474,5 @@ class Trainer:
             "n_sequences": len(self.data.inputs),
             "processes": self.world,
             "resumed_from_step": self.resumed_from_step,
+            "warm_start": self.warm_start,
         }

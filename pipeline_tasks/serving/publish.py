@@ -1,6 +1,8 @@
 """What a registered version carries besides its weights: the serving data (known users'
 histories, cold-start lists), lineage tags (git commit, DVC md5s, params, Airflow run), the model
-card's inputs, the run's lineage artifacts, and the pyfunc model itself with its signature."""
+card's inputs, the run's lineage artifacts, and the pyfunc model itself with its signature (plus
+the trained fp32 weights when the serving variant is a compressed copy: the next warm night starts
+from them, see serving/warm_source.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import yaml
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core.params import flatten
+from pipeline_tasks.model import warm_start
+from pipeline_tasks.model.towers import CONFIG_FILE
 
 # Sections whose every key becomes a version tag (the whole resolved params is an artifact).
 PARAM_SECTIONS_TAGGED = ("seed", "train", "compress")
@@ -129,10 +133,14 @@ def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_
         import pandas as pd
 
         example_in = pd.DataFrame(example)
+        artifacts = {"model": str(staged), "serving": str(serving_path)}
+        if not warm_start.faithful_weights(io.read_json(model_dir / CONFIG_FILE)):
+            # The serving variant is not the trained weights: keep those too, for tomorrow's warm start.
+            artifacts[C.WEIGHTS_ARTIFACT] = str(root / C.MODEL_DIR)
         return mlflow.pyfunc.log_model(
             name="recommender",
             python_model=RecpipePyfunc(),
-            artifacts={"model": str(staged), "serving": str(serving_path)},
+            artifacts=artifacts,
             code_paths=[str(C.PACKAGE_DIR)],
             signature=model_signature(),
             input_example=example_in,

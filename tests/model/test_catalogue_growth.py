@@ -81,3 +81,57 @@ def test_a_text_model_places_new_items_by_their_text_an_id_model_ranks_them_last
         for row, seen in zip(ranked, task.seen)
     ]
     assert np.mean(placed) > 0.5  # by their text, among the items it knows: not all behind them
+
+
+# --- warm nights: tonight's model starts from the champion (model/warm_start.py) ----------------
+
+
+def test_a_warm_night_starts_from_the_champion_new_items_from_their_text(trained_before_tonight):
+    """Before its first step, the warm model ranks known items exactly as the champion did (IDs matched
+    by item id, not by row, in a reordered and grown catalogue); a new item has no ID part yet, so its
+    vector is its text alone."""
+    import torch
+
+    from pipeline_tasks.model.recommender import Recommender
+    from pipeline_tasks.model.trainer import Trainer
+
+    params, root, text_model, _ = trained_before_tonight
+    first = pd.DataFrame({C.ITEM_ID: ["0-new"], C.TITLE: ["jazz piano first"], C.TEXT: ["jazz piano"]})
+    items = pd.concat([first, io.read_table(root / C.DATA_SPLIT / "items")], ignore_index=True)
+    io.write_table(items, root / C.DATA_SPLIT / "items")  # sorts first: every known item moves one row down
+    champion = Recommender.load(text_model)
+    trainer = Trainer(params, root, checkpoint_dir=None, warm_from=text_model)
+    model = trainer.model.eval()
+    assert trainer.warm_start == {"items_kept": len(champion.item_ids), "items_new": len(NEW_ITEMS) + 1}
+    with torch.no_grad():
+        tonight = model.item_table(model.encode_pooled(model.tokenize(trainer.data.item_texts))).numpy()
+    rows = [model.item_ids.index(item) for item in champion.item_ids]
+    assert rows != list(range(len(rows)))  # tonight's catalogue order is not the champion's
+    np.testing.assert_allclose(tonight[rows], champion.item_table, atol=1e-4)
+    new_rows = [model.item_ids.index(item) for item in ["0-new", *NEW_ITEMS]]
+    assert not model.item_tower.id_embedding.weight[new_rows].any()
+    text_only = champion.encode_items([trainer.data.item_texts[r] for r in new_rows])
+    np.testing.assert_allclose(tonight[new_rows], text_only, atol=1e-4)
+
+    cold = Trainer(params, root, checkpoint_dir=None).model
+    assert not torch.allclose(cold.user_tower.positions.weight, model.user_tower.positions.weight)
+
+
+def test_a_warm_night_trains_at_most_warm_epochs_and_a_champion_of_another_shape_cannot_seed(
+    trained_before_tonight, tmp_path
+):
+    from pipeline_tasks.model import warm_start
+
+    params, root, text_model, ids_model = trained_before_tonight
+    params = copy.deepcopy(params)
+    params["train"].update(epochs=3, warm_epochs=1, refit=True)
+    result = fitting.fit_final(params, root, output_dir=tmp_path / "warm", checkpoint_dir=None, warm_from=text_model)
+    assert result["epochs"] == 1 and result["refit_epochs"] == 1
+    assert result["warm_start"] == {"items_kept": 24, "items_new": len(NEW_ITEMS)}
+
+    config = warm_start.saved_config(text_model)
+    assert warm_start.mismatch(config, params["train"]) is None
+    assert "dim 16 vs 32" in warm_start.mismatch(config, {**params["train"], "dim": 32})
+    assert "encoder" in warm_start.mismatch(config, {**params["train"], "encoder": "another-encoder"})
+    assert "use_text False vs True" in warm_start.mismatch(warm_start.saved_config(ids_model), params["train"])
+    assert "compressed copy" in warm_start.mismatch({**config, "encoder_quantization": "onnx_int8"}, params["train"])
