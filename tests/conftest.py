@@ -121,6 +121,12 @@ def tiny_project(tmp_path, tiny_encoder_dir) -> Path:
 
 
 @pytest.fixture
+def tiny_project_with(tmp_path, tiny_encoder_dir):
+    """tiny_project with more overrides: tiny_project_with(["baselines.models=[Pop]"])."""
+    return lambda overrides: make_project(tmp_path / "project", tiny_encoder_dir, overrides)
+
+
+@pytest.fixture
 def postgres_parent_dir():
     """A folder the `postgres` user can traverse (pytest's tmp_path is 0700, private to root).
 

@@ -121,7 +121,8 @@ def test_tune_run_logs_child_runs_writes_best_params_and_continues_the_study(tin
     monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
     root = tiny_split
     space = {key: SPACE[key] for key in ("train.lr", "train.finetune", "train.lora_r")}
-    tiny_params["tune"].update(n_trials=2, epochs=1, search_space=space, study_name="t")
+    # every_n_nights=1: both runs search (the schedule between searches is its own test below).
+    tiny_params["tune"].update(n_trials=2, epochs=1, search_space=space, study_name="t", every_n_nights=1)
 
     with tracking.stage_run("tune", tiny_params, root) as parent:
         first = tune.run(tiny_params, root)
