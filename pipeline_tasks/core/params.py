@@ -320,6 +320,7 @@ DEFAULTS: dict[str, Any] = {
         "ab_alpha": 0.05,  # ab-report: significance level of the two-proportion z-test
         "ab_power": 0.8,  # ab-report: power used to size the test
         "ab_mde": 0.1,  # ab-report: smallest relative CTR change worth detecting
+        "ab_baseline_ctr": 0.05,  # `recpipe ab` sizes the test for this expected champion CTR (the plan)
         "ab_max_latency_p99_ms": 20.0,  # ab-report guardrail: served p99 per variant
     },
 }

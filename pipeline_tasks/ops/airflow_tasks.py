@@ -309,14 +309,18 @@ def apply_registry_action(
     if action == "set_ab_share":
         if share is None:
             raise registry.RegistryError("set_ab_share needs 'A/B share' (the challenger's share of users, 0..1)")
+        from pipeline_tasks.serving import ab_report
+
         stored = registry.ab_config(client, name).get("guardrails")
-        return registry.set_ab_config(
+        return registry.set_ab_config(  # planned from params, as `recpipe ab` without --planned-exposures
             client,
             name,
             float(share),
             who=who,
             reason=reason,
             guardrails=None if stored else params["register"]["ab_guardrails"],
+            planned_exposures=ab_report.planned_exposures(params["register"]),
+            plan_basis=ab_report.plan_basis(params["register"]),
         )
     raise registry.RegistryError(f"unknown action {action!r}; choose one of {', '.join(REGISTRY_ACTIONS)}")
 

@@ -6,9 +6,11 @@
     recpipe promote VERSION [--reason TEXT]   make VERSION the champion (--reason required past a failed gate)
     recpipe rollback [--reason TEXT]          champion back to previous_champion (after a load check)
     recpipe history                 every audited alias move and A/B change, oldest first
-    recpipe ab --share 0.1 [--salt S] [--guardrail M ...]   the A/B split, stored in the registry
+    recpipe ab --share 0.1 [--salt S] [--guardrail M ...] [--planned-exposures N]   the A/B split
+                                    (a new experiment), stored in the registry
     recpipe serve [--host H] [--port P]       the A/B recommendation server (FastAPI + uvicorn)
-    recpipe ab-report               CTR per variant, significance, and a promote/keep/need-more-data call
+    recpipe ab-report [--experiment ID]       one experiment's CTR per variant, significance, and a
+                                    promote/keep call once its planned sample size is reached
     recpipe lineage VERSION [--restore-lock FILE]   data md5s, params, git commit and Airflow run of a version
 
 Stages themselves run as `python -m pipeline_tasks.<stage>` (see dvc.yaml).
@@ -94,16 +96,36 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_ab(args: argparse.Namespace) -> int:
-    from pipeline_tasks.serving import registry
+    from pipeline_tasks.serving import ab_report, registry
 
     params, client, name = registry_client(args)
     guardrails = args.guardrail if args.guardrail else None
     if guardrails is None and not registry.ab_config(client, name).get("guardrails"):
         guardrails = params["register"]["ab_guardrails"]
+    cfg = params["register"]
+    # The plan is fixed here, with the split, so the report cannot move the goalposts later.
+    if args.planned_exposures is not None:
+        planned, basis = args.planned_exposures, "recpipe ab --planned-exposures"
+    else:
+        planned, basis = ab_report.planned_exposures(cfg), ab_report.plan_basis(cfg)
+    if planned is None:
+        raise registry.RegistryError(
+            f"cannot plan the test from {basis}: baseline CTR and baseline*(1+ab_mde) must lie in (0, 1); "
+            "fix them in params.yaml or pass --planned-exposures N"
+        )
     config = registry.set_ab_config(
-        client, name, args.share, salt=args.salt, guardrails=guardrails, who=args.actor, reason=args.reason
+        client,
+        name,
+        args.share,
+        salt=args.salt,
+        guardrails=guardrails,
+        who=args.actor,
+        reason=args.reason,
+        planned_exposures=planned,
+        plan_basis=basis,
     )
     print(f"{name}: A/B config stored in the registry: {config}")
+    print(f"experiment now: {registry.current_experiment(client, name)}")
     return 0
 
 
@@ -120,9 +142,26 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
     params, client, name = registry_client(args)
     # The guardrails stored with the split (`recpipe ab`) win over params' defaults.
     guardrails = registry.ab_config(client, name).get("guardrails") or params["register"]["ab_guardrails"]
-    result = ab_report.run(params, args.root, guardrails=guardrails)
+    result = ab_report.run(params, args.root, report_experiment(client, name, args.experiment), guardrails=guardrails)
     print(ab_report.format_report(result))
     return 0
+
+
+def report_experiment(client, name: str, wanted: str | None) -> dict | None:
+    """--experiment ID's record (the running one, else from the audit history), else the one running now.
+
+    None: no id asked for and none running (no champion); ab_report then names the log's ids.
+    """
+    from pipeline_tasks.serving import registry
+
+    current = registry.current_experiment(client, name)  # None without a champion
+    if wanted is None or (current is not None and current["id"] == wanted):
+        return current
+    try:
+        recorded = {e["id"]: e for e in registry.experiments(client, name)}
+    except registry.RegistryError:  # no registered model: the id is only known from the log
+        recorded = {}
+    return recorded.get(wanted, {"id": wanted})
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -168,12 +207,23 @@ def add_registry_commands(sub) -> None:
     ab.add_argument("--salt", default=None, help="bucketing salt (default: keep the current one)")
     ab.add_argument("--guardrail", action="append", default=[], help="guardrail metric (repeatable)")
     ab.add_argument("--reason", default=None)
+    ab.add_argument(
+        "--planned-exposures",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exposures per arm before ab-report decides (default: planned from register.ab_baseline_ctr, "
+        "ab_mde, ab_alpha, ab_power)",
+    )
     ab.set_defaults(func=cmd_ab)
     serve = sub.add_parser("serve", help="serve champion and challenger over HTTP (A/B)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=cmd_serve)
-    report = sub.add_parser("ab-report", help="CTR per variant from the exposure and feedback logs")
+    report = sub.add_parser("ab-report", help="one experiment's CTR per variant from the exposure and feedback logs")
+    report.add_argument(
+        "--experiment", default=None, metavar="ID", help="the experiment to analyse (default: the one running now)"
+    )
     report.set_defaults(func=cmd_ab_report)
     for parser in (promote, rollback, history, lineage, ab, serve, report):
         add_overrides(parser)

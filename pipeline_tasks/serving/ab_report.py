@@ -1,19 +1,30 @@
-"""`recpipe ab-report`: CTR of champion vs challenger from the serving logs, and a decision.
+"""`recpipe ab-report`: CTR of champion vs challenger in ONE experiment, and a decision.
 
 Units and statistics:
+- An experiment (serving/registry.py) is champion version, challenger version, share, salt and
+  a planned number of exposures per arm; the server logs its id with every exposure. The
+  report analyses one id (default: the one running now) and never pools two: other ids in
+  the log, and exposures without an id (logs from before experiments), are only counted.
 - An exposure is one /recommend answer (exposure log); it is *clicked* (or *purchased*) when a
   feedback event names its exposure_id, or, for feedback without one, when it is the user's
-  latest exposure before the event. CTR = clicked exposures / exposures, per variant.
+  latest exposure before the event (over the whole log, so a click goes to the experiment that
+  served what was clicked). CTR = clicked exposures / exposures, per variant. Exposures
+  answered by the cold-start fallback after a model error are counted apart and left out:
+  they measure the fallback list, not the model.
 - Users, not exposures, are randomised (a stable hash), and one user's exposures are
   correlated, so the standard error of a CTR is the user-clustered (delta-method) one; with one
   exposure per user it is exactly the binomial sqrt(p(1-p)/n). The significance test is the
   two-proportion z-test of challenger minus champion with those standard errors.
-- Power: the exposures per arm needed to detect a relative CTR change of `register.ab_mde`
-  at `ab_alpha` with `ab_power`, inflated by the measured design effect of the clustering.
+- The plan: exposures per arm to detect a relative CTR change of `register.ab_mde` from
+  `ab_baseline_ctr` at `ab_alpha` with `ab_power`, fixed when the split is set (`recpipe ab`,
+  or `--planned-exposures N`) and stored with the experiment; the report inflates it by the
+  measured design effect of the clustering.
 
-Decision: `promote` (challenger significantly better and no guardrail broken), `keep`
-(significantly worse, a guardrail broken, or no difference although the test had its
-sample size), or `need more data` (neither significant nor the sample size reached).
+Decision, only once every arm has reached the (inflated) plan: `promote` (challenger
+significantly better and no guardrail broken) or `keep` (significantly worse, a guardrail
+broken, or no significant difference). Before that the answer is `need more data`, whatever
+the p-value: stopping at the first p < alpha ("peeking") makes false positives far likelier
+than alpha. The interim numbers are shown, labelled as not a decision.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from pipeline_tasks.core.errors import PipelineError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTE, KEEP, MORE_DATA = "promote", "keep", "need more data"
+NO_EXPERIMENT = "(none)"  # exposures logged before servers recorded an experiment id
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
@@ -163,12 +175,33 @@ def guardrail_checks(stats: dict, guardrails: list[str], cfg: dict) -> list[dict
     return checks
 
 
-def decide(stats: dict, guardrails: list[str], cfg: dict) -> dict:
+def planned_exposures(cfg: dict) -> int | None:
+    """The plan from params: exposures per arm for ab_mde at ab_baseline_ctr, ab_alpha, ab_power."""
+    return required_exposures(cfg["ab_baseline_ctr"], cfg["ab_mde"], cfg["ab_alpha"], cfg["ab_power"])
+
+
+def plan_basis(cfg: dict) -> str:
+    return (
+        f"register.ab_baseline_ctr {cfg['ab_baseline_ctr']:g}, ab_mde {cfg['ab_mde']:g}, "
+        f"ab_alpha {cfg['ab_alpha']:g}, ab_power {cfg['ab_power']:g}"
+    )
+
+
+def experiment_plan(experiment: dict, cfg: dict) -> tuple[int | None, str]:
+    """(exposures per arm, where that number comes from): the experiment's own, else params' now."""
+    if experiment.get("planned_exposures_per_arm"):
+        return int(experiment["planned_exposures_per_arm"]), experiment.get("plan_basis") or "stored"
+    return planned_exposures(cfg), f"{plan_basis(cfg)} (from params now: the experiment recorded no plan)"
+
+
+def decide(stats: dict, guardrails: list[str], cfg: dict, planned: int | None) -> dict:
+    """promote / keep once both arms reached `planned` (x design effect), else need more data."""
     alpha = cfg["ab_alpha"]
     if CHAMPION not in stats or CHALLENGER not in stats:
         return {
             "decision": MORE_DATA,
             "reason": f"exposures of only {sorted(stats)}: set a share with `recpipe ab`",
+            "significant": False,
             "test": None,
             "required_exposures": None,
             "guardrails": [],
@@ -176,36 +209,38 @@ def decide(stats: dict, guardrails: list[str], cfg: dict) -> dict:
     champ, chall = stats[CHAMPION], stats[CHALLENGER]
     test = z_test(champ, chall, "ctr", "ctr_se", alpha)
     deff = max(champ["design_effect"], chall["design_effect"])
-    needed = required_exposures(champ["ctr"], cfg["ab_mde"], alpha, cfg["ab_power"], deff)
-    enough = needed is not None and min(champ["exposures"], chall["exposures"]) >= needed
+    needed = int(np.ceil(planned * max(1.0, deff))) if planned else None
+    have = min(champ["exposures"], chall["exposures"])
     significant = test["p_value"] < alpha
     checks = guardrail_checks(stats, guardrails, cfg)
     broken = [c["name"] for c in checks if not c["passed"]]
     ci = f"[{test['diff_ci'][0]:+.4f}, {test['diff_ci'][1]:+.4f}]"
-    if significant and test["diff"] > 0:
+    if needed is None:
+        decision = MORE_DATA
+        reason = (
+            "no plan to judge against: register.ab_baseline_ctr * (1 + ab_mde) must be a CTR in (0, 1); "
+            "fix params, or set one with `recpipe ab --share S --planned-exposures N`"
+        )
+    elif have < needed:
+        decision = MORE_DATA
+        reason = (
+            f"{have} of {needed} planned exposures per arm (design effect {deff:.2f} included); "
+            f"interim, not a decision: CTR difference {test['diff']:+.4f} {ci}, p={test['p_value']:.3g}"
+            + (f"; guardrails broken so far: {broken}" if broken else "")
+        )
+    elif significant and test["diff"] > 0:
         decision = KEEP if broken else PROMOTE
         reason = f"challenger CTR higher by {test['diff']:+.4f} {ci}, p={test['p_value']:.3g} < {alpha}" + (
             f", but guardrails broken: {broken}" if broken else ""
         )
     elif significant:
         decision, reason = KEEP, f"challenger CTR lower by {test['diff']:+.4f} {ci}, p={test['p_value']:.3g} < {alpha}"
-    elif enough:
-        decision, reason = (
-            KEEP,
-            (
-                f"no significant difference (p={test['p_value']:.3g}, diff {ci}) with "
-                f"{min(champ['exposures'], chall['exposures'])} >= {needed} exposures per arm"
-            ),
-        )
     else:
-        decision, reason = (
-            MORE_DATA,
-            (
-                f"not significant (p={test['p_value']:.3g}) and "
-                f"{min(champ['exposures'], chall['exposures'])} exposures per arm "
-                f"< {needed if needed else '?'} needed for a {cfg['ab_mde']:.0%} relative change"
-            ),
+        decision = KEEP
+        reason = (
+            f"no significant difference (p={test['p_value']:.3g}, diff {ci}) with {have} >= {needed} exposures per arm"
         )
+        reason += f"; guardrails broken: {broken}" if broken else ""
     return {
         "decision": decision,
         "reason": reason,
@@ -216,14 +251,39 @@ def decide(stats: dict, guardrails: list[str], cfg: dict) -> dict:
     }
 
 
-def analyse(exposures: pd.DataFrame, feedback: pd.DataFrame, cfg: dict, guardrails: list[str]) -> dict:
-    """The whole report from the two logs (already read)."""
+def experiment_ids(exposures: pd.DataFrame) -> pd.Series:
+    """Each exposure's experiment id; NO_EXPERIMENT for lines written before servers logged one."""
+    if "experiment_id" not in exposures:
+        return pd.Series(NO_EXPERIMENT, index=exposures.index)
+    return exposures["experiment_id"].fillna(NO_EXPERIMENT).astype(str)
+
+
+def fallback_mask(exposures: pd.DataFrame) -> pd.Series:
+    if "fallback" not in exposures:
+        return pd.Series(False, index=exposures.index)
+    return exposures["fallback"].fillna(False).astype(bool)
+
+
+def analyse(
+    exposures: pd.DataFrame, feedback: pd.DataFrame, cfg: dict, guardrails: list[str], experiment: dict
+) -> dict:
+    """The report of one experiment ({"id", "planned_exposures_per_arm"?, ...}) from the two logs (already read)."""
     if exposures.empty:
         raise PipelineError("no exposures to analyse: run `recpipe serve` and send traffic first")
-    stats = variant_stats(attribute(exposures, feedback), cfg["ab_alpha"])
+    attributed = attribute(exposures, feedback)  # over the whole log: a click follows its own exposure
+    ids = experiment_ids(attributed)
+    mine = attributed[ids == experiment["id"]]
+    fallback = fallback_mask(mine)
+    stats = variant_stats(mine[~fallback], cfg["ab_alpha"])
+    planned, basis = experiment_plan(experiment, cfg)
     return {
+        "experiment": experiment,
         "variants": stats,
-        **decide(stats, guardrails, cfg),
+        "fallback_exposures": {str(v): int(n) for v, n in mine[fallback].groupby("variant").size().items()},
+        **decide(stats, guardrails, cfg, planned),
+        "planned_exposures": planned,
+        "plan_basis": basis,
+        "other_experiments": {str(i): int(n) for i, n in ids[ids != experiment["id"]].value_counts().items()},
         "alpha": cfg["ab_alpha"],
         "power": cfg["ab_power"],
         "mde": cfg["ab_mde"],
@@ -231,7 +291,11 @@ def analyse(exposures: pd.DataFrame, feedback: pd.DataFrame, cfg: dict, guardrai
     }
 
 
-def run(params: dict, root: str | Path, guardrails: list[str] | None = None) -> dict:
+def run(params: dict, root: str | Path, experiment: dict | None, guardrails: list[str] | None = None) -> dict:
+    """The report of `experiment` (a registry record, or {"id": ...}) from the server's logs.
+
+    None (no experiment running: the registry has no champion) is refused, naming the log's ids.
+    """
     cfg = params["register"]
     root = Path(root)
     exposures, feedback = read_jsonl(root / cfg["exposure_log"]), read_jsonl(root / cfg["feedback_log"])
@@ -240,10 +304,54 @@ def run(params: dict, root: str | Path, guardrails: list[str] | None = None) -> 
             f"no exposures in {root / cfg['exposure_log']}: run `recpipe serve` and send traffic "
             "first (or point register.exposure_log at the server's log)"
         )
-    return analyse(exposures, feedback, cfg, cfg["ab_guardrails"] if guardrails is None else guardrails)
+    if experiment is None:
+        counts = experiment_ids(exposures).value_counts()
+        raise PipelineError(
+            "no experiment is running (the registry has no champion) and none was asked for: pass "
+            f"--experiment ID; ids in {cfg['exposure_log']} (exposures): "
+            + ", ".join(f"{i} ({n})" for i, n in counts.items())
+        )
+    return analyse(exposures, feedback, cfg, cfg["ab_guardrails"] if guardrails is None else guardrails, experiment)
 
 
 def format_report(result: dict) -> str:
+    exp = result["experiment"]
+    lines = [experiment_line(exp), variants_table(result)]
+    if result["fallback_exposures"]:
+        counts = ", ".join(f"{v} {n}" for v, n in sorted(result["fallback_exposures"].items()))
+        lines.append(f"fallback exposures (cold-start list after a model error; not in the CTR): {counts}")
+    test = result.get("test")
+    interim = "INTERIM, not a decision: " if result["decision"] == MORE_DATA else ""
+    if test:
+        lines.append(
+            f"{interim}challenger - champion CTR: {test['diff']:+.4f} [{test['diff_ci'][0]:+.4f}, "
+            f"{test['diff_ci'][1]:+.4f}], z={test['z']:.2f}, p={test['p_value']:.3g} "
+            "(two-proportion z-test, user-clustered SE)"
+        )
+    lines.append(
+        f"plan: {result['planned_exposures'] or '?'} exposures per arm ({result['plan_basis']}); "
+        f"{result['required_exposures'] or '?'} with the measured design effect, to detect a "
+        f"{result['mde']:.0%} relative change (alpha {result['alpha']}, power {result['power']})"
+    )
+    lines += [
+        f"guardrail {c['name']}: {'ok' if c['passed'] else 'BROKEN'} ({c['detail']})" for c in result["guardrails"]
+    ]
+    lines += other_experiments_lines(result["other_experiments"])
+    lines.append(f"decision: {result['decision'].upper()} — {result['reason']}")
+    return "\n".join(lines)
+
+
+def experiment_line(exp: dict) -> str:
+    if "champion" not in exp:
+        return f"experiment {exp['id']} (no record in the registry: plan from params)"
+    recorded = "" if exp.get("recorded", True) else " [UNRECORDED: an alias was moved outside recpipe]"
+    return (
+        f"experiment {exp['id']}{recorded}: champion v{exp['champion']} vs challenger v{exp.get('challenger') or '-'}, "
+        f"share {exp['share']:g}, salt {exp['salt'] or '-'}, started {exp.get('started_at') or '?'}"
+    )
+
+
+def variants_table(result: dict) -> str:
     lines = [
         f"{'variant':<11} {'versions':<9} {'users':>7} {'exposures':>9} {'clicks':>7} {'CTR':>7} "
         f"{100 * (1 - result['alpha']):.0f}% CI{'':<12} {'purchases':>9} {'p99 ms':>7}"
@@ -254,18 +362,19 @@ def format_report(result: dict) -> str:
             f"{s['ctr']:>7.4f} [{s['ctr_ci'][0]:.4f}, {s['ctr_ci'][1]:.4f}] {s['purchases']:>9} "
             f"{'-' if s['latency_p99_ms'] is None else round(s['latency_p99_ms'], 2):>7}"
         )
-    test = result.get("test")
-    if test:
-        lines.append(
-            f"challenger - champion CTR: {test['diff']:+.4f} [{test['diff_ci'][0]:+.4f}, {test['diff_ci'][1]:+.4f}], "
-            f"z={test['z']:.2f}, p={test['p_value']:.3g} (two-proportion z-test, user-clustered SE)"
-        )
-        lines.append(
-            f"sample size: {result['required_exposures'] or '?'} exposures per arm to detect a "
-            f"{result['mde']:.0%} relative change (alpha {result['alpha']}, power {result['power']})"
-        )
-    lines += [
-        f"guardrail {c['name']}: {'ok' if c['passed'] else 'BROKEN'} ({c['detail']})" for c in result["guardrails"]
-    ]
-    lines.append(f"decision: {result['decision'].upper()} — {result['reason']}")
     return "\n".join(lines)
+
+
+def other_experiments_lines(others: dict[str, int]) -> list[str]:
+    """The log's other ids, never pooled: pick one with `recpipe ab-report --experiment ID`."""
+    lines = []
+    unassigned = others.get(NO_EXPERIMENT)
+    if unassigned:
+        lines.append(
+            f"{unassigned} exposures carry no experiment id (logged before experiments were recorded): not analysed"
+        )
+    named = {i: n for i, n in others.items() if i != NO_EXPERIMENT}
+    if named:
+        listing = ", ".join(f"{i} ({n})" for i, n in sorted(named.items(), key=lambda kv: -kv[1]))
+        lines.append(f"other experiments in the log (exposures; see one with --experiment ID): {listing}")
+    return lines

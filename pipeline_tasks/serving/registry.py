@@ -15,8 +15,18 @@ read it), then `champion` (one row: the commit point), then the audit. If anythi
 commit point fails, it puts both aliases back and re-raises, so a failure at any step leaves
 either the old state or the complete new one — never no champion when there was one.
 
-The A/B configuration (challenger share, bucketing salt, guardrail metrics) is one
-registered-model tag (`recpipe.ab`, JSON), next to the aliases, so every server sees the same split.
+The A/B configuration (challenger share, bucketing salt, guardrail metrics, planned exposures per
+arm) is one registered-model tag (`recpipe.ab`, JSON), next to the aliases, so every server sees
+the same split.
+
+The experiment: champion version, challenger version, share, salt and the planned sample size,
+with an id and a start time, in one registered-model tag (`recpipe.experiment`, JSON). Every
+action here that changes one of those parts (set_challenger, promote, rollback, set_ab_config)
+starts a new one (new id, new start), audited just before the action's own event, so the
+action's event stays its last write. A failed action puts the old record back with the old
+aliases. Servers log the id with every exposure so `recpipe ab-report` never pools two of them;
+a record that does not name the aliased versions (an alias moved by hand) is not used:
+`served_experiment` derives an `unrecorded-` id from what is served instead.
 
 Longer than most modules on purpose: every alias move and its audit trail live together, so the
 all-or-nothing rule of a move can be read (and reviewed) in one place.
@@ -25,6 +35,7 @@ all-or-nothing rule of a move can be read (and reviewed) in one place.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import secrets
@@ -39,6 +50,11 @@ from pipeline_tasks.core.errors import PipelineError, TransientError
 
 AUDIT_PREFIX = "recpipe.audit."
 AB_TAG = "recpipe.ab"
+EXPERIMENT_TAG = "recpipe.experiment"
+# What defines an experiment: a change of any of these starts a new one.
+EXPERIMENT_PARTS = ("champion", "challenger", "share", "salt", "planned_exposures_per_arm")
+# What decides which model a user sees: a record that disagrees on these is not what is served.
+SERVED_PARTS = ("champion", "challenger", "share", "salt")
 HEADLINE_TAG = "metric.ndcg_at_10"  # written by register (tracking.metric_key("metric.ndcg@10"))
 
 
@@ -201,11 +217,13 @@ def set_or_delete_alias(client, name: str, alias: str, version: str | None) -> N
 def move_champion(client, name: str, to_version: str, new_previous: str | None, event: dict) -> dict:
     """Point `champion` at to_version and `previous_champion` at new_previous, audited, all or nothing.
 
-    Order: previous_champion (no server reads it), champion (the commit point), then the
-    audit and version tags. A failure after the commit point restores both aliases.
+    Order: previous_champion (no server reads it), champion (the commit point), the version
+    tags, the new experiment, then the audit. A failure after the commit point restores both
+    aliases and the experiment record that names them.
     """
     before = aliases(client, name)
     old_champion, old_previous = before.get(C.ALIAS_CHAMPION), before.get(C.ALIAS_PREVIOUS_CHAMPION)
+    saved, written = saved_tags(client, name, EXPERIMENT_TAG), []
     try:
         set_or_delete_alias(client, name, C.ALIAS_PREVIOUS_CHAMPION, new_previous)
         client.set_registered_model_alias(name, C.ALIAS_CHAMPION, str(to_version))
@@ -215,14 +233,17 @@ def move_champion(client, name: str, to_version: str, new_previous: str | None, 
         client.set_model_version_tag(name, str(to_version), "champion.reason", event["reason"][:5000])
         if old_champion and old_champion != str(to_version):
             client.set_model_version_tag(name, old_champion, "champion.retired_at", stamp)
-        append_audit(client, name, event)
+        restart_experiment(client, name, event, written)
+        written.append(append_audit(client, name, event))
     except Exception as err:
         restored = restore_aliases(client, name, old_champion, old_previous)
         forget_move_tags(client, name, str(to_version), old_champion)
+        restored = put_tags_back(client, name, saved, written) and restored
         state = (
-            f"aliases restored (champion=v{old_champion or '-'})"
+            f"aliases and experiment restored (champion=v{old_champion or '-'})"
             if restored
-            else "could not restore previous_champion; champion is unchanged or the new one; check `recpipe history`"
+            else "could not restore everything; champion is unchanged or the new one, and servers log an "
+            "`unrecorded-` experiment until the record matches the aliases; check `recpipe history`"
         )
         raise RegistryError(
             f"{event['action']} to v{to_version} failed midway ({type(err).__name__}: {err}); "
@@ -375,9 +396,8 @@ def load_check(client, name: str, version: str) -> None:
 
 
 def set_challenger(client, name: str, version: str, reason: str, who: str | None = None) -> dict:
-    """Point `challenger` at a newly registered version, audited."""
+    """Point `challenger` at a newly registered version (a new experiment), audited, all or nothing."""
     before = aliases(client, name).get(C.ALIAS_CHALLENGER)
-    client.set_registered_model_alias(name, C.ALIAS_CHALLENGER, str(version))
     event = {
         "at": now(),
         "action": "register",
@@ -388,8 +408,141 @@ def set_challenger(client, name: str, version: str, reason: str, who: str | None
         "reason": reason,
         "forced": False,
     }
-    append_audit(client, name, event)
+    saved, written = saved_tags(client, name, EXPERIMENT_TAG), []
+    try:
+        client.set_registered_model_alias(name, C.ALIAS_CHALLENGER, str(version))
+        restart_experiment(client, name, event, written)
+        written.append(append_audit(client, name, event))
+    except Exception:
+        # Undone so no record names a challenger that is not aliased; the caller sees the original error.
+        try:
+            set_or_delete_alias(client, name, C.ALIAS_CHALLENGER, before)
+        except Exception:  # noqa: BLE001 - the store is down: servers fall back to an unrecorded id
+            pass
+        put_tags_back(client, name, saved, written)
+        raise
     return event
+
+
+# --- the experiment ----------------------------------------------------------------------------
+
+
+def experiment(client, name: str) -> dict | None:
+    """The stored experiment record, or None (no champion yet, or written before experiments existed)."""
+    raw = aliases_tags(client, name).get(EXPERIMENT_TAG)
+    return json.loads(raw) if raw else None
+
+
+def experiment_parts(client, name: str) -> dict:
+    """The experiment the registry defines right now: aliases plus the A/B config."""
+    now_aliases, ab = aliases(client, name), ab_config(client, name)
+    return {
+        "champion": now_aliases.get(C.ALIAS_CHAMPION),
+        "challenger": now_aliases.get(C.ALIAS_CHALLENGER),
+        "share": float(ab.get("share", 0.0)),
+        "salt": str(ab.get("salt", "")),
+        "planned_exposures_per_arm": ab.get("planned_exposures_per_arm"),
+        "plan_basis": ab.get("plan_basis"),
+    }
+
+
+def restart_experiment(client, name: str, cause: dict, written: list[str]) -> dict | None:
+    """Start a new experiment if `cause` (an action's event) changed one of its parts.
+
+    The new id goes into `cause` (its audit event names it); the audit key of the restart is
+    appended to `written` so a failed action can remove it. Without a champion nothing is
+    served, so there is no experiment: an old record is removed.
+    """
+    parts, old = experiment_parts(client, name), experiment(client, name)
+    if parts["champion"] is None:
+        if old is not None:
+            client.delete_registered_model_tag(name, EXPERIMENT_TAG)
+        return None
+    if old is not None and all(old.get(k) == parts[k] for k in EXPERIMENT_PARTS):
+        return None
+    record = {
+        "id": secrets.token_hex(4),
+        **parts,
+        "started_at": cause["at"],
+        "started_by": cause["actor"],
+        "reason": f"{cause['action']}: {cause.get('reason', '')}"[:1000],
+    }
+    client.set_registered_model_tag(name, EXPERIMENT_TAG, json.dumps(record, sort_keys=True))
+    cause["experiment_id"] = record["id"]
+    written.append(append_audit(client, name, experiment_event(record, old)))
+    return record
+
+
+def experiment_event(record: dict, old: dict | None) -> dict:
+    plan = record["planned_exposures_per_arm"]
+    return {
+        "at": record["started_at"],
+        "action": "experiment",
+        "alias": "",
+        "from_version": None,
+        "to_version": None,
+        "actor": record["started_by"],
+        "forced": False,
+        "reason": f"experiment {record['id']} (was {(old or {}).get('id', '-')}): champion v{record['champion']} "
+        f"vs challenger v{record['challenger'] or '-'}, share {record['share']:g}, salt {record['salt'] or '-'}, "
+        f"plan {plan or '?'} exposures/arm",
+        "experiment": record,
+    }
+
+
+def experiments(client, name: str) -> list[dict]:
+    """Every experiment ever started (from the audit history), oldest first."""
+    return [e["experiment"] for e in history(client, name) if e.get("action") == "experiment" and "experiment" in e]
+
+
+def served_experiment(record: dict | None, champion: str, challenger: str | None, ab: dict) -> dict:
+    """The experiment a server runs: `record` when it names what the aliases serve, else an unrecorded one.
+
+    An alias moved by hand (MLflow UI) bypasses the restart; the id is then derived from the
+    served versions, share and salt, so every server agrees on it and the report never pools it.
+    """
+    parts = {"champion": champion, "challenger": challenger, "share": float(ab.get("share", 0.0))}
+    parts["salt"] = str(ab.get("salt", ""))
+    if record is not None and all(record.get(k) == parts[k] for k in SERVED_PARTS):
+        return {**record, "recorded": True}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    return {
+        "id": f"unrecorded-{digest}",
+        **parts,
+        "planned_exposures_per_arm": ab.get("planned_exposures_per_arm"),
+        "plan_basis": ab.get("plan_basis"),
+        "recorded": False,
+        "stored_id": (record or {}).get("id"),
+    }
+
+
+def current_experiment(client, name: str) -> dict | None:
+    """What servers run now (see served_experiment); None without a champion."""
+    now_aliases = aliases(client, name)
+    champion = now_aliases.get(C.ALIAS_CHAMPION)
+    if champion is None:
+        return None
+    challenger = now_aliases.get(C.ALIAS_CHALLENGER)
+    return served_experiment(experiment(client, name), champion, challenger, ab_config(client, name))
+
+
+def saved_tags(client, name: str, *keys: str) -> dict[str, str | None]:
+    tags = aliases_tags(client, name)
+    return {key: tags.get(key) for key in keys}
+
+
+def put_tags_back(client, name: str, saved: dict[str, str | None], audit_keys: list[str]) -> bool:
+    """Undo a failed action's tag writes (best effort); False if some write failed."""
+    ok = True
+    for key, value in [*saved.items(), *((key, None) for key in audit_keys)]:
+        try:
+            if value is None:  # absent before (deleting an absent tag is not an error)
+                client.delete_registered_model_tag(name, key)
+            else:
+                client.set_registered_model_tag(name, key, value)
+        except Exception:  # noqa: BLE001 - the store is still down: report, the caller raises
+            ok = False
+    return ok
 
 
 # --- A/B configuration -------------------------------------------------------------------------
@@ -416,32 +569,48 @@ def set_ab_config(
     guardrails: list[str] | None = None,
     who: str | None = None,
     reason: str | None = None,
+    planned_exposures: int | None = None,
+    plan_basis: str | None = None,
 ) -> dict:
-    """Store the split in the registry (one tag write); an omitted salt keeps the current one."""
+    """Store the split in the registry (one tag write); an omitted salt, guardrails or plan keeps the current one.
+
+    A change of share, salt or plan starts a new experiment; guardrails alone do not (they are
+    how the report judges, not what users see).
+    """
     if not 0.0 <= share <= 1.0:
         raise RegistryError(f"--share must be between 0 and 1 (the challenger's share of users), got {share}")
+    if planned_exposures is not None and planned_exposures < 1:
+        raise RegistryError(
+            f"--planned-exposures must be a positive number of exposures per arm, got {planned_exposures}"
+        )
     require_model(client, name)
     old = ab_config(client, name)
+    keep_plan = planned_exposures is None
     config = {
         "share": float(share),
         "salt": salt or old.get("salt") or secrets.token_hex(4),
         "guardrails": list(guardrails if guardrails is not None else old.get("guardrails", [])),
+        "planned_exposures_per_arm": old.get("planned_exposures_per_arm") if keep_plan else int(planned_exposures),
+        "plan_basis": old.get("plan_basis") if keep_plan else (plan_basis or "set by hand"),
         "updated_at": now(),
         "updated_by": actor(who),
     }
-    client.set_registered_model_tag(name, AB_TAG, json.dumps(config, sort_keys=True))
-    append_audit(
-        client,
-        name,
-        {
-            "at": config["updated_at"],
-            "action": "ab_config",
-            "alias": "",
-            "actor": config["updated_by"],
-            "from_version": None,
-            "to_version": None,
-            "forced": False,
-            "reason": reason or f"share {old.get('share', 0.0):g} -> {share:g}, salt {config['salt']}",
-        },
-    )
+    event = {
+        "at": config["updated_at"],
+        "action": "ab_config",
+        "alias": "",
+        "actor": config["updated_by"],
+        "from_version": None,
+        "to_version": None,
+        "forced": False,
+        "reason": reason or f"share {old.get('share', 0.0):g} -> {share:g}, salt {config['salt']}",
+    }
+    saved, written = saved_tags(client, name, AB_TAG, EXPERIMENT_TAG), []
+    try:
+        client.set_registered_model_tag(name, AB_TAG, json.dumps(config, sort_keys=True))
+        restart_experiment(client, name, event, written)
+        written.append(append_audit(client, name, event))
+    except Exception:
+        put_tags_back(client, name, saved, written)  # the old split and its experiment, together
+        raise
     return config

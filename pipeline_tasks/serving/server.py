@@ -1,7 +1,9 @@
 """`recpipe serve`: the A/B recommendation server (FastAPI + uvicorn).
 
-- Loads `champion` and `challenger` from the registry by alias, and the A/B config
-  (challenger share, bucketing salt) stored next to them (`recpipe ab`).
+- Loads `champion` and `challenger` from the registry by alias, the A/B config (challenger
+  share, bucketing salt) stored next to them (`recpipe ab`), and the experiment they form
+  (registry.py). An experiment record that does not name the aliased versions (an alias moved
+  by hand) is replaced by an `unrecorded-` id derived from what is served, with a warning.
 - Assigns each user to a variant by a stable hash of salt + user id: a user sees the same
   variant on every request and on every server, and raising the share only moves users
   from champion to challenger, never back.
@@ -10,10 +12,13 @@
   and fresh items); a model error falls back to the same list (logged), never a 500.
 - `POST /feedback` {user_id, item_id, event: click|purchase, exposure_id?}: appended to the
   feedback log; every answer of /recommend is appended to the exposure log (JSON lines,
-  paths in register.exposure_log / feedback_log) for `recpipe ab-report`.
-- `GET /healthz`: the versions being served and the A/B config.
-- Every `register.serve_poll_s` a background thread re-reads aliases and the A/B config and
-  swaps in newly aliased versions (loaded first, then switched in one assignment).
+  paths in register.exposure_log / feedback_log) for `recpipe ab-report`. Exposures carry
+  experiment_id and `fallback` (answered by the cold-start list after a model error);
+  feedback carries the experiment_id of its exposure when this server logged it recently,
+  else the current one.
+- `GET /healthz`: the versions being served, the A/B config and the experiment.
+- Every `register.serve_poll_s` a background thread re-reads aliases, the A/B config and the
+  experiment and swaps in newly aliased versions (loaded first, then switched in one assignment).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +46,8 @@ log = logging.getLogger("recpipe.serve")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_K = 1000
+# Exposures remembered for their experiment id (feedback usually follows within minutes): ~10 MB.
+RECENT_EXPOSURES = 100_000
 # Shown for a field that fails validation (FastAPI's own message is kept in `detail`).
 FIELD_HINTS = {
     "k": f"k must be a positive integer (1..{MAX_K})",
@@ -100,6 +108,7 @@ class Served:
     share: float
     salt: str
     ab: dict = field(default_factory=dict)
+    experiment: dict = field(default_factory=dict)  # registry.served_experiment: at least "id"
 
 
 def load_version(name: str, version: str):
@@ -143,26 +152,31 @@ class Router:
             except Exception:  # noqa: BLE001 - a broken challenger must not stop the champion serving
                 log.exception("challenger v%s does not load; serving champion only", challenger)
         ab = registry.ab_config(self.client, self.name)
-        new = Served(models, float(ab.get("share", 0.0)) if CHALLENGER in models else 0.0, str(ab.get("salt", "")), ab)
+        experiment = registry.served_experiment(registry.experiment(self.client, self.name), champion, challenger, ab)
+        share = float(ab.get("share", 0.0)) if CHALLENGER in models else 0.0
+        new = Served(models, share, str(ab.get("salt", "")), ab, experiment)
         changed = self.served is None or (
             {k: v[0] for k, v in new.models.items()} != {k: v[0] for k, v in self.served.models.items()}
-            or (new.share, new.salt) != (self.served.share, self.served.salt)
+            or (new.share, new.salt, experiment["id"])
+            != (self.served.share, self.served.salt, self.served.experiment["id"])
         )
+        if changed and not experiment["recorded"]:
+            warn_unrecorded(experiment)
         self.served = new  # one assignment: a request sees the old state or the new one
         keep = {version for version, _ in new.models.values()}
         self.cache = {v: m for v, m in self.cache.items() if v in keep}
         return changed
 
     def recommend(self, user_id: str, k: int, history: list[str] | None = None) -> dict:
-        served = self.served
+        served = self.served  # one snapshot: variant, version and experiment always agree
         variant = assign(user_id, served.share, served.salt)
         version, model = served.models[variant]
         try:
-            result = model.for_user(user_id, k, history)
+            result = {**model.for_user(user_id, k, history), "fallback": False}
         except Exception:  # noqa: BLE001 - never a 500: the cold-start list is always answerable
             log.exception("v%s failed for user %r; answering the cold-start list", version, user_id)
             result = {**model.recommend([], k), "fallback": True}
-        return {"variant": variant, "model_version": version, **result}
+        return {"variant": variant, "model_version": version, "experiment_id": served.experiment["id"], **result}
 
     def health(self) -> dict:
         served = self.served
@@ -171,7 +185,39 @@ class Router:
             "model": self.name,
             "versions": {variant: version for variant, (version, _) in served.models.items()},
             "ab": {"share": served.share, "salt": served.salt, "guardrails": served.ab.get("guardrails", [])},
+            "experiment": served.experiment,
         }
+
+
+def warn_unrecorded(experiment: dict) -> None:
+    log.warning(
+        "the registry's experiment %s does not name the aliased versions (champion v%s, challenger v%s, "
+        "share %g, salt %r): an alias was moved outside recpipe (or a registry action is midway: the next "
+        "poll settles it). Logging exposures as %s; `recpipe ab --share S` records a new experiment",
+        experiment["stored_id"],
+        experiment["champion"],
+        experiment["challenger"],
+        experiment["share"],
+        experiment["salt"],
+        experiment["id"],
+    )
+
+
+class RecentExposures:
+    """exposure_id -> experiment_id of this server's latest exposures (bounded, oldest forgotten first)."""
+
+    def __init__(self, size: int = RECENT_EXPOSURES):
+        self.size, self.lock, self.ids = size, threading.Lock(), OrderedDict()
+
+    def add(self, exposure_id: str, experiment_id: str) -> None:
+        with self.lock:
+            self.ids[exposure_id] = experiment_id
+            if len(self.ids) > self.size:
+                self.ids.popitem(last=False)
+
+    def get(self, exposure_id: str | None) -> str | None:
+        with self.lock:
+            return self.ids.get(exposure_id) if exposure_id else None
 
 
 class Poller:
@@ -219,6 +265,7 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
     router.refresh()
     exposures = EventLog(root / cfg["exposure_log"])
     feedback_log = EventLog(root / cfg["feedback_log"])
+    recent = RecentExposures()
     poller = Poller(router, float(cfg["serve_poll_s"])) if poll else None
 
     @asynccontextmanager
@@ -267,9 +314,12 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
                 "k": k,
                 "items": result["item_ids"],
                 "cold_start": result["cold_start"],
+                "fallback": result["fallback"],
+                "experiment_id": result["experiment_id"],
                 "latency_ms": round(latency_ms, 3),
             }
         )
+        recent.add(exposure_id, result["experiment_id"])
         return {
             "user_id": user_id,
             "variant": result["variant"],
@@ -281,10 +331,14 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
 
     @app.post("/feedback")
     def feedback(event: Feedback) -> dict:
+        served = router.served
         record = {
             "ts": now(),
             **event.model_dump(),
-            "variant": assign(event.user_id, router.served.share, router.served.salt),
+            "variant": assign(event.user_id, served.share, served.salt),
+            # The exposure's experiment when this server logged it; else the one running now (an exposure
+            # of another server or of before a restart: ab-report joins feedback to exposures anyway).
+            "experiment_id": recent.get(event.exposure_id) or served.experiment["id"],
         }
         feedback_log.append(record)
         return {"status": "logged", **record}
@@ -304,7 +358,8 @@ def serve(params: dict, root: str | Path, host: str = "127.0.0.1", port: int = 8
     health = app.state.router.health()
     print(
         f"recpipe serve: {health['model']} {health['versions']} A/B share {health['ab']['share']:g} "
-        f"on http://{host}:{port} (exposures -> {params['register']['exposure_log']}); Ctrl-C to stop",
+        f"experiment {health['experiment']['id']} on http://{host}:{port} "
+        f"(exposures -> {params['register']['exposure_log']}); Ctrl-C to stop",
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

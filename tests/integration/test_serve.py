@@ -95,6 +95,9 @@ def test_recommend_answers_a_known_user_without_seen_items(api, project):
     exposure = read_lines(tmp / "logs" / "exposures.jsonl")[-1]
     assert exposure["exposure_id"] == body["exposure_id"] and exposure["items"] == [i["item_id"] for i in body["items"]]
     assert exposure["variant"] == "champion" and exposure["latency_ms"] > 0
+    assert (
+        exposure["fallback"] is False and exposure["experiment_id"] == http.get("/healthz").json()["experiment"]["id"]
+    )
 
 
 def test_unknown_user_gets_cold_start_popular_and_fresh_items(api):
@@ -132,6 +135,7 @@ def test_ab_split_is_stable_follows_the_share_and_reloads_when_aliases_move(api)
     router = http.app.state.router
     registry.set_ab_config(client, "recpipe", 0.5, salt="s1", who="test")
     assert router.refresh()
+    experiments = [registry.experiment(client, "recpipe")["id"]]
     users = [f"u{u:03d}" for u in range(24)] + [f"visitor{v}" for v in range(40)]
     first = {u: http.get("/recommend", params={"user_id": u}).json() for u in users}
     again = {u: http.get("/recommend", params={"user_id": u}).json()["variant"] for u in users}
@@ -144,6 +148,7 @@ def test_ab_split_is_stable_follows_the_share_and_reloads_when_aliases_move(api)
     # Raising the share only moves users to the challenger.
     registry.set_ab_config(client, "recpipe", 0.8)
     router.refresh()
+    experiments.append(registry.experiment(client, "recpipe")["id"])
     moved = {u: http.get("/recommend", params={"user_id": u}).json()["variant"] for u in users}
     assert all(moved[u] == "challenger" for u in users if again[u] == "challenger")
     # Promotion moves the aliases; the next refresh serves v2 as champion, and v2 == challenger means no split.
@@ -151,9 +156,15 @@ def test_ab_split_is_stable_follows_the_share_and_reloads_when_aliases_move(api)
     assert router.refresh()
     health = http.get("/healthz").json()
     assert health["versions"] == {"champion": "2"} and health["ab"]["share"] == 0.0
+    experiments.append(registry.experiment(client, "recpipe")["id"])
+    assert health["experiment"]["id"] == experiments[-1] and health["experiment"]["recorded"]
     assert {http.get("/recommend", params={"user_id": u}).json()["model_version"] for u in users[:10]} == {"2"}
     exposures = read_lines(tmp / "logs" / "exposures.jsonl")
     assert len(exposures) == 3 * len(users) + 10 and len({e["exposure_id"] for e in exposures}) == len(exposures)
+    # Each split change started an experiment, and every exposure names the one it was served in.
+    assert len(set(experiments)) == 3
+    phases = [experiments[0]] * 2 * len(users) + [experiments[1]] * len(users) + [experiments[2]] * 10
+    assert [e["experiment_id"] for e in exposures] == phases
 
 
 def test_feedback_is_appended_and_validated(api):
@@ -172,10 +183,50 @@ def test_feedback_is_appended_and_validated(api):
     logged = read_lines(tmp / "logs" / "feedback.jsonl")
     assert [e["event"] for e in logged] == ["click", "purchase"]
     assert all(e["exposure_id"] == exposure["exposure_id"] and e["item_id"] == item for e in logged)
+    served_in = read_lines(tmp / "logs" / "exposures.jsonl")[-1]["experiment_id"]
+    assert all(e["experiment_id"] == served_in for e in logged)
+
+
+def test_feedback_names_the_experiment_of_its_exposure_across_a_restart(api):
+    http, client, tmp, _ = api
+    exposure = http.get("/recommend", params={"user_id": "u004", "k": 3}).json()
+    before = http.get("/healthz").json()["experiment"]["id"]
+    registry.set_ab_config(client, "recpipe", 0.3, salt="s9", who="test")  # a new experiment starts
+    http.app.state.router.refresh()
+    now_running = http.get("/healthz").json()["experiment"]["id"]
+    assert now_running != before
+    item = exposure["items"][0]["item_id"]
+    late = {"user_id": "u004", "item_id": item, "event": "click", "exposure_id": exposure["exposure_id"]}
+    assert http.post("/feedback", json=late).json()["experiment_id"] == before
+    loose = {"user_id": "u004", "item_id": item, "event": "click"}  # no exposure id: the running experiment
+    assert http.post("/feedback", json=loose).json()["experiment_id"] == now_running
+    assert [e["experiment_id"] for e in read_lines(tmp / "logs" / "feedback.jsonl")] == [before, now_running]
+
+
+def test_an_alias_moved_by_hand_is_served_under_a_derived_experiment_id(api, caplog):
+    http, client, tmp, _ = api
+    router = http.app.state.router
+    registry.set_ab_config(client, "recpipe", 0.5, salt="s1", who="test")
+    router.refresh()
+    recorded = registry.experiment(client, "recpipe")
+    client.set_registered_model_alias("recpipe", C.ALIAS_CHAMPION, "2")  # the MLflow UI, not recpipe
+    client.set_registered_model_alias("recpipe", C.ALIAS_CHALLENGER, "1")
+    with caplog.at_level("WARNING", logger="recpipe.serve"):
+        assert router.refresh()
+    health = http.get("/healthz").json()["experiment"]
+    assert health["id"].startswith("unrecorded-") and not health["recorded"] and health["stored_id"] == recorded["id"]
+    assert (health["champion"], health["challenger"]) == ("2", "1")
+    assert "was moved outside recpipe" in caplog.text and health["id"] in caplog.text
+    http.get("/recommend", params={"user_id": "u001"})
+    assert read_lines(tmp / "logs" / "exposures.jsonl")[-1]["experiment_id"] == health["id"]
+    # A record that names what is served again (`recpipe ab`) ends the unrecorded period.
+    registry.set_ab_config(client, "recpipe", 0.5, who="test")
+    router.refresh()
+    assert http.get("/healthz").json()["experiment"]["id"] == registry.experiment(client, "recpipe")["id"]
 
 
 def test_a_model_error_falls_back_to_cold_start_instead_of_a_500(api):
-    http, _, _, _ = api
+    http, _, tmp, _ = api
     model = http.app.state.router.served.models["champion"][1]
     # Real failure: the model's item table loses its rows (a corrupted artifact), so scoring raises.
     table = model.recommender.item_table
@@ -185,6 +236,9 @@ def test_a_model_error_falls_back_to_cold_start_instead_of_a_500(api):
     finally:
         model.recommender.item_table = table
     assert answer.status_code == 200 and answer.json()["cold_start"] and len(answer.json()["items"]) == 4
+    # Logged as a fallback, so ab-report does not credit the fallback list's clicks to the model.
+    exposure = read_lines(tmp / "logs" / "exposures.jsonl")[-1]
+    assert exposure["exposure_id"] == answer.json()["exposure_id"] and exposure["fallback"] is True
 
 
 def test_serve_refuses_to_start_without_a_champion(project):

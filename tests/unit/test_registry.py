@@ -206,6 +206,9 @@ def test_pipeline_registrations_are_gated_and_the_champion_is_rescored(store):
     assert v2.tags["gate.champion_version"] == "1"
     actions = [(e["action"], e["to_version"]) for e in registry.history(client, "recpipe")]
     assert actions[0] == ("register", "1") and ("first_champion", "1") in actions and ("register", "2") in actions
+    # Each move started an experiment naming the aliases it left; the last one is what servers run.
+    running = registry.current_experiment(client, "recpipe")
+    assert running["recorded"] and (running["champion"], running["challenger"]) == (champion(client), "2")
 
 
 def force_state(client, champion_version: str, previous: str | None) -> None:
@@ -296,6 +299,8 @@ class FlakyClient:
 def test_a_failure_at_any_step_of_a_promotion_leaves_one_consistent_champion(store):
     _, client, _, _ = store
     force_state(client, "1", None)
+    registry.set_ab_config(client, "recpipe", 0.5, salt="s1")  # an experiment that matches v1 / v2
+    experiment_before = registry.experiment(client, "recpipe")
     n_events = len(registry.history(client, "recpipe"))
     fail_at = 1
     while True:
@@ -309,12 +314,94 @@ def test_a_failure_at_any_step_of_a_promotion_leaves_one_consistent_champion(sto
             assert now.get(C.ALIAS_CHAMPION) == "1" and C.ALIAS_PREVIOUS_CHAMPION not in now, (fail_at, now)
             assert len(registry.history(client, "recpipe")) == n_events
             assert "champion.promoted_at" not in client.get_model_version("recpipe", "2").tags
+            # ... and the experiment servers log is still the one of those aliases.
+            assert registry.experiment(client, "recpipe") == experiment_before, fail_at
+            assert registry.current_experiment(client, "recpipe")["recorded"], fail_at
             fail_at += 1
             continue
         break
     assert fail_at > 5  # every write of the move was made to fail once
     assert registry.aliases(client, "recpipe")[C.ALIAS_CHAMPION] == "2"
     assert registry.history(client, "recpipe")[-1]["reason"] == "failure injection"
+    after = registry.current_experiment(client, "recpipe")
+    assert after["recorded"] and after["champion"] == "2" and after["id"] != experiment_before["id"]
+    assert registry.history(client, "recpipe")[-1]["experiment_id"] == after["id"]
+
+
+@pytest.mark.parametrize("action", ["set_challenger", "set_ab_config"])
+def test_a_failure_at_any_step_of_a_split_change_leaves_the_old_split_and_experiment(store, action):
+    _, client, _, _ = store
+    force_state(client, "1", None)
+    registry.set_ab_config(client, "recpipe", 0.5, salt="s1")
+    before = (registry.aliases(client, "recpipe"), registry.ab_config(client, "recpipe"))
+    experiment_before, n_events = registry.experiment(client, "recpipe"), len(registry.history(client, "recpipe"))
+    change = {
+        "set_challenger": lambda c: registry.set_challenger(c, "recpipe", "1", reason="failure injection"),
+        "set_ab_config": lambda c: registry.set_ab_config(c, "recpipe", 0.2, reason="failure injection"),
+    }[action]
+    fail_at = 1
+    while True:
+        try:
+            change(FlakyClient(client, fail_at))
+        except ConnectionError:
+            assert (registry.aliases(client, "recpipe"), registry.ab_config(client, "recpipe")) == before, fail_at
+            assert registry.experiment(client, "recpipe") == experiment_before, fail_at
+            assert len(registry.history(client, "recpipe")) == n_events, fail_at
+            fail_at += 1
+            continue
+        break
+    assert fail_at > 3  # the split, the experiment and both audit events each failed once
+    assert registry.current_experiment(client, "recpipe")["id"] != experiment_before["id"]
+
+
+def test_every_action_that_changes_the_split_starts_a_new_experiment(store):
+    _, client, _, _ = store
+    force_state(client, "1", None)
+    client.set_registered_model_alias("recpipe", C.ALIAS_CHALLENGER, "1")  # by hand: the record is stale
+    assert not registry.current_experiment(client, "recpipe")["recorded"]
+    ids = []
+
+    def restarted(champion_version: str, challenger_version: str, share: float) -> dict:
+        record = registry.experiment(client, "recpipe")
+        assert (record["champion"], record["challenger"], record["share"]) == (
+            champion_version,
+            challenger_version,
+            share,
+        )
+        assert record["id"] not in ids and registry.current_experiment(client, "recpipe")["recorded"]
+        ids.append(record["id"])
+        return record
+
+    registry.set_ab_config(client, "recpipe", 0.5, salt="s1", planned_exposures=1234, plan_basis="test plan")
+    assert restarted("1", "1", 0.5)["planned_exposures_per_arm"] == 1234
+    registry.set_ab_config(client, "recpipe", 0.5, guardrails=["purchase_rate"])  # how it is judged: same experiment
+    assert registry.experiment(client, "recpipe")["id"] == ids[-1]
+    registry.set_ab_config(client, "recpipe", 0.5, planned_exposures=999)  # a new plan is a new experiment
+    assert restarted("1", "1", 0.5)["planned_exposures_per_arm"] == 999
+    registry.set_ab_config(client, "recpipe", 0.3)
+    restarted("1", "1", 0.3)
+    registry.set_challenger(client, "recpipe", "2", reason="test")
+    restarted("1", "2", 0.3)
+    event = registry.promote(client, "recpipe", "2", reason="test promotion", who="gina")
+    assert restarted("2", "2", 0.3)["started_by"] == "gina" and event["experiment_id"] == ids[-1]
+    registry.rollback(client, "recpipe", reason="test rollback", check=lambda *_: None)
+    restarted("1", "2", 0.3)
+    events = registry.history(client, "recpipe")
+    assert [e["id"] for e in registry.experiments(client, "recpipe")][-len(ids) :] == ids
+    # The restart is audited just before the action that caused it (whose event stays the last write).
+    assert [e["action"] for e in events[-2:]] == ["experiment", "rollback"]
+    assert events[-2]["experiment"]["id"] == ids[-1] and f"experiment {ids[-1]}" in events[-2]["reason"]
+
+
+def test_a_record_that_does_not_name_the_served_aliases_gets_a_derived_id():
+    record = {"id": "abc123", "champion": "1", "challenger": "2", "share": 0.5, "salt": "s"}
+    ab = {"share": 0.5, "salt": "s", "planned_exposures_per_arm": 100}
+    assert registry.served_experiment(record, "1", "2", ab) == {**record, "recorded": True}
+    moved = registry.served_experiment(record, "1", "3", ab)  # challenger moved in the MLflow UI
+    assert moved["id"].startswith("unrecorded-") and not moved["recorded"] and moved["stored_id"] == "abc123"
+    assert moved["challenger"] == "3" and moved["planned_exposures_per_arm"] == 100
+    assert registry.served_experiment(None, "1", "3", ab)["id"] == moved["id"]  # every server derives the same id
+    assert registry.served_experiment(record, "1", "3", {**ab, "salt": "t"})["id"] != moved["id"]
 
 
 def test_ab_config_lives_in_the_registry_and_keeps_its_salt(store):
@@ -344,6 +431,16 @@ def test_cli_promote_history_and_ab(store, capsys):
     out = capsys.readouterr().out
     assert "[FORCED] manual test" in out and "erin" in out and "champion=v2" in out and "'salt': 'xyz'" in out
     assert registry.ab_config(client, "recpipe")["guardrails"] == params["register"]["ab_guardrails"]
+    # The plan: from params' baseline CTR unless --planned-exposures, stored with the experiment.
+    from pipeline_tasks.serving import ab_report
+
+    planned = ab_report.planned_exposures(params["register"])
+    assert registry.experiment(client, "recpipe")["planned_exposures_per_arm"] == planned
+    assert main(["--root", str(root), "ab", "--share", "0.2", "--planned-exposures", "5000"]) == 0
+    assert "'planned_exposures_per_arm': 5000" in capsys.readouterr().out
+    assert registry.experiment(client, "recpipe")["plan_basis"] == "recpipe ab --planned-exposures"
+    assert main(["--root", str(root), "ab", "--share", "0.2", "--planned-exposures", "0"]) == 2
+    assert "--planned-exposures must be a positive number" in capsys.readouterr().err
 
 
 # --- model card, version tags and lineage ----------------------------------------------------------
