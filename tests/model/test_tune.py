@@ -317,7 +317,10 @@ def test_new_data_opens_a_new_study_warm_started_from_the_last_best(tiny_split, 
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
     monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
     space = {"train.lr": SPACE["train.lr"]}
-    tiny_params["tune"].update(n_trials=2, epochs=1, search_space=space, study_name="night", pruner="none")
+    # every_n_nights=1: both nights search (with the weekly default the second would reuse the first).
+    tiny_params["tune"].update(
+        n_trials=2, epochs=1, search_space=space, study_name="night", pruner="none", every_n_nights=1
+    )
     first = tune.run(tiny_params, tiny_split)
 
     valid = io.read_table(tiny_split / C.DATA_SPLIT / "valid")
