@@ -243,14 +243,8 @@ def pandas_clean(root: Path, cfg: dict) -> dict:
     dup = ordered.duplicated([C.USER_ID, C.ITEM_ID, C.TIMESTAMP])
     reason[dup[dup].index] = "duplicate_key"
 
-    live = inter[reason.isna()]
-    per_minute = live.groupby([live[C.USER_ID], live[C.TIMESTAMP].dt.floor("min")]).size()
-    bots = set(per_minute[per_minute > cfg["bot_max_events_per_minute"]].index.get_level_values(0))
-    if cfg["bot_max_events_zscore"] > 0:
-        totals = live.groupby(C.USER_ID).size()
-        z = (totals - totals.mean()) / totals.std()
-        bots |= set(totals[z > cfg["bot_max_events_zscore"]].index)
-    flag(reason, inter[C.USER_ID].isin(bots), "bot")
+    bots = bot_rules(inter[reason.isna()], cfg)
+    flag_bots(reason, inter[C.USER_ID], bots)
     kept_items = items.loc[items[C.ITEM_ID].notna()].assign(_kept=item_reason.isna()).groupby(C.ITEM_ID)["_kept"].max()
     status = inter[C.ITEM_ID].map(kept_items)
     if cfg["orphan_policy"] == "drop":
@@ -267,7 +261,7 @@ def pandas_clean(root: Path, cfg: dict) -> dict:
     ordered = users[user_reason.isna()].sort_values(extras, na_position="last", kind="stable")
     dup = ordered.duplicated(C.USER_ID)
     user_reason[dup[dup].index] = "duplicate_user"
-    flag(user_reason, users[C.USER_ID].isin(bots), "bot")
+    flag_bots(user_reason, users[C.USER_ID], bots)
 
     out = root / "pandas_out"  # written like the Spark stage writes: kept and quarantined rows of each table
     out.mkdir()
@@ -288,6 +282,33 @@ def pandas_clean(root: Path, cfg: dict) -> dict:
         "users": counts(user_reason),
         "kcore": {"iterations": iterations},
     }
+
+
+def bot_rules(live: pd.DataFrame, cfg: dict) -> pd.Series:
+    """user -> the first bot rule it broke: caps per UTC minute, hour, day, then the robust z-score
+    of log event counts (median/MAD; the mean absolute deviation where the MAD is 0)."""
+    broken = []
+    for rule, freq in (("minute", "min"), ("hour", "h"), ("day", "D")):
+        busiest = live.groupby([live[C.USER_ID], live[C.TIMESTAMP].dt.floor(freq)]).size().groupby(level=0).max()
+        broken.append((f"bot_{rule}", busiest > cfg[f"bot_max_events_per_{rule}"]))
+    totals = live.groupby(C.USER_ID).size()
+    if cfg["bot_max_events_zscore"] > 0 and len(totals) >= cfg["bot_outlier_min_users"]:
+        logs = np.log(totals)
+        deviation = (logs - logs.median()).abs()
+        scale = 1.4826 * deviation.median() if deviation.median() > 0 else 1.2533 * deviation.mean()
+        if scale > 0:
+            limit = np.exp(logs.median() + cfg["bot_max_events_zscore"] * scale)
+            broken.append(("bot_outlier", (totals >= cfg["bot_outlier_min_events"]) & (totals > limit)))
+    first = pd.Series(None, index=totals.index, dtype=object)
+    for rule, hit in broken:
+        first[first.isna() & hit.reindex(first.index, fill_value=False)] = rule
+    return first.dropna()
+
+
+def flag_bots(reason: pd.Series, user_ids: pd.Series, bots: pd.Series) -> None:
+    rule = user_ids.map(bots)
+    hit = reason.isna() & rule.notna()
+    reason[hit] = rule[hit]
 
 
 def kcore(inter: pd.DataFrame, reason: pd.Series, cfg: dict) -> int:

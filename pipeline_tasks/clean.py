@@ -6,12 +6,16 @@ rule that removed it. Rules run in this order (each configurable in params `clea
   interactions  bad_type (value cannot be coerced) · invalid_id · missing_timestamp ·
                 rating_out_of_range (null rating = implicit, kept) · future_timestamp ·
                 timestamp_before_floor · duplicate (exact) · duplicate_key (same user, item,
-                timestamp) · bot (burst per minute, or activity z-score) · orphan_item (item not
-                in the catalogue; orphan_policy=placeholder keeps it and adds a catalogue row) ·
-                item_removed (its item was quarantined) · below_implicit_threshold · kcore
+                timestamp) · bot_minute · bot_hour · bot_day (more of the user's events in one
+                UTC minute / hour / day than its cap) · bot_outlier (robust z-score of the user's
+                log event count) · orphan_item (item not in the catalogue;
+                orphan_policy=placeholder keeps it and adds a catalogue row) · item_removed (its
+                item was quarantined) · below_implicit_threshold · kcore
   items         invalid_id · empty_text (nothing left after HTML/whitespace normalisation) ·
                 duplicate_item
-  users         invalid_id · duplicate_user · bot
+  users         invalid_id · duplicate_user · bot_minute · bot_hour · bot_day · bot_outlier
+
+A bot user loses all its rows still alive (and its users row) with the first bot rule it broke.
 
 Lines the ingest stage could not parse at all (data/raw/malformed) count as rows of their
 table too: they are quarantined in data/quarantine/malformed_lines with the rule

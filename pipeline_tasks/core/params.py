@@ -131,10 +131,18 @@ DEFAULTS: dict[str, Any] = {
         "rating_max": 5.0,
         "timestamp_floor": "1990-01-01",
         "future_slack_hours": 24,
-        # MovieLens users rate in bursts (up to 30 a minute in 100K): above 60 a minute is a machine.
+        # Bot caps: more than this many events of one user in one UTC minute / hour / day. About twice
+        # the busiest real user's (ML-100K: 30, 596, 737; synthetic: 3, 14, 39; bench/bot_windows.py),
+        # and pacing just under one cap for long enough breaks the next (60/min for an hour: 3600).
         "bot_max_events_per_minute": 60,
-        # 0 = off: activity is heavy-tailed (ML-1M's busiest real user has z ~ 11), so a z-score flags people.
-        "bot_max_events_zscore": 0.0,
+        "bot_max_events_per_hour": 1200,
+        "bot_max_events_per_day": 1500,
+        # Robust z-score (median/MAD) of log events per user; 0 = off. Busiest real user: 2.17 on
+        # ML-100K, 2.31 synthetic; 5.0 is > 17,715 events on ML-100K.
+        "bot_max_events_zscore": 5.0,
+        # Floors for the z-score: Amazon Office 5-core's busiest reviewer is at z 5.21 with 94 events.
+        "bot_outlier_min_events": 1500,  # fewer (one day's cap) is never an outlier
+        "bot_outlier_min_users": 100,  # fewer users: the median and MAD are too noisy to judge by
         "orphan_policy": "drop",  # drop | placeholder
         "placeholder_text": "Unknown item",  # text of catalogue rows added by orphan_policy=placeholder
         "kcore_users": 5,

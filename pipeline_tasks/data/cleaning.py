@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import html
+import itertools
 import logging
+import math
 import time
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -30,6 +32,25 @@ from pipeline_tasks.core.errors import ParamsError, PipelineError
 log = logging.getLogger(__name__)
 
 MALFORMED_RULE = "malformed_line"  # a source line ingest could not parse (data/raw/malformed)
+
+
+class BotWindow(NamedTuple):
+    """A bot cap: more than `cfg[cap_key]` alive events of one user in one UTC bucket of `micros`."""
+
+    rule: str
+    cap_key: str
+    column: str  # each row's count of its user's alive events in its bucket
+    micros: int
+
+
+BOT_WINDOWS = (
+    BotWindow("bot_minute", "bot_max_events_per_minute", "_user_events_in_minute", 60_000_000),
+    BotWindow("bot_hour", "bot_max_events_per_hour", "_user_events_in_hour", 3_600_000_000),
+    BotWindow("bot_day", "bot_max_events_per_day", "_user_events_in_day", 86_400_000_000),
+)
+OUTLIER_RULE = "bot_outlier"  # a total count far above the population's (robust z-score of log counts)
+# A user breaking several bot rules gets the first, in this order: the shortest window that caught it.
+BOT_RULES = (*(w.rule for w in BOT_WINDOWS), OUTLIER_RULE)
 INTERACTION_RULES = (
     MALFORMED_RULE,
     "bad_type",
@@ -40,19 +61,20 @@ INTERACTION_RULES = (
     "timestamp_before_floor",
     "duplicate",
     "duplicate_key",
-    "bot",
+    *BOT_RULES,
     "orphan_item",
     "item_removed",
     "below_implicit_threshold",
     "kcore",
 )
 ITEM_RULES = (MALFORMED_RULE, "invalid_id", "empty_text", "duplicate_item")
-USER_RULES = (MALFORMED_RULE, "invalid_id", "duplicate_user", "bot")
+USER_RULES = (MALFORMED_RULE, "invalid_id", "duplicate_user", *BOT_RULES)
 MALFORMED_TABLE = "malformed_lines"  # data/quarantine/malformed_lines: table, file, line, text, error, reason
 RAW = "raw"  # quarantine: the row's original values (JSON of strings) when coercion failed
 BAD = "_bad_type"
 NORM_TEXT, NORM_TITLE = "_text_norm", "_title_norm"
-PER_MINUTE = "_user_events_in_minute"
+EVENTS = "events"  # a user's alive events (the outlier rule's input)
+BOT_RULE = "_bot_rule"
 NULL_ID_STRINGS = ("", "nan", "none", "null")
 ROWS_PER_FILE = 2_000_000  # Parquet files per output table: one at MovieLens-1M scale, more beyond
 INTEGRAL = ("tinyint", "smallint", "int", "bigint")
@@ -64,13 +86,34 @@ def check_config(cfg: dict[str, Any]) -> None:
         raise ParamsError(f"clean.orphan_policy must be 'drop' or 'placeholder', got {cfg['orphan_policy']!r}")
     if cfg["rating_min"] > cfg["rating_max"]:
         raise ParamsError(f"clean.rating_min ({cfg['rating_min']}) is above clean.rating_max ({cfg['rating_max']})")
-    for key in ("text_max_chars", "kcore_max_iterations", "bot_max_events_per_minute"):
+    for key in ("text_max_chars", "kcore_max_iterations"):
         if cfg[key] < 1:
             raise ParamsError(f"clean.{key} must be >= 1, got {cfg[key]}")
     try:
         floor_timestamp(cfg)
     except ValueError as err:
         raise ParamsError(f"clean.timestamp_floor {cfg['timestamp_floor']!r} is not a date (use YYYY-MM-DD)") from err
+    check_bot_config(cfg)
+
+
+def check_bot_config(cfg: dict[str, Any]) -> None:
+    lowest = {
+        **{w.cap_key: (1, "a cap of events per window") for w in BOT_WINDOWS},
+        "bot_max_events_zscore": (0, "0 turns the outlier rule off"),
+        "bot_outlier_min_events": (0, "0: any count can be an outlier"),
+        "bot_outlier_min_users": (1, "users needed before the outlier rule applies"),
+    }
+    for key, (low, meaning) in lowest.items():
+        if cfg[key] < low:
+            raise ParamsError(f"clean.{key} must be >= {low} ({meaning}), got {cfg[key]}")
+    for inner, outer in itertools.pairwise(BOT_WINDOWS):
+        # A longer window's cap below a shorter one's would leave the shorter rule nothing to catch.
+        if cfg[outer.cap_key] < cfg[inner.cap_key]:
+            raise ParamsError(
+                f"clean.{outer.cap_key} ({cfg[outer.cap_key]}) is below clean.{inner.cap_key} "
+                f"({cfg[inner.cap_key]}): a window's cap must be at least the shorter window's; "
+                f"raise clean.{outer.cap_key} or lower clean.{inner.cap_key}"
+            )
 
 
 def raw_paths(root: Path) -> dict[str, Path]:
@@ -123,10 +166,12 @@ def alive() -> Column:
     return F.col(C.REASON).isNull()
 
 
-def flag(df: DataFrame, condition: Column, rule: str) -> DataFrame:
-    """Give still-alive rows matching `condition` the reason `rule` (a null condition does not match)."""
+def flag(df: DataFrame, condition: Column, rule: str | Column) -> DataFrame:
+    """Give still-alive rows matching `condition` the reason `rule` (a name, or a column holding
+    each row's reason); a null condition does not match."""
     hit = alive() & F.coalesce(condition, F.lit(False))
-    return df.withColumn(C.REASON, F.when(hit, F.lit(rule)).otherwise(F.col(C.REASON)))
+    reason = F.lit(rule) if isinstance(rule, str) else rule
+    return df.withColumn(C.REASON, F.when(hit, reason).otherwise(F.col(C.REASON)))
 
 
 def flag_repeats(df: DataFrame, keys: list[str], order: list[Column], rule: str) -> DataFrame:
@@ -299,13 +344,13 @@ def clean_interactions(raw: DataFrame, items: DataFrame, cfg: dict[str, Any]) ->
     now = datetime.now(UTC) + timedelta(hours=cfg["future_slack_hours"])
     df = flag(df, F.col(C.TIMESTAMP) > F.lit(now), "future_timestamp")
     df = flag(df, F.col(C.TIMESTAMP) < F.lit(floor_timestamp(cfg)), "timestamp_before_floor")
-    # Materialised once: the bot rule, the k-core edges and the final frame all read it.
+    # Materialised once: the bot rules, the k-core edges and the final frame all read it.
     with phase("interactions: coerce, range rules, duplicates"):
-        deduplicated = materialised(with_minute_counts(flag_duplicates(df)))
+        deduplicated = materialised(with_window_counts(flag_duplicates(df)))
 
     with phase("interactions: bot users"):
         bots = bot_users(deduplicated, cfg)
-    df = flag(joined_flag(deduplicated, bots, C.USER_ID, "_bot"), F.col("_bot"), "bot").drop("_bot", PER_MINUTE)
+    df = flag_bots(deduplicated, bots).drop(*(w.column for w in BOT_WINDOWS))
     df = flag_catalogue(df, items, cfg["orphan_policy"])
     if cfg["implicit_min_rating"] > 0:
         df = flag(df, rating.isNotNull() & (rating < cfg["implicit_min_rating"]), "below_implicit_threshold")
@@ -324,7 +369,7 @@ def flag_duplicates(df: DataFrame) -> DataFrame:
     adjacent, best first: an alive row whose predecessor is alive with the same key is not its
     key's first (`duplicate_key`), and if the predecessor also has the same content it is a
     `duplicate`. The same as flagging exact duplicates first and then repeated keys, with one
-    shuffle (by user, which with_minute_counts reuses) instead of two. A row's position in the source
+    shuffle (by user, which with_window_counts reuses) instead of two. A row's position in the source
     is not part of its content: of identical rows, the first in the source is kept.
     """
     rest = [
@@ -355,14 +400,24 @@ def flag_duplicates(df: DataFrame) -> DataFrame:
     return flag(ranked, F.col("_same_key"), "duplicate_key").drop("_same_key", "_same_row")
 
 
-def with_minute_counts(df: DataFrame) -> DataFrame:
-    """Each row's count of alive rows of its user in its minute (`PER_MINUTE`, the bot rule's input).
+def with_window_counts(df: DataFrame) -> DataFrame:
+    """Each row's count of alive rows of its user in its UTC minute, hour and day (the bot caps' inputs).
 
-    A window by (user, minute) needs no shuffle after flag_duplicates' window by user, where a
-    groupBy of the stored frame would shuffle every (user, minute) pair again.
+    The buckets are stored columns and the rows are sorted once by (user, day, hour, minute), so the
+    windows by (user, day), (user, day, hour) and (user, day, hour, minute) find them in order: one
+    sort for the three counts (explain() shows three sorts when each window has its own bucket
+    expression), and no shuffle after flag_duplicates' window by user, where a groupBy of the stored
+    frame would shuffle every (user, bucket) pair again.
     """
-    minute = F.floor(F.unix_micros(F.col(C.TIMESTAMP)) / 60_000_000)  # whole minutes (UTC), like date_trunc
-    return df.withColumn(PER_MINUTE, F.sum(alive().cast("int")).over(Window.partitionBy(C.USER_ID, minute)))
+    nested = BOT_WINDOWS[::-1]  # day, hour, minute: each window's keys extend the previous one's
+    buckets = [f"_bucket{i}" for i in range(len(nested))]
+    micros = F.unix_micros(F.col(C.TIMESTAMP))
+    df = df.select("*", *[F.floor(micros / w.micros).alias(b) for w, b in zip(nested, buckets, strict=True)])
+    df = df.sortWithinPartitions(C.USER_ID, *buckets)
+    for depth, window in enumerate(nested, start=1):
+        keys = Window.partitionBy(C.USER_ID, *buckets[:depth])
+        df = df.withColumn(window.column, F.sum(alive().cast("int")).over(keys))
+    return df.drop(*buckets)
 
 
 def joined_flag(df: DataFrame, keys: DataFrame, key: str, name: str) -> DataFrame:
@@ -372,27 +427,76 @@ def joined_flag(df: DataFrame, keys: DataFrame, key: str, name: str) -> DataFram
 
 
 def bot_users(df: DataFrame, cfg: dict[str, Any]) -> DataFrame:
-    """Users with a burst above the per-minute limit, or (if enabled) an outlying total count.
+    """(user_id, reason) of every user that broke a bot rule, with the first rule of BOT_RULES it broke.
 
-    Only rows still alive count. clean_interactions stores `df` with with_minute_counts' column
-    already added (no shuffle there); any other frame gets it here.
+    Only rows still alive count. clean_interactions stores `df` with with_window_counts' columns
+    already added (no shuffle there); any other frame gets them here.
     """
-    if PER_MINUTE not in df.columns:
-        df = with_minute_counts(df)
-    per_user = (
+    if BOT_WINDOWS[0].column not in df.columns:
+        df = with_window_counts(df)
+    activity = user_activity(df)
+    broken = [(w.rule, F.col(w.column) > cfg[w.cap_key]) for w in BOT_WINDOWS]
+    outliers = activity_outliers(activity, cfg)
+    if outliers is not None:
+        broken.append((OUTLIER_RULE, outliers))
+    reason = F.when(broken[0][1], broken[0][0])
+    for rule, condition in broken[1:]:
+        reason = reason.when(condition, rule)
+    return activity.select(C.USER_ID, reason.alias(C.REASON)).filter(F.col(C.REASON).isNotNull()).localCheckpoint()
+
+
+def user_activity(df: DataFrame) -> DataFrame:
+    """One row per user with alive events: their count (`EVENTS`) and their busiest minute, hour and day."""
+    return (
         df.groupBy(C.USER_ID)
-        .agg(F.max(PER_MINUTE).alias("busiest_minute"), F.sum(alive().cast("int")).alias("count"))
-        .filter(F.col("count") > 0)
+        .agg(F.sum(alive().cast("int")).alias(EVENTS), *[F.max(w.column).alias(w.column) for w in BOT_WINDOWS])
+        .filter(F.col(EVENTS) > 0)
         .localCheckpoint()
     )  # small: one row per user
-    bots = per_user.filter(F.col("busiest_minute") > cfg["bot_max_events_per_minute"]).select(C.USER_ID)
+
+
+def activity_outliers(activity: DataFrame, cfg: dict[str, Any]) -> Column | None:
+    """Users whose log event count is over `bot_max_events_zscore` robust standard deviations above
+    the median user's, with at least `bot_outlier_min_events` events; None when the rule is off or
+    there are fewer than `bot_outlier_min_users` users.
+
+    Log counts, median and MAD, because activity is heavy-tailed: a plain z-score of counts flags the
+    busiest real people, and one huge account inflates the mean and SD it is judged by.
+    """
     threshold = cfg["bot_max_events_zscore"]
-    if threshold > 0:
-        stats = per_user.agg(F.mean("count").alias("mean"), F.stddev("count").alias("std")).first()
-        if stats["std"]:
-            outliers = per_user.filter((F.col("count") - stats["mean"]) / stats["std"] > threshold)
-            bots = bots.union(outliers.select(C.USER_ID))
-    return bots.distinct().localCheckpoint()
+    if threshold == 0:
+        return None
+    users, median, scale = log_activity_spread(activity)
+    if users < cfg["bot_outlier_min_users"] or scale == 0:  # scale 0: every user has the same count
+        return None
+    # z > threshold is a count above exp(median + threshold x scale): one number to log and compare.
+    limit = math.exp(median + threshold * scale)
+    log.info("clean %s: users with more than %.0f events (robust z > %s)", OUTLIER_RULE, limit, threshold)
+    return (F.col(EVENTS) >= cfg["bot_outlier_min_events"]) & (F.col(EVENTS) > limit)
+
+
+def log_activity_spread(activity: DataFrame) -> tuple[int, float, float]:
+    """(users, median, robust standard deviation) of log(events) over `user_activity`'s rows."""
+    log_events = F.log(F.col(EVENTS))
+    center = activity.agg(F.count("*").alias("users"), F.median(log_events).alias("median")).first()
+    if center["users"] == 0:
+        return 0, 0.0, 0.0
+    deviation = F.abs(log_events - F.lit(center["median"]))
+    spread = activity.agg(F.median(deviation).alias("mad"), F.avg(deviation).alias("mean_ad")).first()
+    return center["users"], center["median"], robust_scale(spread["mad"], spread["mean_ad"])
+
+
+def robust_scale(mad: float, mean_ad: float) -> float:
+    """The standard deviation a normal population with this spread has: 1.4826 x MAD, or, where over
+    half the users share one count (MAD 0), 1.2533 x the mean absolute deviation (Iglewicz-Hoaglin)."""
+    return 1.4826 * mad if mad > 0 else 1.2533 * mean_ad
+
+
+def flag_bots(df: DataFrame, bots: DataFrame) -> DataFrame:
+    """Give each alive row of a bot user (`bot_users`) its user's bot rule."""
+    rules = bots.select(C.USER_ID, F.col(C.REASON).alias(BOT_RULE))
+    df = df.join(F.broadcast(rules), on=C.USER_ID, how="left")
+    return flag(df, F.col(BOT_RULE).isNotNull(), F.col(BOT_RULE)).drop(BOT_RULE)
 
 
 def flag_catalogue(df: DataFrame, items: DataFrame, orphan_policy: str) -> DataFrame:
@@ -472,7 +576,7 @@ def clean_users(raw: DataFrame, bots: DataFrame) -> DataFrame:
     users = flag_repeats(
         users, [C.USER_ID], [F.col(c).asc_nulls_last() for c in extras] or [F.lit(1)], "duplicate_user"
     )
-    users = flag(joined_flag(users, bots, C.USER_ID, "_bot"), F.col("_bot"), "bot").drop("_bot")
+    users = flag_bots(users, bots)
     return users.select(C.USER_ID, *extras, C.REASON).localCheckpoint()
 
 

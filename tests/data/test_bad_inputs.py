@@ -255,7 +255,7 @@ CASES = [
     ),
     Case("2% future timestamps", future_timestamps, None, quarantined={"future_timestamp": added_rows(0.02)}),
     Case("one day duplicated", one_day_duplicated, None, quarantined={"duplicate": more_rows}),
-    Case("bot flood (300 events in 100 s)", bot_flood, None, quarantined={"bot": more_rows}),
+    Case("bot flood (300 events in 100 s)", bot_flood, None, quarantined={"bot_minute": more_rows}),
     Case("5% of item texts empty", texts_empty(0.05), None, quarantined={"item_removed": on_textless_items}),
     Case("every rating x10", ratings_times_ten, "validate_clean", EMPTIED),
     Case("every timestamp in 1970", timestamps_1970, "validate_clean", EMPTIED),

@@ -26,7 +26,7 @@ EXPECTED_REASON = {
     "bad_rating": "rating_out_of_range",
     "future_timestamp": "future_timestamp",
     "orphan_item": "orphan_item",
-    "bot": "bot",
+    "bot": "bot_minute",  # hundreds of events within minutes
 }
 
 
@@ -166,7 +166,9 @@ def hand_made_rows() -> list[tuple[dict, str | None]]:
         (row("u2", "i3", rating=1.0, minutes=14), "below_implicit_threshold"),
     ]
     bot_start = T0 + pd.Timedelta(minutes=20)  # 70 events within 35 seconds
-    cases += [(row("u_bot", f"i{k % 3 + 1}", at=bot_start + pd.Timedelta(seconds=k // 2)), "bot") for k in range(70)]
+    cases += [
+        (row("u_bot", f"i{k % 3 + 1}", at=bot_start + pd.Timedelta(seconds=k // 2)), "bot_minute") for k in range(70)
+    ]
     return cases
 
 
@@ -229,7 +231,7 @@ def test_each_rule_quarantines_its_rows_with_its_reason(spark, tmp_path, tiny_pa
     bad_items = read(tmp_path, C.DATA_QUARANTINE, "items")
     assert Counter(bad_items[C.REASON]) == {"empty_text": 1, "duplicate_item": 1, "invalid_id": 1}
     bad_users = read(tmp_path, C.DATA_QUARANTINE, "users")
-    assert Counter(bad_users[C.REASON]) == {"bot": 1, "duplicate_user": 1, "invalid_id": 1}
+    assert Counter(bad_users[C.REASON]) == {"bot_minute": 1, "duplicate_user": 1, "invalid_id": 1}
     assert metrics["items"]["rows_in"] == 6 and metrics["users"]["rows_kept"] == 2
 
 
@@ -265,7 +267,7 @@ def test_repeats_skip_quarantined_rows_and_bursts_count_only_live_rows(spark, tm
     with caplog.at_level("INFO", logger="pipeline_tasks.clean"):
         metrics = clean.run(tiny_params, tmp_path)
     by_rule = {rule: n for rule, n in metrics["interactions"]["by_rule"].items() if n}
-    assert by_rule == {"rating_out_of_range": 1, "duplicate": 2, "duplicate_key": 1, "bot": 61}
+    assert by_rule == {"rating_out_of_range": 1, "duplicate": 2, "duplicate_key": 1, "bot_minute": 61}
     kept = read(tmp_path, C.DATA_CLEAN, "interactions")
     assert kept.groupby(C.USER_ID).size().to_dict() == {"u1": 1, "u3": 60}
     assert kept.loc[kept[C.USER_ID] == "u1", C.RATING].tolist() == [4.0]
@@ -339,15 +341,143 @@ def test_kcore_iterates_until_stable(spark, params):
     assert cleaning.flag_kcore(frame(spark, rows), params["clean"])[1] == {"iterations": 1, "converged": False}
 
 
+def bot_rules(interactions, params: dict) -> dict[str, str]:
+    """{user: the bot rule that caught them} for one frame (cleaning.bot_users, collected: it is small)."""
+    return {r[C.USER_ID]: r[C.REASON] for r in cleaning.bot_users(interactions, params["clean"]).collect()}
+
+
 def test_bots_by_burst_and_by_zscore(spark, params):
     people = [row(f"u{u}", f"i{k}", minutes=u * 600 + k * 30) for u in range(30) for k in range(5)]
     burst = [row("burst", f"i{k}", minutes=k / 100) for k in range(61)]  # 61 in one minute
     steady = [row("steady", f"i{k}", minutes=k * 5) for k in range(300)]  # many, but slowly
     spark_frame = frame(spark, people + burst + steady)
+    # 32 users, "steady" with 300 events: below the default floors, so lowered for this small world.
+    params["clean"].update(bot_outlier_min_users=30, bot_outlier_min_events=300)
     params["clean"]["bot_max_events_zscore"] = 0.0
-    assert {r[C.USER_ID] for r in cleaning.bot_users(spark_frame, params["clean"]).collect()} == {"burst"}
+    assert bot_rules(spark_frame, params) == {"burst": "bot_minute"}
     params["clean"]["bot_max_events_zscore"] = 4.0
-    assert {r[C.USER_ID] for r in cleaning.bot_users(spark_frame, params["clean"]).collect()} == {"burst", "steady"}
+    # Over half the users share one count (MAD 0): the mean absolute deviation is the spread.
+    assert bot_rules(spark_frame, params) == {"burst": "bot_minute", "steady": "bot_outlier"}
+
+
+MINUTE, HOUR, DAY = 60, 3600, 86400  # seconds
+
+
+def paced(user: str, per_window: int, seconds: int, windows: int, start: pd.Timestamp = T0) -> list[dict]:
+    """A script pacing itself: `per_window` events evenly spread over each of `windows` consecutive
+    windows of `seconds` (items i1..i3)."""
+    gap = pd.Timedelta(seconds=seconds / per_window)
+    return [
+        row(user, f"i{k % 3 + 1}", at=start + pd.Timedelta(seconds=w * seconds) + k * gap)
+        for w in range(windows)
+        for k in range(per_window)
+    ]
+
+
+def paced_bots(cfg: dict) -> dict[str, tuple[list[dict], str]]:
+    """{user: (rows, rule expected to catch them)}: scripts at and just under the minute cap for an
+    hour, and at and just under the hour cap for a day (T0 is noon: the day spans two UTC days)."""
+    minute_cap, hour_cap = cfg["bot_max_events_per_minute"], cfg["bot_max_events_per_hour"]
+    return {
+        "at_minute_cap": (paced("at_minute_cap", minute_cap, MINUTE, 60), "bot_hour"),
+        "under_minute_cap": (paced("under_minute_cap", minute_cap - 1, MINUTE, 60), "bot_hour"),
+        "at_hour_cap": (paced("at_hour_cap", hour_cap, HOUR, 24), "bot_day"),
+        "under_hour_cap": (paced("under_hour_cap", hour_cap - 1, HOUR, 24), "bot_day"),
+    }
+
+
+def under_every_cap(cfg: dict) -> list[dict]:
+    """A heavy real user's day: exactly each cap in one minute, its hour and its day, never above."""
+    minute_cap, hour_cap, day_cap = (cfg[f"bot_max_events_per_{w}"] for w in ("minute", "hour", "day"))
+    burst = paced("heavy", minute_cap, MINUTE, 1)
+    rest_of_hour = paced("heavy", hour_cap - minute_cap, HOUR - MINUTE, 1, T0 + pd.Timedelta(minutes=1))
+    rest_of_day = paced("heavy", day_cap - hour_cap, (day_cap - hour_cap) * MINUTE, 1, T0 + pd.Timedelta(hours=2))
+    return burst + rest_of_hour + rest_of_day
+
+
+def test_paced_bots_are_caught_by_the_next_window_and_a_heavy_person_is_kept(spark, tmp_path, tiny_params):
+    """Issue 17: a script pacing at (or just under) one cap for long enough breaks the next window's;
+    a person at every cap but over none stays. The stage quarantines each bot's rows and user row
+    with the rule that caught it and counts them per rule."""
+    cfg = tiny_params["clean"]
+    bots = paced_bots(cfg)
+    people = [row("u1", "i1"), row("u2", "i2", minutes=1)]
+    heavy = under_every_cap(cfg)
+    interactions = people + heavy + [r for rows, _ in bots.values() for r in rows]
+    users = pd.DataFrame({C.USER_ID: ["u1", "u2", "heavy", *bots], "gender": "F"})
+    write_raw(tmp_path, interactions, hand_made_items(), users)
+    metrics = clean.run(tiny_params, tmp_path)
+
+    expected = Counter()
+    for rows, rule in bots.values():
+        expected[rule] += len(rows)
+    assert {rule: n for rule, n in metrics["interactions"]["by_rule"].items() if n} == dict(expected)
+    quarantined = read(tmp_path, C.DATA_QUARANTINE, "interactions")
+    assert quarantined.groupby(C.USER_ID)[C.REASON].unique().map(list).to_dict() == {
+        user: [rule] for user, (_, rule) in bots.items()
+    }
+    bad_users = read(tmp_path, C.DATA_QUARANTINE, "users")
+    assert dict(zip(bad_users[C.USER_ID], bad_users[C.REASON], strict=True)) == {
+        user: rule for user, (_, rule) in bots.items()
+    }
+    kept = read(tmp_path, C.DATA_CLEAN, "interactions")
+    assert kept.groupby(C.USER_ID).size().to_dict() == {"u1": 1, "u2": 1, "heavy": len(heavy)}
+    assert metrics["interactions"]["rows_in"] == len(interactions)
+    assert_accounting(metrics)
+    assert set(cleaning.BOT_RULES) <= set(metrics["interactions"]["by_rule"]) & set(metrics["users"]["by_rule"])
+
+
+def population(n_users: int) -> list[dict]:
+    """`n_users` people with 5 to 44 events each, ten minutes apart (no cap comes near)."""
+    return [row(f"u{u}", f"i{k}", minutes=u * 1000 + k * 10) for u in range(n_users) for k in range(5 + u % 40)]
+
+
+def test_robust_zscore_flags_an_extreme_account_above_its_floors(spark, params):
+    """A script pacing under every cap for days (1000 events a day) is caught only by its total, far
+    out of a population of 120; an account as far out but with fewer than bot_outlier_min_events, or
+    a population under bot_outlier_min_users, is not flagged."""
+    cfg = params["clean"]
+    slow_script = paced("slow_script", 1000, DAY, 3)
+    busy = paced("busy", cfg["bot_outlier_min_events"] - 100, DAY, 1)
+    assert cfg["bot_outlier_min_users"] == 100 and len(slow_script) > cfg["bot_outlier_min_events"] > len(busy)
+    world = frame(spark, population(120) + slow_script + busy)
+
+    assert bot_rules(world, params) == {"slow_script": "bot_outlier"}
+    assert bot_rules(frame(spark, population(97) + slow_script + busy), params) == {}  # 99 users
+    params["clean"]["bot_outlier_min_events"] = 0  # what keeps "busy" is the floor, not its z-score
+    assert bot_rules(world, params) == {"slow_script": "bot_outlier", "busy": "bot_outlier"}
+    params["clean"]["bot_max_events_zscore"] = 0.0
+    assert bot_rules(world, params) == {}
+
+
+@pytest.mark.slow
+def test_movielens_100k_loses_no_real_user_and_a_paced_script_is_caught(spark, tmp_path, params, ml100k_path):
+    """Issue 17 on real data: MovieLens-100K plus a script rating at the minute cap for an hour (which
+    the minute cap alone kept): the script is quarantined (bot_hour), no MovieLens user is. The
+    synthetic data's check is test_synthetic_tables_quarantine_broken_items_and_bots; the numbers
+    per window are bench/bot_windows.py's."""
+    params["ingest"].update(source="movielens", path=str(ml100k_path))
+    ingest.run(params, tmp_path)
+    raw = io.read_table(tmp_path / C.DATA_RAW / "interactions")
+    start = raw[C.TIMESTAMP].min().ceil("h")  # within MovieLens' months, on the hour: 60 in every minute
+    script = pd.DataFrame(paced("script", params["clean"]["bot_max_events_per_minute"], MINUTE, 60, start))
+    script[C.ITEM_ID] = raw[C.ITEM_ID].iloc[: len(script)].to_numpy()  # real items: only a bot rule applies
+    script[C.SOURCE_ROW] = raw[C.SOURCE_ROW].max() + 1 + pd.RangeIndex(len(script))
+    script = script.astype(raw.dtypes.to_dict())
+    io.write_table(pd.concat([raw, script], ignore_index=True), tmp_path / C.DATA_RAW / "interactions")
+    users = io.read_table(tmp_path / C.DATA_RAW / "users")
+    io.write_table(pd.concat([users, pd.DataFrame({C.USER_ID: ["script"]})]), tmp_path / C.DATA_RAW / "users")
+
+    metrics = clean.run(params, tmp_path)
+    bad_users = read(tmp_path, C.DATA_QUARANTINE, "users")
+    bots = bad_users[bad_users[C.REASON].isin(cleaning.BOT_RULES)]
+    assert dict(zip(bots[C.USER_ID], bots[C.REASON], strict=True)) == {"script": "bot_hour"}
+    bot_rows = {rule: metrics["interactions"]["by_rule"][rule] for rule in cleaning.BOT_RULES}
+    assert bot_rows == {"bot_minute": 0, "bot_hour": len(script), "bot_day": 0, "bot_outlier": 0}
+    quarantined = read(tmp_path, C.DATA_QUARANTINE, "interactions")
+    assert set(quarantined.loc[quarantined[C.REASON].isin(cleaning.BOT_RULES), C.USER_ID]) == {"script"}
+    assert metrics["interactions"]["rows_in"] == len(raw) + len(script)
+    assert_accounting(metrics)
 
 
 def test_types_are_coerced_and_unparseable_values_quarantined(spark):
@@ -427,6 +557,29 @@ def test_missing_inputs_and_bad_params_fail_clearly(tmp_path, params):
     params["clean"]["orphan_policy"] = "ignore"
     with pytest.raises(ParamsError, match="orphan_policy"):
         clean.run(params, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("bot_max_events_per_minute", 0, r"clean.bot_max_events_per_minute must be >= 1 \(a cap"),
+        ("bot_max_events_zscore", -1.0, r"clean.bot_max_events_zscore must be >= 0 \(0 turns the outlier rule off\)"),
+        ("bot_outlier_min_events", -5, r"clean.bot_outlier_min_events must be >= 0"),
+        ("bot_outlier_min_users", 0, r"clean.bot_outlier_min_users must be >= 1"),
+        (
+            "bot_max_events_per_day",
+            100,
+            r"clean.bot_max_events_per_day \(100\) is below clean.bot_max_events_per_hour \(1200\).*"
+            r"raise clean.bot_max_events_per_day or lower clean.bot_max_events_per_hour",
+        ),
+    ],
+)
+def test_bad_bot_params_name_the_key_and_the_fix(params, key, value, message):
+    from pipeline_tasks.core.errors import ParamsError
+
+    params["clean"][key] = value
+    with pytest.raises(ParamsError, match=message):
+        cleaning.check_config(params["clean"])
 
 
 def test_spark_settings_come_from_params_and_suit_a_cluster(params):
