@@ -84,7 +84,8 @@ def nightly_overrides(root: Path, logical_date: dt.date) -> list[str]:
     params = P.load(root / C.PARAMS_FILE if (root / C.PARAMS_FILE).exists() else None)
     cfg, day = params["ingest"], logical_date.isoformat()
     if cfg["source"] == "synthetic":
-        batch = day if logical_date > history_end(cfg["synthetic"]).date() else ""
+        # history_end is the first instant after the history: its date is increment day 1 (data/batches.py).
+        batch = day if logical_date >= history_end(cfg["synthetic"]).date() else ""
         return [f"ingest.batch={json.dumps(batch)}", 'ingest.cutoff=""']
     folder = Path(cfg["path"]) if Path(cfg["path"]).is_absolute() else root / cfg["path"]
     nights = (

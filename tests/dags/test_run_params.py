@@ -72,10 +72,11 @@ def test_a_runs_overrides_are_its_own_and_params_yaml_is_never_rewritten(project
 
 def test_each_synthetic_night_ingests_its_day_and_a_repeated_night_short_circuits(project: Path):
     end = history_end(P.load(project / C.PARAMS_FILE)["ingest"]["synthetic"]).date()
-    inside, first, second = end - dt.timedelta(days=3), end + dt.timedelta(days=1), end + dt.timedelta(days=2)
+    # `end` is the first instant after the history, so its date is the first increment (day 1).
+    inside, first, second = end - dt.timedelta(days=1), end, end + dt.timedelta(days=1)
     assert 'ingest.batch=""' in night(project, inside.isoformat())  # inside the history: the history itself
 
-    night(project, first.isoformat())
+    assert f'ingest.batch="{first.isoformat()}"' in night(project, first.isoformat())
     repro_ingest(project)  # no full load yet: the history, then the first day
     rows_first = len(pd.read_parquet(project / C.DATA_RAW / "interactions"))
     assert sorted(p.name for p in (project / "data/batches").iterdir()) == sorted(["base", first.isoformat()])
