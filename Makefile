@@ -34,7 +34,7 @@ lint: setup  ## ruff (lint + format check), import-linter contracts, mypy
 	$(BIN)/mypy
 
 test: setup lint  ## the code checks, then the whole test suite
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=20
 
 test-fast: setup  ## everything but the slow end-to-end tests
 	$(BIN)/python -m pytest tests -m "not slow"
