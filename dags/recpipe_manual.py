@@ -15,6 +15,9 @@ Operator actions:
   successful run commits its lock on the `recpipe-runs` branch); ingest is skipped.
 * **Backfill**: ingest the increments of a date range in order, then run the rest once.
 * **A/B share**: the challenger's share of users once the run succeeded.
+
+The project folder is not a field: it is the deployment's (RECPIPE_PROJECT_DIR), and a run conf
+that still sends `project_dir` is refused.
 """
 
 from __future__ import annotations
@@ -25,22 +28,22 @@ from pathlib import Path
 from airflow.sdk import Param, dag, task
 
 from pipeline_tasks.core.params import load as load_params
-from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, pipeline, prepare_data
+from pipeline_tasks.ops.airflow_tasks import (
+    PROJECT_DIR,
+    RETRIES,
+    alert_on_failure,
+    pipeline,
+    prepare_data,
+    project_dir,
+)
 from pipeline_tasks.ops.form import OPERATOR_FIELDS, form_schema
 
 
 def form() -> dict[str, Param]:
-    path = Path(DEFAULT_PROJECT_DIR) / "params.yaml"
+    """The trigger form. No project folder field: the deployment fixes it (RECPIPE_PROJECT_DIR)."""
+    path = Path(PROJECT_DIR) / "params.yaml"
     fields = {**form_schema(load_params(path if path.exists() else None)), **OPERATOR_FIELDS}
-    return {
-        **{name: Param(**spec) for name, spec in fields.items()},
-        "project_dir": Param(
-            DEFAULT_PROJECT_DIR,
-            type="string",
-            title="Project directory",
-            description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in.",
-        ),
-    }
+    return {name: Param(**spec) for name, spec in fields.items()}
 
 
 @task
@@ -50,7 +53,7 @@ def apply_form(**context) -> list[str]:
     from pipeline_tasks.ops.pipeline import load_project_params
     from pipeline_tasks.ops.run_params import write_run_params
 
-    root = Path(context["params"]["project_dir"])
+    root = project_dir(context)  # first task: refuses a conf that still sends project_dir
     overrides = overrides_from_form(dict(context["params"]), load_project_params(root))
     write_run_params(root, overrides)
     print(f"overrides for this run: {overrides or 'none'}")

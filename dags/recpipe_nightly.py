@@ -16,6 +16,8 @@ Nightly retraining, on the schedule in params.yaml (`airflow.schedule`, default 
   under `reports/gx/`. Other failures are retried with exponential backoff.
 * **Alerts** (reports/alerts.jsonl, plus the webhook of the Airflow connection
   `recpipe_alerts` if it exists): on failure, and when a model is trained but not promoted.
+* **No params**: the project folder is the deployment's (RECPIPE_PROJECT_DIR); a run conf that
+  sends `project_dir` is refused.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 
 from pipeline_tasks.core.params import load as load_params
-from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, RETRIES, alert_on_failure, nightly_params, pipeline
+from pipeline_tasks.ops.airflow_tasks import PROJECT_DIR, RETRIES, alert_on_failure, nightly_params, pipeline
 
 
 def schedule() -> str:
     """The cron schedule from params.yaml (a small YAML read: no work beyond that at import)."""
-    path = Path(DEFAULT_PROJECT_DIR) / "params.yaml"
+    path = Path(PROJECT_DIR) / "params.yaml"
     return load_params(path if path.exists() else None)["airflow"]["schedule"]
 
 
@@ -45,14 +47,6 @@ def schedule() -> str:
     tags=["recpipe"],
     on_failure_callback=alert_on_failure,
     default_args=RETRIES,
-    params={
-        "project_dir": Param(
-            DEFAULT_PROJECT_DIR,
-            type="string",
-            title="Project directory",
-            description="The recpipe checkout (holding dvc.yaml and params.yaml) to run in.",
-        )
-    },
 )
 def recpipe_nightly():
     pipeline(first=nightly_params())

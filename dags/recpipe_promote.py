@@ -11,7 +11,8 @@ One audited move in the MLflow model registry, from a form:
 
 Every action is recorded in the registry's history (`recpipe history`) with this DAG run
 (`airflow:recpipe_promote/<run_id>`) as the actor. A refused action fails the run with the
-reason (no retry).
+reason (no retry). It acts on the MLflow store of the deployment's project (RECPIPE_PROJECT_DIR),
+never one a trigger names: a run conf that sends `project_dir` is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag
 
-from pipeline_tasks.ops.airflow_tasks import DEFAULT_PROJECT_DIR, registry_action
+from pipeline_tasks.ops.airflow_tasks import registry_action
 from pipeline_tasks.ops.form import PROMOTE_FIELDS
 
 
@@ -32,15 +33,7 @@ from pipeline_tasks.ops.form import PROMOTE_FIELDS
     max_active_runs=1,
     doc_md=__doc__,
     tags=["recpipe"],
-    params={
-        **{name: Param(**spec) for name, spec in PROMOTE_FIELDS.items()},
-        "project_dir": Param(
-            DEFAULT_PROJECT_DIR,
-            type="string",
-            title="Project directory",
-            description="The recpipe checkout whose MLflow store (params.yaml: mlflow) to act on.",
-        ),
-    },
+    params={name: Param(**spec) for name, spec in PROMOTE_FIELDS.items()},
 )
 def recpipe_promote():
     registry_action()

@@ -17,9 +17,11 @@ from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core import metrics as M
 from pipeline_tasks.core.errors import PipelineError
 from pipeline_tasks.core.stage_cli import stage_main
+from pipeline_tasks.model.evaluation import user_slices
 from pipeline_tasks.serving import model_card
 from pipeline_tasks.serving.gate import (
     best_baseline,
+    check_guarded_slices,
     decide,
     gate_tags,
     log_gate,
@@ -61,6 +63,8 @@ def run(params: dict, root: Path) -> dict:
     split = load_split(root)
     task = eval_task(split, "test")
     ctx = M.make_context(split.n_items, split.train.items, params["evaluate"]["head_share"])
+    # Before any scoring: a guarded slice this split lacks (a typo, a dropped users column) would switch its guard off.
+    check_guarded_slices(params["register"]["guarded_slices"], list(user_slices(split, task, ctx, params)))
     challenger = score(model_dir, params, split, task, ctx)
     client = MlflowClient()
     champion_version = registry.aliases(client, name).get(C.ALIAS_CHAMPION)

@@ -70,6 +70,11 @@ STAGES = (
     "register",
 )
 
+# Slices that model/evaluation.py's user_slices makes on every split (keep the two in step); it adds
+# `user.<attribute>` for each column of data/split/users with few enough values. register.guarded_slices names them.
+FIXED_SLICES = ("history_length", "cold_start", "popularity")
+USER_SLICE_PREFIX = "user."
+
 # MLflow.
 PARENT_RUN_ENV = "RECPIPE_PARENT_RUN_ID"  # set by `recpipe run` / the DAG so stages nest under one run
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"

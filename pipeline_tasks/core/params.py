@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from pipeline_tasks.core.constants import FIXED_SLICES, USER_SLICE_PREFIX
 from pipeline_tasks.core.errors import ParamsError
 
 # Typed defaults. The type of each default is the type a value must have
@@ -314,7 +315,9 @@ DEFAULTS: dict[str, Any] = {
     "register": {
         "model_name": "recpipe",
         "min_improvement": 0.01,  # relative NDCG@10 gain over the re-scored champion needed to promote
-        "min_ndcg": 0.0,  # first champion: absolute NDCG@10 floor (it must also beat the run's best baseline)
+        # First champion: absolute NDCG@10 floor. 0.0 = off on purpose: NDCG's scale depends on the data (catalogue
+        # size, history length), so the dataset-independent rule is that it must beat the run's best baseline.
+        "min_ndcg": 0.0,
         "max_slice_drop": 0.1,  # largest relative NDCG@10 drop vs the champion in any guarded slice group
         "guarded_slices": ["history_length", "cold_start", "popularity"],  # evaluate slices the gate guards
         "max_latency_p99_ms": 50.0,  # budget: p99 single-user latency of the chosen variant (compress.json)
@@ -354,7 +357,26 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[
         merge(params, from_file, DEFAULTS, prefix="")
     for item in overrides:
         apply_override(params, item)
+    check_guarded_slices(params["register"]["guarded_slices"])
     return params
+
+
+def check_guarded_slices(names: list) -> None:
+    """Refuse a guarded slice name that can never match: the gate would skip it, switching that guard off.
+
+    Only the form of `user.<attribute>` is checked here; the register stage checks the attribute
+    against the split's users (serving/gate.py check_guarded_slices).
+    """
+    for name in names:
+        if name in FIXED_SLICES or (
+            isinstance(name, str) and name.startswith(USER_SLICE_PREFIX) and name != USER_SLICE_PREFIX
+        ):
+            continue
+        raise ParamsError(
+            f"register.guarded_slices: unknown slice {name!r}; valid: {', '.join(FIXED_SLICES)}, or "
+            f"{USER_SLICE_PREFIX}<attribute> for a column of data/split/users (e.g. user.gender). "
+            "Fix the spelling: the gate would silently skip a name it does not know, turning that guard off."
+        )
 
 
 def merge(target: dict, source: dict, schema: dict, prefix: str) -> None:

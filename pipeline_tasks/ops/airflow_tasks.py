@@ -16,8 +16,14 @@ from airflow.sdk import task
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core.constants import STAGES
 
-# The checkout whose dags/ folder Airflow reads, unless RECPIPE_PROJECT_DIR says otherwise.
-DEFAULT_PROJECT_DIR = os.environ.get("RECPIPE_PROJECT_DIR", str(C.SOURCE_CHECKOUT))
+# The one project folder every task acts on: set by the deployment (RECPIPE_PROJECT_DIR on the scheduler,
+# DAG processor and workers; default: the checkout whose dags/ folder Airflow reads). Never taken from a
+# trigger: whoever may trigger a DAG must not choose where `dvc repro` runs its `cmd:` lines, or which MLflow
+# store a registry action changes.
+PROJECT_DIR_ENV = "RECPIPE_PROJECT_DIR"
+PROJECT_DIR = os.environ.get(PROJECT_DIR_ENV, str(C.SOURCE_CHECKOUT))
+# Run conf keys the deployment owns: a run that still sends one (an old bookmark, an API script) is refused.
+DEPLOYMENT_KEYS = ("project_dir",)
 VALIDATION_STAGES = {"validate_raw", "validate_clean"}
 REGISTRY_ACTIONS = ("promote", "rollback", "set_ab_share")
 # Transient failures (a busy machine, a remote that blinks) get retried; run_stage fails bad data and bad
@@ -26,7 +32,26 @@ RETRIES = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential
 
 
 def project_dir(context) -> Path:
-    return Path(context["params"]["project_dir"])
+    """The deployment's project folder, after refusing a run whose conf tries to choose another.
+
+    Checked in every task, not only the first: a cleared task re-runs with the same conf. The run conf is
+    read directly because Airflow merges unknown conf keys into `params` without complaint.
+    """
+    refuse_deployment_keys(getattr(context.get("dag_run"), "conf", None) or {})
+    return Path(PROJECT_DIR)
+
+
+def refuse_deployment_keys(conf: dict) -> None:
+    found = [key for key in DEPLOYMENT_KEYS if key in conf]
+    if found:
+        given = ", ".join(f"{key}={conf[key]!r}" for key in found)
+        raise fail_without_retry(
+            ValueError(
+                f"this run's conf sets {given}, which a trigger may no longer choose: the project folder is "
+                f"fixed by the deployment ({PROJECT_DIR_ENV}, here {PROJECT_DIR}). Nothing was run. Trigger "
+                f"again without {', '.join(found)} (an old bookmark or API call still sends it)."
+            )
+        )
 
 
 def who(context) -> str:
@@ -57,7 +82,7 @@ def alert_on_failure(context) -> None:
 
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
-    root = Path((context.get("params") or {}).get("project_dir", DEFAULT_PROJECT_DIR))
+    root = Path(PROJECT_DIR)  # not project_dir(context): a refused conf must still be alerted
     if alerts.recorded(root, "run_failed", getattr(dag_run, "run_id", None)):
         return
     alerts.record(

@@ -9,7 +9,8 @@ Where a run's dvc.lock is kept (both, so losing one store does not lose the line
 - the artifact `dvc/dvc.lock` of the run's MLflow parent run, tagged `recpipe.runs_commit`.
 
 `restore_data_version(root, rev)` goes the other way: it puts back the raw data that the
-dvc.lock at a git revision records, for a retrain on an older data version.
+dvc.lock at a git revision records, for a retrain on an older data version. The revision comes
+from a person (the trigger form), so `verify_revision` checks it before git sees it.
 """
 
 from __future__ import annotations
@@ -105,6 +106,28 @@ def keep_lock_on_branch(root: Path, branch: str, message: str) -> str | None:
     return commit
 
 
+REVISION_HINT = (
+    "a commit hash, branch or tag of the project's repository (`git log recpipe-runs --oneline` lists every run)"
+)
+
+
+def verify_revision(root: Path, rev: str) -> str:
+    """The commit that `rev` names in the project's repository; a PipelineError naming the bad value otherwise.
+
+    `rev` is typed by a person and ends up in git's arguments: a leading '-' would be read as an option
+    (`--output=...`), so it is refused before git runs; anything else must name an existing commit.
+    """
+    rev = (rev or "").strip()
+    if not rev or rev.startswith("-"):
+        raise PipelineError(
+            f"data version {rev!r} is not a git revision (empty or starting with '-'); give {REVISION_HINT}"
+        )
+    commit = git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").stdout.strip()
+    if not commit:
+        raise PipelineError(f"data version {rev!r} names no commit in {root}; give {REVISION_HINT}")
+    return commit
+
+
 def restore_data_version(root: Path, rev: str) -> dict[str, str]:
     """Put back the ingest outputs (data/raw, ...) recorded in the dvc.lock at git revision `rev`.
 
@@ -115,8 +138,9 @@ def restore_data_version(root: Path, rev: str) -> dict[str, str]:
     """
     from pipeline_tasks.ops.pipeline import dvc
 
+    commit = verify_revision(root, rev)
     prefix = git_out(root, "rev-parse", "--show-prefix")
-    shown = git(root, "show", f"{rev}:{prefix}{LOCK_FILE}")
+    shown = git(root, "show", f"{commit}:{prefix}{LOCK_FILE}")
     if shown.returncode != 0:
         raise PipelineError(
             f"no {LOCK_FILE} at git revision {rev!r} ({shown.stderr.strip()}); pick a commit that "

@@ -9,9 +9,11 @@ functions as the evaluate stage (never stale numbers). The challenger passes whe
   `register.max_slice_drop` (relative) NDCG@10,
 - the variant's p99 latency and size (metrics/compress.json) fit `register.max_latency_p99_ms`
   and `register.max_size_mb`.
-With no champion yet, it must instead clear `register.min_ndcg` and beat the run's best
-baseline (plus the same budgets). `register.auto_promote: false` leaves a passing challenger
-to `recpipe promote`. Alias moves go through pipeline_tasks.serving.registry (audited, all or nothing).
+With no champion yet, it must instead clear `register.min_ndcg` (0.0 by default: off, since
+NDCG's scale depends on the data) and beat the run's best baseline (plus the same budgets).
+A guarded slice name this run's split does not have is refused before anything is scored.
+`register.auto_promote: false` leaves a passing challenger to `recpipe promote`.
+Alias moves go through pipeline_tasks.serving.registry (audited, all or nothing).
 The decision is printed, logged to MLflow (metrics gate.*, tags, gate.json) and stored as
 version tags (gate.passed, gate.summary, gate.champion_version, ...) by the register stage.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core import metrics as M
+from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.model.evaluation import model_ranking, slice_metrics, user_slices
 
 HEADLINE = "ndcg@10"
@@ -66,6 +69,22 @@ def score(model_dir: Path, params: dict, split, task, ctx) -> dict:
                 g: {"users": n, HEADLINE: data["metrics"]["m"][g][HEADLINE]} for g, n in data["users"].items()
             }
     return {"metrics": headline, "slices": slices}
+
+
+def check_guarded_slices(names: list[str], available: list[str]) -> None:
+    """Every guarded slice must be one this split has: `score` skips unknown names, which would turn a guard off.
+
+    The register stage calls this before scoring, with the slices of this run's split: only then are the
+    `user.<attribute>` names known (a users column with at most evaluate.max_attribute_groups values).
+    """
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ParamsError(
+            f"register.guarded_slices names {', '.join(map(repr, unknown))}, which this run's split has no slice "
+            f"for; valid here: {', '.join(available)} (user.<attribute>: a column of data/split/users with at "
+            "most evaluate.max_attribute_groups distinct values). Fix params.yaml: an unknown name would "
+            "switch that guard off silently."
+        )
 
 
 def rescore_champion(client, name: str, version: str, params: dict, split, task, ctx) -> dict:
@@ -132,7 +151,8 @@ def decide(
     ndcg = challenger["metrics"][HEADLINE]
     deltas: dict = {}
     if champion is None:
-        checks = [Check("ndcg_floor", ndcg >= cfg["min_ndcg"], f"NDCG@10 {ndcg:.4f} vs floor {cfg['min_ndcg']:.4f}")]
+        floor = f"{cfg['min_ndcg']:.4f}" if cfg["min_ndcg"] > 0 else "0 (register.min_ndcg: off)"
+        checks = [Check("ndcg_floor", ndcg >= cfg["min_ndcg"], f"NDCG@10 {ndcg:.4f} vs floor {floor}")]
         if best_baseline is None:
             checks.append(Check("beats_best_baseline", True, "no baseline in this run"))
         else:

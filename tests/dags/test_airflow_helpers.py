@@ -119,9 +119,33 @@ def test_a_revision_without_data_is_refused_and_changes_nothing(toy: Path):
     lock_before = (toy / "dvc.lock").read_text()
     with pytest.raises(PipelineError, match="no dvc.lock at git revision"):
         restore_data_version(toy, "HEAD")  # the toy's commit holds no dvc.lock
-    with pytest.raises(PipelineError, match="no dvc.lock at git revision 'no-such-rev'"):
+    with pytest.raises(
+        PipelineError, match="data version 'no-such-rev' names no commit in .*commit hash, branch or tag"
+    ):
         restore_data_version(toy, "no-such-rev")
     assert (toy / "dvc.lock").read_text() == lock_before
+
+
+@pytest.mark.parametrize("rev", ["--output=x", " -p", "", "HEAD:dvc.yaml"])
+def test_a_revision_that_is_an_option_or_no_commit_is_refused_before_use(toy: Path, rev: str):
+    with pytest.raises(PipelineError, match=r"data version '.*' (is not a git revision|names no commit).*commit hash"):
+        restore_data_version(toy, rev)
+    assert not (toy / "x").exists()
+
+
+def test_a_run_conf_cannot_choose_the_project_folder():
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipeline_tasks.ops.airflow_tasks import PROJECT_DIR, project_dir
+
+    # Airflow merges unknown conf keys into params: the folder must come from neither.
+    allowed = {"dag_run": SimpleNamespace(conf={"train__epochs": 2}), "params": {"project_dir": "/elsewhere"}}
+    assert project_dir(allowed) == Path(PROJECT_DIR)
+    refused = {"dag_run": SimpleNamespace(conf={"project_dir": "/elsewhere"}), "params": {}}
+    with pytest.raises(AirflowFailException, match=r"project_dir='/elsewhere'.*RECPIPE_PROJECT_DIR.*Nothing was run"):
+        project_dir(refused)
 
 
 def test_stage_exit_code_is_told_apart_from_dvcs(toy: Path, capsys):

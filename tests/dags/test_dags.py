@@ -64,6 +64,14 @@ def test_dags_import_without_errors_and_are_wired_in_stage_order():
     assert time.perf_counter() - started < 60
 
 
+def test_no_dag_form_takes_a_project_folder():
+    """The folder `dvc repro` runs in is the deployment's (RECPIPE_PROJECT_DIR), never a trigger's."""
+    out = parse_dags("[print('PARAMS', d.dag_id, ','.join(d.params)) for d in bag.dags.values()]")
+    params = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("PARAMS")}
+    assert set(params) == {"recpipe_nightly", "recpipe_manual", "recpipe_promote"}
+    assert not any("project_dir" in ",".join(keys) for keys in params.values()), params
+
+
 def test_manual_form_comes_from_params_yaml_and_refuses_invalid_values():
     out = parse_dags(
         "import json;"

@@ -85,3 +85,14 @@ def test_a_date_like_override_is_text_where_text_is_expected():
     # YAML reads 2026-07-01 as a date; a batch id (a string knob) must still accept it.
     params = P.load(overrides=["ingest.batch=2026-07-01"])
     assert params["ingest"]["batch"] == "2026-07-01"
+
+
+@pytest.mark.parametrize("guards", [["history_length", "cold_start", "popularity"], ["user.gender"], []])
+def test_known_guarded_slices_load(guards):
+    assert P.load(None, [f"register.guarded_slices={guards}"])["register"]["guarded_slices"] == guards
+
+
+@pytest.mark.parametrize("bad", ["cold_strat", "user.", "gender", 3])
+def test_a_misspelled_guarded_slice_is_refused_with_the_valid_names(bad):
+    with pytest.raises(ParamsError, match=rf"guarded_slices: unknown slice {bad!r}; valid: history_length, cold_start"):
+        P.load(None, [f"register.guarded_slices=[popularity, {bad}]"])

@@ -175,6 +175,16 @@ def test_gate_enforces_latency_and_size_budgets(gate_params):
     assert [c.name for c in big.checks if not c.passed] == ["size_budget"]
 
 
+def test_guarded_slices_must_be_slices_of_this_split():
+    from pipeline_tasks.core.errors import ParamsError
+    from pipeline_tasks.serving.gate import check_guarded_slices
+
+    available = ["history_length", "cold_start", "popularity", "user.gender"]
+    check_guarded_slices(["cold_start", "user.gender"], available)
+    with pytest.raises(ParamsError, match=r"'user.gendre', which .* valid here: history_length, .*user.gender"):
+        check_guarded_slices(["cold_start", "user.gendre"], available)
+
+
 def test_first_champion_needs_the_floor_and_the_best_baseline(gate_params):
     gate_params["register"]["min_ndcg"] = 0.1
     ok = decide(scores(0.2), None, gate_params, BUDGET_OK, ("EASE", 0.15))
