@@ -244,7 +244,13 @@ def test_registry_actions_from_the_promote_form(tmp_path: Path):
     assert config["guardrails"] == defaults()["register"]["ab_guardrails"]
     with pytest.raises(registry.RegistryError, match="no previous_champion"):
         apply_registry_action(root, "rollback", who=who)
-    assert [e["action"] for e in registry.history(client, "recpipe")] == ["first_champion", "ab_config"]
+    # Each move starts a new A/B experiment, audited just before it; the refused rollback wrote nothing.
+    assert [e["action"] for e in registry.history(client, "recpipe")] == [
+        "experiment",
+        "first_champion",
+        "experiment",
+        "ab_config",
+    ]
 
 
 def test_form_values_become_overrides_of_changed_params_only():
