@@ -136,7 +136,11 @@ def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_
         artifacts = {"model": str(staged), "serving": str(serving_path)}
         if not warm_start.faithful_weights(io.read_json(model_dir / CONFIG_FILE)):
             # The serving variant is not the trained weights: keep those too, for tomorrow's warm start.
-            artifacts[C.WEIGHTS_ARTIFACT] = str(root / C.MODEL_DIR)
+            # Staged under their own name: MLflow nests artifacts that share a folder name under
+            # artifacts/0/, artifacts/1/, which would move `model` away from artifacts/model.
+            weights = Path(tmp) / C.WEIGHTS_ARTIFACT
+            shutil.copytree(root / C.MODEL_DIR, weights)
+            artifacts[C.WEIGHTS_ARTIFACT] = str(weights)
         return mlflow.pyfunc.log_model(
             name="recommender",
             python_model=RecpipePyfunc(),

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.model import warm_start
+from pipeline_tasks.model.towers import CONFIG_FILE
 from pipeline_tasks.serving import registry
+from pipeline_tasks.serving.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -55,4 +57,10 @@ def download(name: str, version: str, dest: Path) -> Path:
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest)))
     weights = local / "artifacts" / C.WEIGHTS_ARTIFACT
-    return weights if weights.is_dir() else local / "artifacts" / "model"
+    model_dir = weights if weights.is_dir() else local / "artifacts" / "model"
+    if not (model_dir / CONFIG_FILE).exists():
+        raise RegistryError(
+            f"v{version} of {name} has no model directory at artifacts/{model_dir.name} (its layout is not "
+            "one recpipe wrote): set train.warm_start=false for this run, or promote a version this recpipe registered"
+        )
+    return model_dir

@@ -674,3 +674,44 @@ def test_promote_refuses_when_the_champion_moved_since_the_gate_read_it(store):
     assert C.ALIAS_PREVIOUS_CHAMPION not in registry.aliases(client, "recpipe")
     event = registry.promote(client, "recpipe", "2", gate={"passed": True, "summary": "ok"}, expected_champion="1")
     assert event["from_version"] == "1" and registry.aliases(client, "recpipe")[C.ALIAS_CHAMPION] == "2"
+
+
+# --- warm nights: the registry keeps what tomorrow starts from (serving/warm_source.py) -----------
+
+
+def test_a_compressed_champion_carries_its_trained_weights_for_the_next_warm_night(registry_project, store, tmp_path):
+    """An int8 serving variant is not the trained weights: the version also carries the fp32 model
+    (artifact `weights`), the serving variant stays at artifacts/model (where the gate reads it), and
+    the next night's warm source is the fp32 copy, which can seed a model of tonight's shape."""
+    import mlflow
+
+    from pipeline_tasks.core import io
+    from pipeline_tasks.model import warm_start
+    from pipeline_tasks.model.compression import BUILDERS, Job
+    from pipeline_tasks.model.measuring import load_eval_data
+    from pipeline_tasks.model.recommender import Recommender
+    from pipeline_tasks.serving import publish, warm_source
+
+    params, client, _, _ = store
+    root = registry_project[0]
+    source = root / C.MODEL_DIR
+    int8 = tmp_path / "int8_dynamic"
+    data = load_eval_data(root, Recommender.load(source).item_ids)
+    BUILDERS["int8_dynamic"](Job(source=source, out=int8, data=data, cfg=params["compress"], seed=0))
+    assert not warm_start.faithful_weights(warm_start.saved_config(int8))
+
+    with mlflow.start_run():
+        info = publish.log_model(
+            params, root, int8, "int8_dynamic", io.read_json(root / C.METRICS_DIR / "evaluate.json")
+        )
+    version = mlflow.register_model(info.model_uri, "warm-test").version
+    client.set_registered_model_alias("warm-test", C.ALIAS_CHAMPION, version)
+
+    night = {**params, "register": {**params["register"], "model_name": "warm-test"}}
+    start = warm_source.champion_weights(night, root, tmp_path / "download")
+    assert start.version == str(version) and start.model_dir.name == C.WEIGHTS_ARTIFACT, start
+    assert warm_start.saved_config(start.model_dir) == warm_start.saved_config(source)  # the trained fp32 model
+    served = tmp_path / "download" / "artifacts" / "model"
+    assert warm_start.saved_config(served)["encoder_quantization"] == "int8_dynamic"
+    cold = warm_source.champion_weights({**night, "train": {**night["train"], "dim": 32}}, root, tmp_path / "again")
+    assert cold.model_dir is None and "dim 16 vs 32" in cold.why
