@@ -52,6 +52,7 @@ def run(params: dict, root: Path) -> dict:
     ctx = M.make_context(split.n_items, split.train.items, params["evaluate"]["head_share"])
     which = M.metric_set(params["evaluate"]["ks"])
     out = root / C.DATA_BASELINES / "topk"
+    out.mkdir(parents=True, exist_ok=True)  # DVC's output, even with `baselines.models: []` (no baselines)
     models, selected = {}, {}
     for name in params["baselines"]["models"]:
         if name == SASREC:

@@ -163,8 +163,7 @@ UPSTREAM = ["ingest", "validate_raw", "clean", "validate_clean", "split", "basel
 def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     """A run fails at tune; cleared and re-run, it continues there (earlier stages are DVC no-ops),
     registers (the gate refuses: an alert with its numbers), pushes and keeps its lock; the next run
-    short-circuits; recpipe_promote forces a champion (only with a reason); a run on bad data fails
-    at validation and neither registers nor moves the champion."""
+    short-circuits; recpipe_promote forces a champion (only with a reason)."""
     from pipeline_tasks.core import params as P
 
     # min_ndcg 1.0: the gate must refuse this model, so "trained but not promoted" is deterministic.
@@ -255,37 +254,28 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     assert registry.aliases(client, "recpipe")["champion"] == register["version"]
     event = registry.history(client, "recpipe")[-1]
     assert event["forced"] and event["actor"] == f"airflow:recpipe_promote/{forced['run_id']}"
-
-    # 5. Bad data: fails at validation (not retried), register never runs, the champion stays. (A history
-    #    regenerated with 30% null ids: the night falls inside the longer history, so it is a full load.
-    #    A broken increment alone is caught too: tests/data/test_validate.py.)
-    dirty = ["ingest.synthetic.dirt.null_id_rate=0.3", "ingest.synthetic.days=400"]
-    P.dump(P.load(project / "params.yaml", dirty), project / "params.yaml")
-    bad, log = run_dag(project, env, "recpipe_nightly", "2026-11-03T02:00:00+00:00")
-    assert bad["state"] == "failed", log[-6000:]
-    assert bad["tasks"]["validate_raw"] == "failed" and bad["tasks"]["register"] == "upstream_failed", bad
-    assert "Bad data: not retried" in log
-    aliases_after, versions_after = registry_state(project)
-    assert str(aliases_after["champion"]) == register["version"] and len(versions_after) == len(versions)
-    failed = [a for a in alerts_of(project) if a["kind"] == "run_failed" and a["run_id"] == bad["run_id"]]
-    assert len(failed) == 1 and failed[0]["stage"] == "validate_raw", failed
+    # Bad data on a night (validation fails, not retried, the champion stays): test_five_nights_in_a_row.
 
 
 # --- night after night --------------------------------------------------------------------------
 
 # The five-night world: the tiny one with enough optimiser steps to learn something (batches of 8 users,
-# up to 8 cold epochs: ~80 steps; the tiny world's Pop is hard to beat with the 4 steps of the tiny defaults),
-# Pop as the only baseline, the server polling the registry every second. The latency budget is off
-# (p99 of a 200-call loop on a CPU shared with the test runner is noise; bench/bench_serve.py measures
-# it): every other gate rule, the first night's included, is the nightly one.
+# up to 8 cold epochs: ~80 steps), the server polling the registry every second. No baselines: on a world
+# this small, Pop against a tiny random-encoder model is a coin flip, and who beats the baselines is the
+# benchmarks' question (bench_world.py, bench_model.py), not the loop's; the first night's rule is then
+# the NDCG floor. The latency budget is off (p99 of a 200-call loop on a CPU shared with the test runner
+# is noise; bench/bench_serve.py measures it). Every other gate rule is the nightly one.
+# The history is 30 days instead of 180 (the same 1,440 events), so a day's increment holds ~48 events:
+# enough new data for a night's retraining to matter at all.
 NIGHTS_OVERRIDES = [
-    "baselines.models=[Pop]",
+    "ingest.synthetic.days=30",
+    "baselines.models=[]",
     "train.batch_size=8",
     "train.epochs=8",
     "register.max_latency_p99_ms=100000",
     "register.serve_poll_s=1.0",
 ]
-DIRTY_NIGHT = 2  # the source delivers a day with half of its user ids missing
+DIRTY_NIGHT = 2  # the source delivers a day whose every event lost its user id (a broken export)
 
 
 def start_server(project: Path, env: dict) -> tuple[subprocess.Popen, str]:
@@ -351,7 +341,7 @@ def test_five_nights_in_a_row(tiny_project_with, tmp_path):
         for night in range(5):
             when = f"{last_history_day + timedelta(days=night)}T02:00:00+00:00"  # night 0: the history itself
             if night == DIRTY_NIGHT:
-                dirty = P.load(project / "params.yaml", ["ingest.synthetic.dirt.null_id_rate=0.5"])
+                dirty = P.load(project / "params.yaml", ["ingest.synthetic.dirt.null_id_rate=1.0"])
                 P.dump(dirty, project / "params.yaml")  # what the source delivers tonight, not a run's doing
             result, log = run_dag(project, env, "recpipe_nightly", when)
             (project / "params.yaml").write_bytes(nightly_config)
@@ -361,6 +351,7 @@ def test_five_nights_in_a_row(tiny_project_with, tmp_path):
                 assert result["state"] == "failed", log[-6000:]
                 assert result["tasks"]["validate_raw"] == "failed", result
                 assert result["tasks"]["register"] == "upstream_failed", result
+                assert "Bad data: not retried" in log
                 assert aliases.get("champion") == champion_before
                 failed = [
                     a for a in alerts_of(project) if a["kind"] == "run_failed" and a["run_id"] == result["run_id"]

@@ -202,3 +202,16 @@ def test_oversized_catalogue_is_refused_with_the_fix(tmp_path, params):
 def test_missing_split_names_the_stage_to_run(tmp_path, params):
     with pytest.raises(PipelineError, match="run the stage that writes it"):
         baselines.run(params, tmp_path)
+
+
+def test_no_baselines_still_leaves_the_stage_output(tmp_path):
+    """`baselines.models: []` is a valid choice (the gate then skips its baseline rule); the stage must
+    still leave data/baselines, its DVC output, or `dvc repro` fails the stage and Airflow retries it."""
+    from pipeline_tasks.core import params as P
+
+    params = tiny_params(P.defaults())
+    params["baselines"]["models"] = []
+    write_clustered_clean(tmp_path)
+    split.run(params, tmp_path)
+    assert baselines.run(params, tmp_path) == {"models": {}, "selected": {}}
+    assert (tmp_path / C.DATA_BASELINES / "topk").is_dir()
