@@ -167,8 +167,10 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
     from pipeline_tasks.core import params as P
 
     # min_ndcg 1.0: the gate must refuse this model, so "trained but not promoted" is deterministic.
+    # Pop alone and two compression variants: the wiring is under test here, not the models (cost).
     project = tiny_project
-    P.dump(P.load(project / "params.yaml", ["register.min_ndcg=1.0"]), project / "params.yaml")
+    cheap = ["baselines.models=[Pop]", "compress.variants=[fp32,item_table_int8]"]
+    P.dump(P.load(project / "params.yaml", ["register.min_ndcg=1.0", *cheap]), project / "params.yaml")
     env = airflow_env(tmp_path / "airflow", project)
     migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
@@ -277,6 +279,11 @@ NIGHTS_OVERRIDES = [
     "train.epochs=8",
     "register.max_latency_p99_ms=100000",
     "register.serve_poll_s=1.0",
+    # Cost: three compression variants (int8_dynamic is a compressed copy, so the weights artifact is
+    # exercised), and no dvc push / runs-branch commit (test_nightly_lifecycle checks the versioning).
+    "compress.variants=[fp32,int8_dynamic,item_table_int8]",
+    "airflow.dvc_push=false",
+    "airflow.runs_branch=''",
 ]
 DIRTY_NIGHT = 2  # the source delivers a day whose every event lost its user id (a broken export)
 
