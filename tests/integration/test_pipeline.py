@@ -29,6 +29,12 @@ def read_metrics(project: Path, stage: str) -> dict:
 
 
 def test_make_run_end_to_end_then_no_op(tiny_project: Path):
+    from pipeline_tasks.core import params as P
+
+    # Two baselines and two compression variants: the flow is under test here (every baseline and every
+    # variant has its own tests in tests/unit/test_baselines.py and tests/model/test_compress.py).
+    cheap = ["baselines.models=[Pop,EASE]", "compress.variants=[fp32,item_table_int8]"]
+    P.dump(P.load(tiny_project / "params.yaml", cheap), tiny_project / "params.yaml")
     first = recpipe(tiny_project, "run")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
 

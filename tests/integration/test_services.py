@@ -48,7 +48,9 @@ def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tm
     storage = creds["RECPIPE_OPTUNA_STORAGE"]
     assert ":" not in storage.split("@")[0].removeprefix("postgresql+psycopg2://")  # no password in params
 
-    project = make_project(tmp_path / "project", tiny_encoder_dir, [f"tune.storage={storage}"])
+    # Pop alone and fp32 only: the services' wiring is under test, not the models (which cost minutes here).
+    cheap = ["baselines.models=[Pop]", "compress.variants=[fp32]"]
+    project = make_project(tmp_path / "project", tiny_encoder_dir, [f"tune.storage={storage}", *cheap])
     client_env = {
         key: creds[key]
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE")

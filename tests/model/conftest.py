@@ -66,8 +66,13 @@ def tiny_split(tmp_path) -> Path:
 
 
 @pytest.fixture
-def tiny_params(params, tiny_encoder_dir) -> dict:
-    """Train params sized for the tiny encoder and split: a few seconds per fit."""
+def tiny_params(params, tiny_encoder_dir, monkeypatch) -> dict:
+    """Train params sized for the tiny encoder and split: a few seconds per fit.
+
+    Each test's MLflow store is its own (sqlite under its root): an earlier test's
+    mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would win, and a champion left in
+    that store would make the train stage warm-start from it."""
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
     t = params["train"]
     t.update(
         encoder=str(tiny_encoder_dir),

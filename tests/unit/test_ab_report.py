@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import params as P
 from pipeline_tasks.serving import ab_report
 from pipeline_tasks.serving.server import EventLog, assign
@@ -194,8 +195,11 @@ def test_sample_size_matches_the_textbook_formula():
     assert ab_report.required_exposures(0.0, 0.10, 0.05, 0.8) is None
 
 
-def test_cli_reports_and_refuses_an_empty_log(tmp_path, capsys):
+def test_cli_reports_and_refuses_an_empty_log(tmp_path, capsys, monkeypatch):
     from pipeline_tasks.ops.cli import main
+
+    # mlflow.set_tracking_uri (an earlier test) exports MLFLOW_TRACKING_URI, which wins over params.
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
 
     params = P.defaults()
     params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
