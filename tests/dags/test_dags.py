@@ -159,106 +159,6 @@ def git_in(project: Path, *args: str) -> str:
 UPSTREAM = ["ingest", "validate_raw", "clean", "validate_clean", "split", "baselines"]
 
 
-@pytest.mark.slow
-def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
-    """A run fails at tune; cleared and re-run, it continues there (earlier stages are DVC no-ops),
-    registers (the gate refuses: an alert with its numbers), pushes and keeps its lock; the next run
-    short-circuits; recpipe_promote forces a champion (only with a reason)."""
-    from pipeline_tasks.core import params as P
-
-    # min_ndcg 1.0: the gate must refuse this model, so "trained but not promoted" is deterministic.
-    # Pop alone and two compression variants: the wiring is under test here, not the models (cost).
-    project = tiny_project
-    cheap = ["baselines.models=[Pop]", "compress.variants=[fp32,item_table_int8]"]
-    P.dump(P.load(project / "params.yaml", ["register.min_ndcg=1.0", *cheap]), project / "params.yaml")
-    env = airflow_env(tmp_path / "airflow", project)
-    migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    good_params = (project / "params.yaml").read_text()
-    head = git_in(project, "rev-parse", "HEAD")
-
-    # 1. A broken search space: tune fails (bad params: not retried), nothing after it runs.
-    P.dump(P.load(project / "params.yaml", ["tune.search_space={}"]), project / "params.yaml")
-    first, log = run_dag(project, env, "recpipe_nightly", "2026-11-01T02:00:00+00:00")
-    assert first["state"] == "failed", log[-6000:]
-    assert [first["tasks"][s] for s in UPSTREAM] == ["success"] * len(UPSTREAM), first
-    assert first["tasks"]["tune"] == "failed" and first["tasks"]["register"] == "upstream_failed", first
-    assert "tune.search_space is empty" in log
-    failed = [a for a in alerts_of(project) if a["kind"] == "run_failed" and a["run_id"] == first["run_id"]]
-    assert len(failed) == 1 and failed[0]["stage"] == "tune", failed  # one alert, naming the stage
-    upstream_mtimes = {s: (project / C.METRICS_DIR / f"{s}.json").stat().st_mtime_ns for s in UPSTREAM}
-
-    # 2. Fixed and re-run at the same logical date (dag.test() recreates the run; a clear in the UI re-runs
-    #    tune and what follows it): it continues from tune, the stages before it are DVC no-ops.
-    (project / "params.yaml").write_text(good_params)
-    rerun, log = run_dag(project, env, "recpipe_nightly", "2026-11-01T02:00:00+00:00")
-    assert rerun["state"] == "success", log[-8000:]
-    assert {s: (project / C.METRICS_DIR / f"{s}.json").stat().st_mtime_ns for s in UPSTREAM} == upstream_mtimes
-    assert log.count("didn't change, skipping") >= len(UPSTREAM), "earlier stages were not DVC no-ops"
-    register = json.loads((project / C.METRICS_DIR / "register.json").read_text())
-    not_promoted = [a for a in alerts_of(project) if a["kind"] == "not_promoted"]
-    assert len(not_promoted) == 1 and "ndcg_floor" in not_promoted[0]["failed_checks"], not_promoted
-    assert "floor 1.0000" in not_promoted[0]["message"] and not_promoted[0]["version"] == register["version"]
-
-    # Versioned: data and models pushed, the lock on the runs branch and in MLflow, the checkout untouched.
-    assert any((project / "dvc-storage").rglob("*")), "dvc push wrote nothing to the remote"
-    runs_commit = git_in(project, "rev-parse", "recpipe-runs")
-    assert git_in(project, "show", "recpipe-runs:dvc.lock") == (project / "dvc.lock").read_text().strip()
-    assert git_in(project, "rev-parse", "HEAD") == head and git_in(project, "branch", "--show-current") in (
-        "main",
-        "master",
-    )
-    aliases, versions = registry_state(project)
-    from mlflow import MlflowClient
-
-    from pipeline_tasks.core import tracking
-
-    experiment = tracking.setup(P.load(project / "params.yaml"), project)
-    parent = MlflowClient().search_runs(
-        [experiment],
-        order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.`airflow.run_id` = '{rerun['run_id']}' and tags.`recpipe.kind` = 'pipeline'",
-    )[0]
-    assert parent.data.tags["recpipe.runs_commit"] == runs_commit and parent.info.status == "FINISHED"
-    assert [a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "dvc")] == ["dvc/dvc.lock"]
-    # The stage processes saw the DAG run (register tags the version with it, for `recpipe lineage`).
-    assert versions[-1].tags.get("airflow.dag_id") == "recpipe_nightly"
-    assert versions[-1].tags.get("airflow.dag_run_id") == rerun["run_id"]
-    assert "champion" not in aliases
-
-    # 3. The same night again, nothing changed: it short-circuits (and params.yaml is the one it was).
-    again, log = run_dag(project, env, "recpipe_nightly", "2026-11-01T02:00:00+00:00")
-    assert again["state"] == "success" and again["tasks"]["register"] == "skipped", again
-    assert "nothing to do" in log
-    assert (project / "params.yaml").read_text() == good_params
-
-    # 4. recpipe_promote: past a failed gate only with a written reason, audited with the DAG run.
-    refused, log = run_dag(
-        project,
-        env,
-        "recpipe_promote",
-        "2026-11-02T09:00:00+00:00",
-        {"action": "promote", "version": int(register["version"]), "reason": ""},
-    )
-    assert refused["state"] == "failed" and "needs --reason" in log, log[-4000:]
-    assert "champion" not in registry_state(project)[0]
-    forced, log = run_dag(
-        project,
-        env,
-        "recpipe_promote",
-        "2026-11-02T09:05:00+00:00",
-        {"action": "promote", "version": int(register["version"]), "reason": "launch with v1"},
-    )
-    assert forced["state"] == "success", log[-4000:]
-    from pipeline_tasks.serving import registry
-
-    client = registry.client_for(P.load(project / "params.yaml"), project)
-    assert registry.aliases(client, "recpipe")["champion"] == register["version"]
-    event = registry.history(client, "recpipe")[-1]
-    assert event["forced"] and event["actor"] == f"airflow:recpipe_promote/{forced['run_id']}"
-    # Bad data on a night (validation fails, not retried, the champion stays): test_five_nights_in_a_row.
-
-
 # --- night after night --------------------------------------------------------------------------
 
 # The five-night world: the tiny one with enough optimiser steps to learn something (batches of 8 users,
@@ -266,7 +166,8 @@ def test_nightly_lifecycle(tiny_project: Path, tmp_path: Path):
 # this small, Pop against a tiny random-encoder model is a coin flip, and who beats the baselines is the
 # benchmarks' question (bench_world.py, bench_model.py), not the loop's; the first night's rule is then
 # the NDCG floor. The latency budget is off (p99 of a 200-call loop on a CPU shared with the test runner
-# is noise; bench/bench_serve.py measures it). Every other gate rule is the nightly one.
+# is noise; bench/bench_serve.py measures it). Every other gate rule is the nightly one, and every night
+# is versioned as in production (dvc push, the lock on the runs branch).
 # The history is 30 days instead of 180 (the same 1,440 events), so a day's increment holds ~48 events:
 # enough new data for a night's retraining to matter at all. Its daily bot sends 24 events, not the tiny
 # world's 120 (which would outnumber a day's real events 2.5 to 1 and, night after night, push the
@@ -279,13 +180,16 @@ NIGHTS_OVERRIDES = [
     "train.epochs=8",
     "register.max_latency_p99_ms=100000",
     "register.serve_poll_s=1.0",
-    # Cost: three compression variants (int8_dynamic is a compressed copy, so the weights artifact is
-    # exercised), and no dvc push / runs-branch commit (test_nightly_lifecycle checks the versioning).
+    # Cost: three compression variants (int8_dynamic is a compressed copy, so the weights artifact is exercised).
     "compress.variants=[fp32,int8_dynamic,item_table_int8]",
-    "airflow.dvc_push=false",
-    "airflow.runs_branch=''",
 ]
-DIRTY_NIGHT = 2  # the source delivers a day whose every event lost its user id (a broken export)
+# What the source or the operator does to the nightly configuration before a night (never a run's doing):
+TONIGHT = {
+    0: ["tune.search_space={}"],  # a broken search space: tune fails; fixed, the night is re-run
+    2: ["ingest.synthetic.dirt.null_id_rate=1.0"],  # the day's export lost every user id
+    4: ["register.min_improvement=10.0"],  # a tenfold gain asked: the gate refuses, a person forces the promotion
+}
+NIGHTS, BROKEN_SEARCH, DIRTY_NIGHT, REFUSED_NIGHT = 5, 0, 2, 4
 
 
 def start_server(project: Path, env: dict) -> tuple[subprocess.Popen, str]:
@@ -324,12 +228,97 @@ def served_version(server: subprocess.Popen, url: str, user: str, wanted: str, t
     return seen
 
 
+def metrics_mtimes(project: Path) -> dict[str, int]:
+    return {s: (project / C.METRICS_DIR / f"{s}.json").stat().st_mtime_ns for s in UPSTREAM}
+
+
+def failed_alerts(project: Path, run: dict) -> list[dict]:
+    return [a for a in alerts_of(project) if a["kind"] == "run_failed" and a["run_id"] == run["run_id"]]
+
+
+def assert_fails_at_tune_then_continues(project: Path, env: dict, when: str, nightly_config: bytes) -> tuple:
+    """Tonight's search space is broken: tune fails (bad params: not retried, one alert naming the stage),
+    nothing after it runs. Fixed and re-run at the same logical date (dag.test() recreates the run; a clear
+    in the UI re-runs tune and what follows), it continues from tune: the stages before it are DVC no-ops."""
+    first, log = run_dag(project, env, "recpipe_nightly", when)
+    assert first["state"] == "failed", log[-6000:]
+    assert [first["tasks"][s] for s in UPSTREAM] == ["success"] * len(UPSTREAM), first
+    assert first["tasks"]["tune"] == "failed" and first["tasks"]["register"] == "upstream_failed", first
+    assert "tune.search_space is empty" in log
+    assert [a["stage"] for a in failed_alerts(project, first)] == ["tune"]
+    upstream = metrics_mtimes(project)
+    (project / "params.yaml").write_bytes(nightly_config)
+    rerun, log = run_dag(project, env, "recpipe_nightly", when)
+    assert metrics_mtimes(project) == upstream
+    assert log.count("didn't change, skipping") >= len(UPSTREAM), "earlier stages were not DVC no-ops"
+    return rerun, log
+
+
+def assert_versioned(project: Path, run: dict, version: str, head: str) -> None:
+    """Data and models pushed, the lock on the runs branch and in MLflow, the checkout untouched, the
+    registered version tagged with its DAG run (for `recpipe lineage`)."""
+    from mlflow import MlflowClient
+
+    from pipeline_tasks.core import params as P
+    from pipeline_tasks.core import tracking
+
+    assert any((project / "dvc-storage").rglob("*")), "dvc push wrote nothing to the remote"
+    runs_commit = git_in(project, "rev-parse", "recpipe-runs")
+    assert git_in(project, "show", "recpipe-runs:dvc.lock") == (project / "dvc.lock").read_text().strip()
+    assert git_in(project, "rev-parse", "HEAD") == head
+    assert git_in(project, "branch", "--show-current") in ("main", "master")
+    experiment = tracking.setup(P.load(project / "params.yaml"), project)
+    parent = MlflowClient().search_runs(
+        [experiment],
+        order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`airflow.run_id` = '{run['run_id']}' and tags.`recpipe.kind` = 'pipeline'",
+    )[0]
+    assert parent.data.tags["recpipe.runs_commit"] == runs_commit and parent.info.status == "FINISHED"
+    assert [a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "dvc")] == ["dvc/dvc.lock"]
+    tags = MlflowClient().get_model_version("recpipe", version).tags
+    assert (tags.get("airflow.dag_id"), tags.get("airflow.dag_run_id")) == ("recpipe_nightly", run["run_id"])
+
+
+def assert_short_circuits(project: Path, env: dict, when: str) -> None:
+    """The same night again, nothing changed: nothing to do, nothing registered."""
+    again, log = run_dag(project, env, "recpipe_nightly", when)
+    assert again["state"] == "success" and again["tasks"]["register"] == "skipped", again
+    assert "nothing to do" in log
+
+
+def assert_refused_then_forced(project: Path, env: dict, client, register: dict, when: str) -> str:
+    """The gate refused tonight's model (an alert with its numbers); recpipe_promote moves it past the
+    failed gate only with a written reason, audited with the DAG run. Returns the new champion."""
+    from datetime import datetime, timedelta
+
+    from pipeline_tasks.serving import registry
+
+    version = register["version"]
+    refusals = [a for a in alerts_of(project) if a["kind"] == "not_promoted" and a["version"] == version]
+    assert len(refusals) == 1 and "ndcg_improvement" in refusals[0]["failed_checks"], refusals
+    assert "needs >= +1000.0%" in refusals[0]["message"]
+    later = datetime.fromisoformat(when) + timedelta(hours=7)
+    asked = {"action": "promote", "version": int(version), "reason": ""}
+    refused, log = run_dag(project, env, "recpipe_promote", later.isoformat(), asked)
+    assert refused["state"] == "failed" and "needs --reason" in log, log[-4000:]
+    assert registry.aliases(client, "recpipe")["champion"] != version
+    asked["reason"] = "launch anyway: the floor was set too high"
+    forced, log = run_dag(project, env, "recpipe_promote", (later + timedelta(minutes=5)).isoformat(), asked)
+    assert forced["state"] == "success", log[-4000:]
+    assert registry.aliases(client, "recpipe")["champion"] == version
+    event = registry.history(client, "recpipe")[-1]
+    assert event["forced"] and event["actor"] == f"airflow:recpipe_promote/{forced['run_id']}"
+    return version
+
+
 @pytest.mark.slow
 def test_five_nights_in_a_row(tiny_project_with, tmp_path):
     """The real recpipe_nightly DAG on five consecutive logical dates of synthetic increments (new items
-    every day): every clean night ingests its day, retrains warm from the champion, registers and gates;
-    the dirty night stops at validation with the champion unmoved and an alert; the champion moves on
-    merit; params.yaml is never rewritten; `recpipe serve` answers from night 0 on, following the champion."""
+    every day): every clean night ingests its day, retrains warm from the champion, registers, gates and
+    is versioned; night 0 first fails at tune and, re-run, continues there, then short-circuits; the dirty
+    night stops at validation with the champion unmoved and an alert; the champion moves on merit; the last
+    night's refused model is promoted by hand (with a reason); params.yaml is never rewritten by a run;
+    `recpipe serve` answers from night 0 on, following the champion."""
     from datetime import timedelta
 
     from pipeline_tasks.core import params as P
@@ -341,6 +330,7 @@ def test_five_nights_in_a_row(tiny_project_with, tmp_path):
     migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     nightly_config = (project / "params.yaml").read_bytes()
+    head = git_in(project, "rev-parse", "HEAD")
     params = P.load(project / "params.yaml")
     last_history_day = (history_end(params["ingest"]["synthetic"]) - timedelta(days=1)).date()
     client = registry.client_for(params, project)
@@ -348,12 +338,14 @@ def test_five_nights_in_a_row(tiny_project_with, tmp_path):
     server = url = None
     raw_rows, catalogue, champions = [], [], []
     try:
-        for night in range(5):
+        for night in range(NIGHTS):
             when = f"{last_history_day + timedelta(days=night)}T02:00:00+00:00"  # night 0: the history itself
-            if night == DIRTY_NIGHT:
-                dirty = P.load(project / "params.yaml", ["ingest.synthetic.dirt.null_id_rate=1.0"])
-                P.dump(dirty, project / "params.yaml")  # what the source delivers tonight, not a run's doing
-            result, log = run_dag(project, env, "recpipe_nightly", when)
+            if night in TONIGHT:
+                P.dump(P.load(project / "params.yaml", TONIGHT[night]), project / "params.yaml")
+            if night == BROKEN_SEARCH:
+                result, log = assert_fails_at_tune_then_continues(project, env, when, nightly_config)
+            else:
+                result, log = run_dag(project, env, "recpipe_nightly", when)
             (project / "params.yaml").write_bytes(nightly_config)
             champion_before = champions[-1] if champions else None
             aliases = registry.aliases(client, "recpipe")
@@ -363,10 +355,7 @@ def test_five_nights_in_a_row(tiny_project_with, tmp_path):
                 assert result["tasks"]["register"] == "upstream_failed", result
                 assert "Bad data: not retried" in log
                 assert aliases.get("champion") == champion_before
-                failed = [
-                    a for a in alerts_of(project) if a["kind"] == "run_failed" and a["run_id"] == result["run_id"]
-                ]
-                assert len(failed) == 1 and failed[0]["stage"] == "validate_raw", failed
+                assert [a["stage"] for a in failed_alerts(project, result)] == ["validate_raw"]
                 continue
             assert result["state"] == "success" and result["tasks"]["register"] == "success", log[-8000:]
             ingest = json.loads((project / C.METRICS_DIR / "ingest.json").read_text())
@@ -377,7 +366,14 @@ def test_five_nights_in_a_row(tiny_project_with, tmp_path):
             assert train["warm_start"]["warm"] == (champion_before is not None), train["warm_start"]
             assert train["epochs"] <= (params["train"]["warm_epochs"] if champion_before else params["train"]["epochs"])
             assert aliases["challenger"] == register["version"] and register["decision"]["summary"]
-            champions.append(aliases.get("champion"))
+            assert_versioned(project, result, register["version"], head)
+            if night == BROKEN_SEARCH:
+                assert_short_circuits(project, env, when)
+            if night == REFUSED_NIGHT:
+                assert aliases.get("champion") == champion_before, register["decision"]["summary"]
+                champions.append(assert_refused_then_forced(project, env, client, register, when))
+            else:
+                champions.append(aliases.get("champion"))
             assert champions[-1], f"night {night}: no champion: {register['decision']['summary']}"
             if server is None:  # from night 0 on, the server answers with the champion
                 server, url = start_server(project, env)
