@@ -54,6 +54,7 @@ LINEAGE_DIR = "lineage"  # run artifacts of a registered version: dvc.lock and t
 # A registered version also carries the trained fp32 weights under this artifact name when its serving
 # variant is a compressed copy: the next warm night starts from them (serving/warm_source.py).
 WEIGHTS_ARTIFACT = "weights"
+MODEL_ARTIFACT = "model"  # the serving variant's folder, the pyfunc's artifact of that name
 
 # Stage order: dvc.yaml, the Airflow DAG and the summary all follow it.
 STAGES = (

@@ -16,11 +16,16 @@ def schedule_path(root: Path) -> Path:
     return root / C.OPTUNA_DIR / "schedule.json"
 
 
+def load_state(root: Path) -> dict:
+    """{last_study, nights_since_search, variant}; empty before the first night."""
+    path = schedule_path(root)
+    return io.read_json(path) if path.exists() else {}
+
+
 def search_due(params: dict, root: Path) -> tuple[bool, str]:
     """(search tonight?, why). The first run, and every `tune.every_n_nights`-th after the last search."""
     every = params["tune"]["every_n_nights"]
-    path = schedule_path(root)
-    state = io.read_json(path) if path.exists() else {}
+    state = load_state(root)
     if not state.get("last_study"):
         return True, "no earlier search"
     nights = int(state.get("nights_since_search", 0)) + 1
@@ -31,29 +36,24 @@ def search_due(params: dict, root: Path) -> tuple[bool, str]:
 
 def record_night(root: Path, searched_study: str | None) -> None:
     """Count this night; a search resets the count and becomes the study later nights reuse."""
-    path = schedule_path(root)
-    state = io.read_json(path) if path.exists() else {}
+    state = load_state(root)
     if searched_study:
         state = {"last_study": searched_study, "nights_since_search": 0, "variant": state.get("variant")}
     else:
         state["nights_since_search"] = int(state.get("nights_since_search", 0)) + 1
-    io.write_json(state, path)
+    io.write_json(state, schedule_path(root))
 
 
 def searched_tonight(root: Path) -> bool:
     """Did this night's tune stage search (or has no night been recorded yet)?"""
-    path = schedule_path(root)
-    return not path.exists() or int(io.read_json(path).get("nights_since_search", 0)) == 0
+    return int(load_state(root).get("nights_since_search", 0)) == 0
 
 
 def variant_between_searches(root: Path) -> str | None:
     """The compression variant the last search night chose (None: no night chose one yet)."""
-    path = schedule_path(root)
-    return io.read_json(path).get("variant") if path.exists() else None
+    return load_state(root).get("variant")
 
 
 def record_variant(root: Path, variant: str) -> None:
     """A search night's compression choice, measured again on the nights until the next search."""
-    path = schedule_path(root)
-    state = io.read_json(path) if path.exists() else {}
-    io.write_json({**state, "variant": variant}, path)
+    io.write_json({**load_state(root), "variant": variant}, schedule_path(root))

@@ -29,6 +29,7 @@ from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core import metrics as M
 from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.model.evaluation import model_ranking, slice_metrics, user_slices
+from pipeline_tasks.serving.registry import RegistryError, registered_artifact
 
 HEADLINE = "ndcg@10"
 
@@ -89,11 +90,14 @@ def check_guarded_slices(names: list[str], available: list[str]) -> None:
 
 def rescore_champion(client, name: str, version: str, params: dict, split, task, ctx) -> dict:
     """The current champion, downloaded from the registry, scored on *this* run's test split."""
-    import mlflow
-
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
-        return score(Path(local) / "artifacts" / "model", params, split, task, ctx)
+        model_dir = registered_artifact(name, version, C.MODEL_ARTIFACT, Path(tmp))
+        if model_dir is None:
+            raise RegistryError(
+                f"champion v{version} of {name} has no {C.MODEL_ARTIFACT!r} artifact (not registered by recpipe): "
+                "promote a version this recpipe registered, or `recpipe rollback --reason TEXT`"
+            )
+        return score(model_dir, params, split, task, ctx)
 
 
 def slice_check(challenger: dict, champion: dict, max_drop: float, min_users: int) -> tuple[Check, dict]:

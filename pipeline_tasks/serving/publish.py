@@ -123,7 +123,7 @@ def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_
 
     with tempfile.TemporaryDirectory() as tmp:
         # A stable artifact name ("model"), whatever the variant's folder is called.
-        staged = Path(tmp) / "model"
+        staged = Path(tmp) / C.MODEL_ARTIFACT
         shutil.copytree(model_dir, staged)
         serving_path = Path(tmp) / "serving.json"
         data = serving_data(root, params["register"]["cold_start_fresh_share"])
@@ -133,7 +133,7 @@ def log_model(params: dict, root: Path, model_dir: Path, variant: str, evaluate_
         import pandas as pd
 
         example_in = pd.DataFrame(example)
-        artifacts = {"model": str(staged), "serving": str(serving_path)}
+        artifacts = {C.MODEL_ARTIFACT: str(staged), "serving": str(serving_path)}
         if not warm_start.faithful_weights(io.read_json(model_dir / CONFIG_FILE)):
             # The serving variant is not the trained weights: keep those too, for tomorrow's warm start.
             # Staged under their own name: MLflow nests artifacts that share a folder name under

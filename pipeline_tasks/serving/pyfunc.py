@@ -19,6 +19,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from pipeline_tasks.core import constants as C
+
 DEFAULT_K = 10
 
 
@@ -26,7 +28,7 @@ class RecpipePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from pipeline_tasks.model.recommender import Recommender
 
-        self.recommender = Recommender.load(Path(context.artifacts["model"]))
+        self.recommender = Recommender.load(Path(context.artifacts[C.MODEL_ARTIFACT]))
         serving = json.loads(Path(context.artifacts["serving"]).read_text(encoding="utf-8"))
         self.histories: dict[str, list[str]] = serving["histories"]
         self.popular: list[str] = serving["popular"]

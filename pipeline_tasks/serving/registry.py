@@ -148,6 +148,23 @@ def require_version(client, name: str, version: str) -> Any:
         ) from err
 
 
+def registered_artifact(name: str, version: str, key: str, dest: Path) -> Path | None:
+    """One artifact of a registered version (C.MODEL_ARTIFACT, C.WEIGHTS_ARTIFACT, ...), downloaded
+    alone under dest; None when the version has no artifact of that name. Its path inside the version
+    comes from the version's MLmodel file (MLflow decides it: artifacts sharing a folder name get nested),
+    so neither the gate nor the warm start assumes a layout, nor downloads the whole model to read one part."""
+    import mlflow
+    import yaml
+
+    uri = f"models:/{name}/{version}"
+    mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/MLmodel", dst_path=str(dest / "MLmodel.d"))
+    flavor = (yaml.safe_load(Path(mlmodel).read_text(encoding="utf-8")) or {}).get("flavors", {})
+    artifacts = flavor.get("python_function", {}).get("artifacts") or {}
+    if key not in artifacts:
+        return None
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{artifacts[key]['path']}", dst_path=str(dest)))
+
+
 def headline(client, name: str, version: str | None) -> float | None:
     """NDCG@10 a version recorded when it was registered (its own run's test split)."""
     if version is None:

@@ -18,7 +18,7 @@ from pipeline_tasks.core import constants as C
 from pipeline_tasks.model import warm_start
 from pipeline_tasks.model.towers import CONFIG_FILE
 from pipeline_tasks.serving import registry
-from pipeline_tasks.serving.registry import RegistryError
+from pipeline_tasks.serving.registry import RegistryError, registered_artifact
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,13 @@ def champion_weights(params: dict, root: Path, dest: Path) -> WarmSource:
 
 def download(name: str, version: str, dest: Path) -> Path:
     """The version's trained weights: its `weights` artifact, else its serving `model` (already fp32)."""
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest)))
-    weights = local / "artifacts" / C.WEIGHTS_ARTIFACT
-    model_dir = weights if weights.is_dir() else local / "artifacts" / "model"
-    if not (model_dir / CONFIG_FILE).exists():
+    model_dir = registered_artifact(name, version, C.WEIGHTS_ARTIFACT, dest) or registered_artifact(
+        name, version, C.MODEL_ARTIFACT, dest
+    )
+    if model_dir is None or not (model_dir / CONFIG_FILE).exists():
         raise RegistryError(
-            f"v{version} of {name} has no model directory at artifacts/{model_dir.name} (its layout is not "
-            "one recpipe wrote): set train.warm_start=false for this run, or promote a version this recpipe registered"
+            f"v{version} of {name} has no model directory as artifact {C.WEIGHTS_ARTIFACT!r} or "
+            f"{C.MODEL_ARTIFACT!r} (its layout is not one recpipe wrote): set train.warm_start=false for this "
+            "run, or promote a version this recpipe registered"
         )
     return model_dir

@@ -711,7 +711,9 @@ def test_a_compressed_champion_carries_its_trained_weights_for_the_next_warm_nig
     start = warm_source.champion_weights(night, root, tmp_path / "download")
     assert start.version == str(version) and start.model_dir.name == C.WEIGHTS_ARTIFACT, start
     assert warm_start.saved_config(start.model_dir) == warm_start.saved_config(source)  # the trained fp32 model
-    served = tmp_path / "download" / "artifacts" / "model"
+    assert not (tmp_path / "download" / "artifacts" / C.MODEL_ARTIFACT).exists()  # the weights alone were fetched
+    served = registry.registered_artifact("warm-test", version, C.MODEL_ARTIFACT, tmp_path / "served")
     assert warm_start.saved_config(served)["encoder_quantization"] == "int8_dynamic"
+    assert registry.registered_artifact("warm-test", version, "no-such-artifact", tmp_path / "none") is None
     cold = warm_source.champion_weights({**night, "train": {**night["train"], "dim": 32}}, root, tmp_path / "again")
     assert cold.model_dir is None and "dim 16 vs 32" in cold.why
