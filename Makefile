@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run lint test test-fast bench mlflow-ui airflow clean-outputs lock services services-down
+.PHONY: setup run lint audit test test-fast bench mlflow-ui airflow clean-outputs lock services services-down
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (idempotent)
 
@@ -26,12 +26,25 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup  ## the full pipeline on the built-in default data, through dvc repro
 	$(BIN)/recpipe run
 
-# Code checks (rules in pyproject.toml): lint + format, the layer contracts, types of core/ and model/.
-lint: setup  ## ruff (lint + format check), import-linter contracts, mypy
+# Code checks (rules in pyproject.toml): lint + format, the layer contracts, types of core/ and model/,
+# security lint (bandit, offline, ~3 s). Skipped for bench/ only: B108 (a fixed /tmp scratch folder,
+# --work, on a developer's own machine), B311 (random only orders the load). For tests/ only: B104
+# B105 B106 (throwaway servers, passwords and binds the tests make), B108 (Airflow's parse-time home),
+# B310 (http://127.0.0.1 URLs the tests build), B615 (local model folders, never the hub).
+BANDIT_TEST_SKIPS := B104,B105,B106,B108,B310,B615
+lint: setup  ## ruff (lint + format check), import-linter contracts, mypy, bandit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(BIN)/bandit -c pyproject.toml -q -r pipeline_tasks dags
+	$(BIN)/bandit -c pyproject.toml -q -r bench -s B108,B311
+	$(BIN)/bandit -c pyproject.toml -q -r tests -s $(BANDIT_TEST_SKIPS)
+
+# Known vulnerabilities in the locked dependencies (PyPI's advisory data: needs the network, so not in
+# `make test`). --strict: a package that could not be checked fails the audit instead of passing it.
+audit: setup  ## pip-audit of requirements.lock against PyPI's vulnerability data (network)
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements.lock
 
 test: setup lint  ## the code checks, then the whole test suite
 	$(BIN)/python -m pytest tests --durations=20

@@ -208,7 +208,8 @@ def _wait_http(
         if not is_alive(info):
             raise ServicesError(f"{name} exited while starting. {_log_tail(info)}")
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=5) as resp:  # nosec B310 # our own http://127.0.0.1 URL
                 body = resp.read()
                 if ok(body):
                     return body

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,15 +55,24 @@ def webhook_url() -> str | None:
     return host if host.startswith("http") else f"{connection.schema or 'https'}://{host}"
 
 
-def send_webhook(alert: dict) -> None:
-    url = webhook_url()
+def send_webhook(alert: dict, url: str | None = None) -> None:
+    url = url or webhook_url()
     if not url:
+        return
+    # urlopen also opens file: and ftp: URLs; a webhook is HTTP(S) or a misconfiguration.
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        log.warning(
+            "alert webhook %s is not an http(s) URL: not sent (set the host of Airflow connection %s to one); "
+            "the alert is in reports/alerts.jsonl",
+            url,
+            WEBHOOK_CONNECTION,
+        )
         return
     request = urllib.request.Request(
         url, data=json.dumps(alert, default=str).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        urllib.request.urlopen(request, timeout=10).close()
+        urllib.request.urlopen(request, timeout=10).close()  # nosec B310 # scheme checked above: http(s) only
     except OSError as err:
         log.warning("alert webhook %s did not answer (%s); the alert is in reports/alerts.jsonl", url, err)
 

@@ -12,6 +12,7 @@ import fnmatch
 import http.server
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -102,6 +103,7 @@ def test_compose_has_the_whole_stack(services):
         "minio",
         "minio-init",
         "pipeline",
+        "secrets-check",
     }
     assert expected <= set(services)
     # Options are profiles, the default `up` is LocalExecutor + volume artifacts.
@@ -242,6 +244,78 @@ def test_no_secret_is_committed(services):
         assert ignored.returncode == 0, f"{env_file} must be git-ignored"
 
 
+def secret_variables(node) -> set[str]:
+    """The .env secrets that `node` (a service, the whole file) interpolates."""
+    return {m.group(1) for s in strings(node) for m in VAR.finditer(s) if SECRET_NAME.search(m.group(1))}
+
+
+def test_every_secret_is_checked_before_its_service_starts(compose, services):
+    checker = services["secrets-check"]
+    assert checker["entrypoint"] == ["/bin/bash", "/opt/check-secrets.sh"]
+    assert "./check-secrets.sh:/opt/check-secrets.sh:ro" in checker["volumes"]
+    assert checker.get("profiles") is None, "the check must run under every profile"
+    every_secret = secret_variables(compose)
+    assert len(every_secret) >= 10
+    assert set(checker["command"]) == every_secret, f"secrets-check misses {every_secret - set(checker['command'])}"
+    for name in every_secret:  # checked under the same name the operator sets in .env
+        assert checker["environment"][name] == f"${{{name}:?set {name} in .env}}"
+    for name, svc in services.items():
+        if name != "secrets-check" and secret_variables(svc):
+            condition = depends(svc).get("secrets-check", {}).get("condition")
+            wait = "service_completed_successfully"
+            assert condition == wait, f"{name} takes a secret but does not wait for secrets-check"
+
+
+def run_secrets_check(env: dict[str, str], names: list[str]) -> subprocess.CompletedProcess:
+    script = DOCKER / "check-secrets.sh"
+    clean = {"PATH": os.environ["PATH"], **env}  # only the secrets under test, nothing inherited
+    return subprocess.run(["bash", str(script), *names], env=clean, capture_output=True, text=True)
+
+
+def good_secrets(names) -> dict[str, str]:
+    from cryptography.fernet import Fernet
+
+    return {n: Fernet.generate_key().decode() if "FERNET" in n else secrets.token_urlsafe(24) for n in names}
+
+
+def test_secrets_check_refuses_the_copied_env_example_naming_each_variable(services):
+    names = services["secrets-check"]["command"]
+    result = run_secrets_check(env_example(), names)
+    assert result.returncode == 1
+    for name in names:
+        assert f"refusing to start: {name} " in result.stderr and f"Set {name} in .env" in result.stderr
+    assert run_secrets_check(good_secrets(names), names).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("POSTGRES_PASSWORD", "", "is empty"),
+        ("POSTGRES_PASSWORD", None, "is empty"),  # unset
+        ("MLFLOW_ADMIN_PASSWORD", "change-me-please", "is a placeholder"),
+        ("MINIO_ROOT_PASSWORD", "Change_Me_2026-long", "is a placeholder"),
+        ("AIRFLOW_JWT_SECRET", "placeholder-secret-value", "is a placeholder"),
+        ("AIRFLOW_API_SECRET_KEY", "a" * 11, "has 11 characters, fewer than 12"),
+        ("AIRFLOW_DB_PASSWORD", "p@ss/word:12345", "has characters that break a database URL"),
+        ("AIRFLOW_FERNET_KEY", "not-a-fernet-key-but-long-enough", "is not a Fernet key"),
+    ],
+)
+def test_secrets_check_refuses_a_bad_secret(name, value, reason):
+    others = good_secrets({"POSTGRES_PASSWORD", "AIRFLOW_FERNET_KEY", "OPTUNA_DB_PASSWORD"} - {name})
+    env = {**others, name: value} if value is not None else others
+    result = run_secrets_check(env, [name, *others])
+    assert result.returncode == 1
+    assert f"{name} {reason}" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, f"only {name} is bad: {result.stderr}"
+    if value:
+        assert value not in result.stderr, "the refused value itself must not reach the logs"
+
+
+def test_secrets_check_accepts_twelve_characters_and_needs_a_name():
+    assert run_secrets_check({"MINIO_ROOT_PASSWORD": "x7!Kq#2mZ9$w"}, ["MINIO_ROOT_PASSWORD"]).returncode == 0
+    assert run_secrets_check({}, []).returncode == 2
+
+
 def test_third_party_images_are_pinned(services):
     for name, svc in services.items():
         if "build" in svc:
@@ -314,7 +388,8 @@ def test_extra_requirements_are_pinned():
 
 
 def test_shell_scripts_parse():
-    for script in (DOCKER / "mlflow" / "start-mlflow.sh", DOCKER / "postgres" / "init-databases.sh"):
+    scripts = ("mlflow/start-mlflow.sh", "postgres/init-databases.sh", "check-secrets.sh")
+    for script in (DOCKER / name for name in scripts):
         shell = "bash" if "bash" in script.read_text().splitlines()[0] else "sh"
         assert os.access(script, os.X_OK), f"{script.name} is not executable"
         result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
