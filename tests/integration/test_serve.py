@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -336,3 +338,132 @@ def test_recpipe_serve_process_answers_and_reloads_on_alias_move(project):
         server.terminate()
         server.wait(timeout=30)
     assert len(stored(tmp, "exposures")) >= 2
+
+
+def start_server(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`recpipe serve ARGS` on a free loopback port, once /healthz answers."""
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in (C.TRACKING_URI_ENV, event_store.URL_ENV)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(tmp), "serve", "--port", str(port), *args],
+        cwd="/",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, server.stdout.read().decode()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not start in 120 s"
+        time.sleep(0.5)
+
+
+def worker_pids(server: subprocess.Popen) -> set[int]:
+    """uvicorn's worker processes: the server's children started by multiprocessing's spawn."""
+    import psutil
+
+    pids = set()
+    for child in psutil.Process(server.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # the killed worker, a zombie until uvicorn reaps it
+            continue
+    return pids
+
+
+class Traffic:
+    """Clients in threads: /recommend, and a click on a third of the answers; records what was acknowledged."""
+
+    def __init__(self, url: str, clients: int = 4):
+        import httpx
+
+        self.http = [httpx.Client(base_url=url, timeout=10) for _ in range(clients)]
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.exposures: set[str] = set()
+        self.clicks: set[tuple[str, str]] = set()
+        self.failed = 0
+        self.threads = [threading.Thread(target=self.loop, args=(i,)) for i in range(clients)]
+
+    def loop(self, client: int) -> None:
+        import httpx
+
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            user = f"u{(client * 7 + n) % 60:03d}"
+            try:
+                answer = self.http[client].get("/recommend", params={"user_id": user, "k": 3})
+                if answer.status_code != 200:
+                    raise httpx.HTTPError(f"status {answer.status_code}")
+                body = answer.json()
+                with self.lock:
+                    self.exposures.add(body["exposure_id"])
+                if n % 3 == 0:
+                    click = {"user_id": user, "item_id": body["items"][0]["item_id"], "event": "click"}
+                    fed = self.http[client].post("/feedback", json={**click, "exposure_id": body["exposure_id"]})
+                    if fed.status_code != 200:
+                        raise httpx.HTTPError(f"status {fed.status_code}")
+                    with self.lock:
+                        self.clicks.add((body["exposure_id"], click["item_id"]))
+            except httpx.HTTPError:  # in flight to the killed worker: failed, so never acknowledged
+                with self.lock:
+                    self.failed += 1
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        for http in self.http:
+            http.close()
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_store_and_a_killed_worker_loses_nothing_acknowledged(project):
+    """`serve --workers 2` under load; kill -9 one worker; ab-report then counts every acknowledged event."""
+    tmp, params, client, _ = project
+    registry.set_ab_config(client, "recpipe", 0.5, salt="w", who="test")
+    P.dump(params, tmp / "params.yaml")
+    server, url = start_server(tmp, "--workers", "2")
+    try:
+        workers = worker_pids(server)
+        assert len(workers) == 2, workers
+        with Traffic(url) as traffic:
+            time.sleep(4)
+            victim = sorted(workers)[0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 90
+            while len(worker_pids(server) - {victim}) < 2:  # uvicorn replaces the dead worker
+                assert time.monotonic() < deadline, "uvicorn did not restart the killed worker"
+                time.sleep(0.5)
+            time.sleep(4)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    exposures, clicks = stored(tmp, "exposures"), stored(tmp, "feedback")
+    stored_ids = {e["exposure_id"] for e in exposures}
+    assert len(stored_ids) == len(exposures) and len(traffic.exposures) > 20
+    # Acknowledged means stored; a request that died with the worker may or may not have been stored.
+    assert traffic.exposures <= stored_ids
+    assert len(stored_ids - traffic.exposures) <= traffic.failed
+    stored_clicks = {(f["exposure_id"], f["item_id"]) for f in clicks}
+    assert traffic.clicks <= stored_clicks and len(stored_clicks - traffic.clicks) <= traffic.failed
+    # Both workers' events are one experiment's, read back by ab-report from the one store.
+    from pipeline_tasks.serving import ab_report
+
+    report = ab_report.run(params, tmp, registry.current_experiment(client, "recpipe"), guardrails=[])
+    assert sum(v["exposures"] for v in report["variants"].values()) == len(exposures)
+    assert sum(v["clicks"] for v in report["variants"].values()) == len(stored_clicks)
