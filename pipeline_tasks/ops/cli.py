@@ -131,7 +131,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline_tasks.serving.server import serve
+    from pipeline_tasks.serving.launch import serve
 
     serve(load_params(args.root, args.overrides), args.root, host=args.host, port=args.port, workers=args.workers)
     return 0

@@ -22,10 +22,7 @@
 - `GET /healthz`: the versions being served, the A/B config and the experiment.
 - Every `register.serve_poll_s` a background thread re-reads aliases, the A/B config and the
   experiment and swaps in newly aliased versions (loaded first, then switched in one assignment).
-- `serve(workers=N)`: N uvicorn worker processes on one socket, each building its app with
-  `app_from_environment` (params and root passed through the environment) and polling aliases
-  itself; uvicorn restarts a worker that dies. They share the event store, so feedback may reach
-  another worker than its exposure did.
+- How it runs (one process, or N uvicorn workers sharing the event store): launch.py.
 """
 
 from __future__ import annotations
@@ -33,14 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,9 +49,6 @@ log = logging.getLogger("recpipe.serve")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_K = 1000
-# How the parent of `serve --workers N` hands params and root to the workers' app factory.
-PARAMS_ENV, ROOT_ENV = "RECPIPE_SERVE_PARAMS", "RECPIPE_SERVE_ROOT"
-APP_FACTORY = "pipeline_tasks.serving.server:app_from_environment"
 FEEDBACK_ERRORS = {
     404: {"description": "no such exposure (or, without exposure_id, none of the user's showed the item)"},
     409: {"description": "the exposure was another user's, or did not show item_id: not recorded"},
@@ -327,85 +318,3 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
         return {"status": "logged", **record}
 
     return app
-
-
-def serve(params: dict, root: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Serve until stopped; workers > 1: that many uvicorn processes (restarted by uvicorn if one dies)."""
-    import uvicorn
-
-    if workers < 1:
-        raise registry.RegistryError(f"--workers must be at least 1, not {workers}")
-    store = event_store.open_store(params, root)  # migrate once, before any worker writes
-    where = store.where
-    store.dispose()
-    if workers == 1:
-        limit_torch_threads()
-        app = create_app(params, root)
-        print_banner(app.state.router.health(), where, host, port, workers)
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-        return
-    champion_or_refuse(params, root)  # fail here with the message, not in N workers' logs
-    os.environ[PARAMS_ENV], os.environ[ROOT_ENV] = json.dumps(params), str(Path(root).resolve())
-    with multiprocess_metrics_dir():
-        print_banner(None, where, host, port, workers)
-        uvicorn.run(
-            APP_FACTORY, factory=True, workers=workers, host=host, port=port, log_level="warning", access_log=False
-        )
-
-
-def app_from_environment():
-    """uvicorn's app factory in each worker of `serve --workers N`: params and root from the parent."""
-    limit_torch_threads()
-    app = create_app(json.loads(os.environ[PARAMS_ENV]), os.environ[ROOT_ENV])
-    log.warning("worker %d serving %s", os.getpid(), app.state.router.health()["versions"])
-    return app
-
-
-def limit_torch_threads() -> None:
-    import torch
-
-    # One request is one small user-tower pass and a top-K: intra-op threads only fight each
-    # other (and the request threads) for the cores. Measured on 2 shared cores: p50 147 ms with
-    # torch's default 2 threads vs 5 ms with 1. Scale out with more worker processes instead.
-    torch.set_num_threads(1)
-
-
-def champion_or_refuse(params: dict, root: str | Path) -> None:
-    name = params["register"]["model_name"]
-    if C.ALIAS_CHAMPION not in registry.aliases(registry.client_for(params, root), name):
-        raise registry.RegistryError(
-            f"{name} has no champion to serve: run the pipeline (`make run`) or `recpipe promote VERSION --reason TEXT`"
-        )
-
-
-@contextmanager
-def multiprocess_metrics_dir() -> Iterator[Path]:
-    """A fresh private PROMETHEUS_MULTIPROC_DIR for the workers' metric files, removed at exit.
-
-    Set before the workers start (prometheus-client reads it at import); a stale folder would add
-    the counts of an earlier server's workers to this one's.
-    """
-    path = Path(tempfile.mkdtemp(prefix="recpipe-metrics-"))
-    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    try:
-        yield path
-    finally:
-        if previous is None:
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        else:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def print_banner(health: dict | None, store: str, host: str, port: int, workers: int) -> None:
-    what = (
-        f"{health['model']} {health['versions']} A/B share {health['ab']['share']:g} "
-        f"experiment {health['experiment']['id']}"
-        if health
-        else f"{workers} workers (each logs what it serves)"
-    )
-    print(
-        f"recpipe serve: {what} on http://{host}:{port} (events -> {store}); Ctrl-C to stop",
-        flush=True,
-    )
