@@ -199,8 +199,10 @@ async def open_loop(
                 async with http.post("/feedback", json=event) as answer:
                     await answer.read()
                     status = answer.status
-            except (TimeoutError, aiohttp.ClientError):
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 out["feedback_errors"] += 1
+                kind = f"feedback {type(exc).__name__}"
+                out["statuses"][kind] = out["statuses"].get(kind, 0) + 1
                 return
             if status != 200:
                 out["feedback_errors"] += 1

@@ -168,7 +168,7 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
 def report_experiment(client, name: str, wanted: str | None) -> dict | None:
     """--experiment ID's record (the running one, else from the audit history), else the one running now.
 
-    None: no id asked for and none running (no champion); ab_report then names the log's ids.
+    None: no id asked for and none running (no champion); ab_report then names the store's ids.
     """
     from pipeline_tasks.serving import registry
 
@@ -177,7 +177,7 @@ def report_experiment(client, name: str, wanted: str | None) -> dict | None:
         return current
     try:
         recorded = {e["id"]: e for e in registry.experiments(client, name)}
-    except registry.RegistryError:  # no registered model: the id is only known from the log
+    except registry.RegistryError:  # no registered model: the id is only known from the event store
         recorded = {}
     return recorded.get(wanted, {"id": wanted})
 

@@ -255,7 +255,7 @@ def fallback_mask(exposures: pd.DataFrame) -> pd.Series:
 def analyse(
     exposures: pd.DataFrame, feedback: pd.DataFrame, cfg: dict, guardrails: list[str], experiment: dict
 ) -> dict:
-    """The report of one experiment ({"id", "planned_exposures_per_arm"?, ...}) from the two logs (already read)."""
+    """The report of one experiment ({"id", "planned_exposures_per_arm"?, ...}) from the event store (already read)."""
     if exposures.empty:
         raise PipelineError("no exposures to analyse: run `recpipe serve` and send traffic first")
     attributed = attribute(exposures, feedback)  # over the whole log: a click follows its own exposure
@@ -367,5 +367,5 @@ def other_experiments_lines(others: dict[str, int]) -> list[str]:
     named = {i: n for i, n in others.items() if i != NO_EXPERIMENT}
     if named:
         listing = ", ".join(f"{i} ({n})" for i, n in sorted(named.items(), key=lambda kv: -kv[1]))
-        lines.append(f"other experiments in the log (exposures; see one with --experiment ID): {listing}")
+        lines.append(f"other experiments in the store (exposures; see one with --experiment ID): {listing}")
     return lines
