@@ -148,3 +148,18 @@ def test_import_jsonl_appends_old_logs_once(tmp_path):
     assert feedback["exposure_id"].isna().all()  # ab-report attributes these to the user's latest exposure
     assert store.import_jsonl(Path("/nonexistent/a"), Path("/nonexistent/b")) == {"exposures": 0, "feedback": 0}
     store.dispose()
+
+
+def test_cli_imports_the_logs_named_in_params(tmp_path, capsys, monkeypatch):
+    from pipeline_tasks.core import params as P
+    from pipeline_tasks.ops.cli import main
+
+    monkeypatch.delenv(event_store.URL_ENV, raising=False)
+    P.dump(P.defaults(), tmp_path / "params.yaml")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "exposures.jsonl").write_text(json.dumps(exposure(1)) + "\n")
+    assert main(["--root", str(tmp_path), "events", "import-jsonl"]) == 0
+    assert "imported 1 exposures" in capsys.readouterr().out
+    store = EventStore(f"sqlite:///{tmp_path / 'logs' / 'events.db'}")  # register.event_store's default
+    assert store.counts() == {"exposures": 1, "feedback": 0}
+    store.dispose()
