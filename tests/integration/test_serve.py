@@ -467,3 +467,12 @@ def test_two_workers_share_the_store_and_a_killed_worker_loses_nothing_acknowled
     report = ab_report.run(params, tmp, registry.current_experiment(client, "recpipe"), guardrails=[])
     assert sum(v["exposures"] for v in report["variants"].values()) == len(exposures)
     assert sum(v["clicks"] for v in report["variants"].values()) == len(stored_clicks)
+
+
+def test_a_store_that_cannot_write_answers_503_not_an_unrecorded_200(api):
+    http, _, _, _ = api
+    with http.app.state.store.engine.begin() as conn:  # a broken store: its table is gone
+        conn.exec_driver_sql("DROP TABLE exposures")
+    answer = http.get("/recommend", params={"user_id": "u001", "k": 3})
+    assert answer.status_code == 503 and "did not record the exposures row" in answer.json()["error"]
+    assert "retry" in answer.json()["error"]
