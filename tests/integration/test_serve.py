@@ -441,6 +441,11 @@ def test_two_workers_share_the_store_and_a_killed_worker_loses_nothing_acknowled
     try:
         workers = worker_pids(server)
         assert len(workers) == 2, workers
+        # Their metrics can add up: one fresh PROMETHEUS_MULTIPROC_DIR for all of them, removed at exit.
+        import psutil
+
+        metrics_dirs = {psutil.Process(pid).environ().get("PROMETHEUS_MULTIPROC_DIR") for pid in workers}
+        assert len(metrics_dirs) == 1 and Path(next(iter(metrics_dirs))).is_dir(), metrics_dirs
         with Traffic(url) as traffic:
             time.sleep(4)
             victim = sorted(workers)[0]
@@ -453,6 +458,7 @@ def test_two_workers_share_the_store_and_a_killed_worker_loses_nothing_acknowled
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert not Path(next(iter(metrics_dirs))).exists()
     exposures, clicks = stored(tmp, "exposures"), stored(tmp, "feedback")
     stored_ids = {e["exposure_id"] for e in exposures}
     assert len(stored_ids) == len(exposures) and len(traffic.exposures) > 20
