@@ -7,7 +7,7 @@ Builds (once; --rebuild to redo) a scratch project in --work: ingest (movielens)
 train (1 epoch, encoder frozen: serving a known user runs only the user tower and a top-K over
 the precomputed item table, so training quality does not change what is measured) -> two
 registered versions in a SQLite MLflow store (v1 champion, v2 challenger, A/B share 0.1, so
-the router, both models and the exposure log are all on the request path). The raw tables
+the router, both models and the event store are all on the request path). The raw tables
 stand in for data/clean: MovieLens-100K has nothing to clean, and Spark is not what is measured.
 
 Then starts `recpipe serve` as one process and, from a second process on loopback, sends
@@ -96,7 +96,7 @@ def free_port() -> int:
 def start_server(work: Path, port: int) -> subprocess.Popen:
     import httpx
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RECPIPE_EVENT_STORE_URL")}
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(work), "serve", "--port", str(port)],
         cwd=str(ROOT),
@@ -272,9 +272,11 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
-    server_side = [
-        json.loads(line)["latency_ms"] for line in (work / "logs" / "exposures.jsonl").read_text().splitlines()
-    ]
+    from pipeline_tasks.serving.event_store import EventStore
+
+    store = EventStore(f"sqlite:///{work / 'logs' / 'events.db'}")  # register.event_store's default
+    server_side = store.frames()[0]["latency_ms"].tolist()
+    store.dispose()
     steady = measured["steady"]
     result = {
         "what": "GET /recommend?k=10, recpipe serve (uvicorn, 1 process) on loopback, load from a second process",

@@ -325,8 +325,12 @@ DEFAULTS: dict[str, Any] = {
         "auto_promote": True,  # false: a passing challenger waits for `recpipe promote VERSION`
         "cold_start_fresh_share": 0.3,  # share of a new user's list filled with fresh items (rest: popular)
         "serve_poll_s": 30.0,  # `recpipe serve` re-reads aliases and the A/B config this often
-        "exposure_log": "logs/exposures.jsonl",  # append-only, one line per /recommend answer
-        "feedback_log": "logs/feedback.jsonl",  # append-only, one line per POST /feedback event
+        # Exposures and feedback of `recpipe serve` (SQLAlchemy URL; a relative SQLite path is under the
+        # project). $RECPIPE_EVENT_STORE_URL wins: a deployment's PostgreSQL, password kept out of params.
+        "event_store": "sqlite:///logs/events.db",
+        # The JSON-lines logs of servers before the event store: `recpipe events import-jsonl` reads them once.
+        "exposure_log": "logs/exposures.jsonl",
+        "feedback_log": "logs/feedback.jsonl",
         "ab_guardrails": ["purchase_rate", "latency_p99_ms"],  # stored by `recpipe ab` unless --guardrail
         "ab_alpha": 0.05,  # ab-report: significance level of the two-proportion z-test
         "ab_power": 0.8,  # ab-report: power used to size the test

@@ -7,7 +7,7 @@
 Each service runs from its own package in the venv, as its own process group, like the
 docker/ compose stack does with containers:
 - PostgreSQL 15 (pipeline_tasks.infra.postgres) with one database per client: mlflow, mlflow_auth,
-  optuna, airflow.
+  optuna, airflow, events (`recpipe serve`'s exposures and feedback: RECPIPE_EVENT_STORE_URL).
 - `mlflow server --app-name basic-auth`: PostgreSQL backend store, artifacts proxied by the
   server into services/mlflow/artifacts, login required (user admin).
 - Airflow 3 api-server, scheduler and dag-processor (LocalExecutor, metadata in PostgreSQL)
@@ -52,7 +52,7 @@ DEFAULT_COMPONENTS = ("postgres", "mlflow", "airflow")  # spark on request: two 
 # Preferred ports (override: RECPIPE_<NAME>_PORT); a taken one falls back to a free port.
 # Not 5000/8080, which `make mlflow-ui` / `make airflow` use.
 PREFERRED_PORTS = {"postgres": 5433, "mlflow": 5001, "airflow": 8081, "spark": 7078, "spark_ui": 8091}
-DATABASES = ("mlflow", "mlflow_auth", "optuna", "airflow")
+DATABASES = ("mlflow", "mlflow_auth", "optuna", "airflow", "events")
 ADMIN = "admin"
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor")
 
@@ -460,6 +460,8 @@ def _write_credentials(state_dir: Path, state: dict, secrets: dict) -> Path:
         lines += [
             f"PGPASSFILE={_paths(state_dir)['pgpass']}",
             f"RECPIPE_OPTUNA_STORAGE=postgresql+psycopg2://optuna@{HOST}:{port}/optuna",
+            # `recpipe serve` / `recpipe ab-report` read it (serving/event_store.py); password from PGPASSFILE.
+            f"RECPIPE_EVENT_STORE_URL=postgresql+psycopg2://events@{HOST}:{port}/events",
         ]
     if "mlflow" in urls:
         lines += [

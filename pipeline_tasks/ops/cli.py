@@ -8,7 +8,8 @@
     recpipe history                 every audited alias move and A/B change, oldest first
     recpipe ab --share 0.1 [--salt S] [--guardrail M ...] [--planned-exposures N]   the A/B split
                                     (a new experiment), stored in the registry
-    recpipe serve [--host H] [--port P]       the A/B recommendation server (FastAPI + uvicorn)
+    recpipe serve [--host H] [--port P] [--workers N]   the A/B recommendation server (FastAPI + uvicorn)
+    recpipe events import-jsonl     append the JSON-lines logs of older servers to the event store (once)
     recpipe ab-report [--experiment ID]       one experiment's CTR per variant, significance, and a
                                     promote/keep call once its planned sample size is reached
     recpipe lineage VERSION [--restore-lock FILE]   data md5s, params, git commit and Airflow run of a version
@@ -130,9 +131,26 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline_tasks.serving.server import serve
+    from pipeline_tasks.serving.launch import serve
 
-    serve(load_params(args.root, args.overrides), args.root, host=args.host, port=args.port)
+    serve(load_params(args.root, args.overrides), args.root, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_events_import(args: argparse.Namespace) -> int:
+    from pipeline_tasks.serving import event_store
+
+    params = load_params(args.root, args.overrides)
+    cfg = params["register"]
+    exposure_log = args.exposures or args.root / cfg["exposure_log"]
+    feedback_log = args.feedback or args.root / cfg["feedback_log"]
+    store = event_store.open_store(params, args.root)
+    added = store.import_jsonl(exposure_log, feedback_log)
+    print(
+        f"imported {added['exposures']} exposures from {exposure_log} and {added['feedback']} feedback events "
+        f"from {feedback_log} into {store.where} (lines already there were skipped); the logs can go now"
+    )
+    store.dispose()
     return 0
 
 
@@ -150,7 +168,7 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
 def report_experiment(client, name: str, wanted: str | None) -> dict | None:
     """--experiment ID's record (the running one, else from the audit history), else the one running now.
 
-    None: no id asked for and none running (no champion); ab_report then names the log's ids.
+    None: no id asked for and none running (no champion); ab_report then names the store's ids.
     """
     from pipeline_tasks.serving import registry
 
@@ -159,7 +177,7 @@ def report_experiment(client, name: str, wanted: str | None) -> dict | None:
         return current
     try:
         recorded = {e["id"]: e for e in registry.experiments(client, name)}
-    except registry.RegistryError:  # no registered model: the id is only known from the log
+    except registry.RegistryError:  # no registered model: the id is only known from the event store
         recorded = {}
     return recorded.get(wanted, {"id": wanted})
 
@@ -219,13 +237,22 @@ def add_registry_commands(sub) -> None:
     serve = sub.add_parser("serve", help="serve champion and challenger over HTTP (A/B)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes on the port (each loads the models; default 1)"
+    )
     serve.set_defaults(func=cmd_serve)
-    report = sub.add_parser("ab-report", help="one experiment's CTR per variant from the exposure and feedback logs")
+    events = sub.add_parser("events", help="the event store of exposures and feedback")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    importer = events_sub.add_parser("import-jsonl", help="append older servers' JSON-lines logs to the event store")
+    importer.add_argument("--exposures", type=Path, default=None, help="default: register.exposure_log")
+    importer.add_argument("--feedback", type=Path, default=None, help="default: register.feedback_log")
+    importer.set_defaults(func=cmd_events_import)
+    report = sub.add_parser("ab-report", help="one experiment's CTR per variant from the event store")
     report.add_argument(
         "--experiment", default=None, metavar="ID", help="the experiment to analyse (default: the one running now)"
     )
     report.set_defaults(func=cmd_ab_report)
-    for parser in (promote, rollback, history, lineage, ab, serve, report):
+    for parser in (promote, rollback, history, lineage, ab, serve, importer, report):
         add_overrides(parser)
 
 

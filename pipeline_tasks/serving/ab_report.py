@@ -5,12 +5,13 @@ Units and statistics:
   a planned number of exposures per arm; the server logs its id with every exposure. The
   report analyses one id (default: the one running now) and never pools two: other ids in
   the log, and exposures without an id (logs from before experiments), are only counted.
-- An exposure is one /recommend answer (exposure log); it is *clicked* (or *purchased*) when a
-  feedback event names its exposure_id, or, for feedback without one, when it is the user's
-  latest exposure before the event (over the whole log, so a click goes to the experiment that
-  served what was clicked). CTR = clicked exposures / exposures, per variant. Exposures
-  answered by the cold-start fallback after a model error are counted apart and left out:
-  they measure the fallback list, not the model.
+- An exposure is one /recommend answer (in the event store, serving/event_store.py); it is
+  *clicked* (or *purchased*) when a feedback event names its exposure_id (the server stores
+  feedback only with the exposure it belongs to), or, for feedback without one (imported from
+  old JSON-lines logs), when it is the user's latest exposure before the event (over the whole
+  store, so a click goes to the experiment that served what was clicked). CTR = clicked
+  exposures / exposures, per variant. Exposures answered by the cold-start fallback after a
+  model error are counted apart and left out: they measure the fallback list, not the model.
 - Users, not exposures, are randomised (a stable hash), and one user's exposures are
   correlated, so the standard error of a CTR is the user-clustered (delta-method) one; with one
   exposure per user it is exactly the binomial sqrt(p(1-p)/n). The significance test is the
@@ -29,7 +30,6 @@ than alpha. The interim numbers are shown, labelled as not a decision.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,23 +37,11 @@ import pandas as pd
 from scipy.stats import norm
 
 from pipeline_tasks.core.errors import PipelineError
+from pipeline_tasks.serving import event_store
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTE, KEEP, MORE_DATA = "promote", "keep", "need more data"
 NO_EXPERIMENT = "(none)"  # exposures logged before servers recorded an experiment id
-
-
-def read_jsonl(path: Path) -> pd.DataFrame:
-    """Every JSON line of an append-only log; a truncated last line (a crash mid-write) is skipped."""
-    if not path.exists():
-        return pd.DataFrame()
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return pd.DataFrame(rows)
 
 
 def attribute(exposures: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
@@ -267,7 +255,7 @@ def fallback_mask(exposures: pd.DataFrame) -> pd.Series:
 def analyse(
     exposures: pd.DataFrame, feedback: pd.DataFrame, cfg: dict, guardrails: list[str], experiment: dict
 ) -> dict:
-    """The report of one experiment ({"id", "planned_exposures_per_arm"?, ...}) from the two logs (already read)."""
+    """The report of one experiment ({"id", "planned_exposures_per_arm"?, ...}) from the event store (already read)."""
     if exposures.empty:
         raise PipelineError("no exposures to analyse: run `recpipe serve` and send traffic first")
     attributed = attribute(exposures, feedback)  # over the whole log: a click follows its own exposure
@@ -292,24 +280,27 @@ def analyse(
 
 
 def run(params: dict, root: str | Path, experiment: dict | None, guardrails: list[str] | None = None) -> dict:
-    """The report of `experiment` (a registry record, or {"id": ...}) from the server's logs.
+    """The report of `experiment` (a registry record, or {"id": ...}) from the event store.
 
-    None (no experiment running: the registry has no champion) is refused, naming the log's ids.
+    None (no experiment running: the registry has no champion) is refused, naming the store's ids.
     """
     cfg = params["register"]
-    root = Path(root)
-    exposures, feedback = read_jsonl(root / cfg["exposure_log"]), read_jsonl(root / cfg["feedback_log"])
+    store = event_store.open_store(params, root)
+    try:
+        exposures, feedback = store.frames()
+    finally:
+        store.dispose()
     if exposures.empty:
         raise PipelineError(
-            f"no exposures in {root / cfg['exposure_log']}: run `recpipe serve` and send traffic "
-            "first (or point register.exposure_log at the server's log)"
+            f"no exposures in the event store {store.where}: run `recpipe serve` and send traffic first "
+            f"(point ${event_store.URL_ENV} or register.event_store at the server's store; logs of older servers: "
+            "`recpipe events import-jsonl`)"
         )
     if experiment is None:
         counts = experiment_ids(exposures).value_counts()
         raise PipelineError(
             "no experiment is running (the registry has no champion) and none was asked for: pass "
-            f"--experiment ID; ids in {cfg['exposure_log']} (exposures): "
-            + ", ".join(f"{i} ({n})" for i, n in counts.items())
+            f"--experiment ID; ids in {store.where} (exposures): " + ", ".join(f"{i} ({n})" for i, n in counts.items())
         )
     return analyse(exposures, feedback, cfg, cfg["ab_guardrails"] if guardrails is None else guardrails, experiment)
 
@@ -376,5 +367,5 @@ def other_experiments_lines(others: dict[str, int]) -> list[str]:
     named = {i: n for i, n in others.items() if i != NO_EXPERIMENT}
     if named:
         listing = ", ".join(f"{i} ({n})" for i, n in sorted(named.items(), key=lambda kv: -kv[1]))
-        lines.append(f"other experiments in the log (exposures; see one with --experiment ID): {listing}")
+        lines.append(f"other experiments in the store (exposures; see one with --experiment ID): {listing}")
     return lines

@@ -10,15 +10,19 @@
 - `GET /recommend?user_id=U&k=10[&history=i1,i2]` -> user_id, variant, model_version, items
   [{item_id, score}], exposure_id, cold_start. Unknown users get the cold-start list (popular
   and fresh items); a model error falls back to the same list (logged), never a 500.
-- `POST /feedback` {user_id, item_id, event: click|purchase, exposure_id?}: appended to the
-  feedback log; every answer of /recommend is appended to the exposure log (JSON lines,
-  paths in register.exposure_log / feedback_log) for `recpipe ab-report`. Exposures carry
-  experiment_id and `fallback` (answered by the cold-start list after a model error);
-  feedback carries the experiment_id of its exposure when this server logged it recently,
-  else the current one.
+- Every answer of /recommend is an exposure in the event store (event_store.py: SQLite by
+  default, PostgreSQL via $RECPIPE_EVENT_STORE_URL), committed before the answer is sent: an
+  answered request is a stored exposure, and a store that cannot write is a 503, never a silent
+  loss. Exposures carry experiment_id and `fallback` (answered by the cold-start list after a
+  model error).
+- `POST /feedback` {user_id, item_id, event: click|purchase, exposure_id?} is stored only when it
+  matches a stored exposure: 404 for an unknown exposure_id, 409 when that exposure was another
+  user's or did not show item_id. Without exposure_id it goes to the user's latest exposure that
+  showed the item (404 if none). It carries its exposure's variant and experiment_id.
 - `GET /healthz`: the versions being served, the A/B config and the experiment.
 - Every `register.serve_poll_s` a background thread re-reads aliases, the A/B config and the
   experiment and swaps in newly aliased versions (loaded first, then switched in one assignment).
+- How it runs (one process, or N uvicorn workers sharing the event store): launch.py.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,14 +43,17 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from pipeline_tasks.core import constants as C
-from pipeline_tasks.serving import registry
+from pipeline_tasks.serving import event_store, registry
 
 log = logging.getLogger("recpipe.serve")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_K = 1000
-# Exposures remembered for their experiment id (feedback usually follows within minutes): ~10 MB.
-RECENT_EXPOSURES = 100_000
+FEEDBACK_ERRORS = {
+    404: {"description": "no such exposure (or, without exposure_id, none of the user's showed the item)"},
+    409: {"description": "the exposure was another user's, or did not show item_id: not recorded"},
+    503: {"description": "the event store cannot record it now: not acknowledged, retry"},
+}
 # Shown for a field that fails validation (FastAPI's own message is kept in `detail`).
 FIELD_HINTS = {
     "k": f"k must be a positive integer (1..{MAX_K})",
@@ -63,7 +69,7 @@ class Feedback(BaseModel):
     user_id: str = Field(min_length=1)
     item_id: str = Field(min_length=1)
     event: Literal["click", "purchase"]
-    exposure_id: str | None = None  # from the /recommend answer; without it, the user's latest exposure
+    exposure_id: str | None = None  # from the /recommend answer; without it, the user's latest showing item_id
 
 
 def bucket(user_id: str, salt: str) -> float:
@@ -78,26 +84,6 @@ def assign(user_id: str, share: float, salt: str) -> str:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-class EventLog:
-    """An append-only JSON-lines file; one write per event, safe across threads (and processes: O_APPEND)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the server's life
-
-    def append(self, event: dict) -> None:
-        line = json.dumps(event, separators=(",", ":")) + "\n"
-        with self.lock:
-            self.file.write(line)
-            self.file.flush()
-
-    def close(self) -> None:
-        with self.lock:
-            self.file.close()
 
 
 @dataclass
@@ -203,23 +189,6 @@ def warn_unrecorded(experiment: dict) -> None:
     )
 
 
-class RecentExposures:
-    """exposure_id -> experiment_id of this server's latest exposures (bounded, oldest forgotten first)."""
-
-    def __init__(self, size: int = RECENT_EXPOSURES):
-        self.size, self.lock, self.ids = size, threading.Lock(), OrderedDict()
-
-    def add(self, exposure_id: str, experiment_id: str) -> None:
-        with self.lock:
-            self.ids[exposure_id] = experiment_id
-            if len(self.ids) > self.size:
-                self.ids.popitem(last=False)
-
-    def get(self, exposure_id: str | None) -> str | None:
-        with self.lock:
-            return self.ids.get(exposure_id) if exposure_id else None
-
-
 class Poller:
     """Calls router.refresh every `period` seconds in a daemon thread until stopped."""
 
@@ -263,9 +232,7 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
     client = client or registry.client_for(params, root)
     router = Router(client, cfg["model_name"])
     router.refresh()
-    exposures = EventLog(root / cfg["exposure_log"])
-    feedback_log = EventLog(root / cfg["feedback_log"])
-    recent = RecentExposures()
+    store = event_store.open_store(params, root)
     poller = Poller(router, float(cfg["serve_poll_s"])) if poll else None
 
     @asynccontextmanager
@@ -275,11 +242,16 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
         yield
         if poller:
             poller.stop()
-        exposures.close()
-        feedback_log.close()
+        store.dispose()
 
     app = FastAPI(title="recpipe", lifespan=lifespan)
     app.state.router = router
+    app.state.store = store
+
+    @app.exception_handler(event_store.StoreUnavailable)
+    async def store_unavailable(request: Request, exc: event_store.StoreUnavailable):
+        # Not acknowledged, so the client can retry: an answer is only sent once its event is stored.
+        return JSONResponse(status_code=503, content={"error": str(exc)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -304,7 +276,7 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
         result = router.recommend(user_id, k, items)
         exposure_id = uuid.uuid4().hex
         latency_ms = (time.perf_counter() - started) * 1000
-        exposures.append(
+        store.add_exposure(
             {
                 "ts": now(),
                 "exposure_id": exposure_id,
@@ -319,7 +291,6 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
                 "latency_ms": round(latency_ms, 3),
             }
         )
-        recent.add(exposure_id, result["experiment_id"])
         return {
             "user_id": user_id,
             "variant": result["variant"],
@@ -329,37 +300,21 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
             "cold_start": result["cold_start"],
         }
 
-    @app.post("/feedback")
-    def feedback(event: Feedback) -> dict:
-        served = router.served
+    @app.post("/feedback", responses=FEEDBACK_ERRORS)
+    def feedback(event: Feedback):
+        try:
+            exposure = event_store.resolve_exposure(store, event.user_id, event.item_id, event.exposure_id)
+        except event_store.FeedbackRejected as exc:
+            return JSONResponse(status_code=exc.status, content={"error": str(exc)})
         record = {
             "ts": now(),
             **event.model_dump(),
-            "variant": assign(event.user_id, served.share, served.salt),
-            # The exposure's experiment when this server logged it; else the one running now (an exposure
-            # of another server or of before a restart: ab-report joins feedback to exposures anyway).
-            "experiment_id": recent.get(event.exposure_id) or served.experiment["id"],
+            "exposure_id": exposure["exposure_id"],
+            # What the user saw decides the arm, not what the split says now (it may have moved since).
+            "variant": exposure["variant"],
+            "experiment_id": exposure["experiment_id"],
         }
-        feedback_log.append(record)
+        store.add_feedback(record)
         return {"status": "logged", **record}
 
     return app
-
-
-def serve(params: dict, root: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    import torch
-    import uvicorn
-
-    # One request is one small user-tower pass and a top-K: intra-op threads only fight each
-    # other (and the request threads) for the cores. Measured on 2 shared cores: p50 147 ms with
-    # torch's default 2 threads vs 5 ms with 1. Scale out with more server processes instead.
-    torch.set_num_threads(1)
-    app = create_app(params, root)
-    health = app.state.router.health()
-    print(
-        f"recpipe serve: {health['model']} {health['versions']} A/B share {health['ab']['share']:g} "
-        f"experiment {health['experiment']['id']} on http://{host}:{port} "
-        f"(exposures -> {params['register']['exposure_log']}); Ctrl-C to stop",
-        flush=True,
-    )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,18 +1,20 @@
 """`recpipe serve` on a real registry: two trained tiny models (v1 champion, v2 challenger) in SQLite.
 
-In-process through FastAPI's TestClient (every endpoint, the A/B split, the logs, reload),
-then once as a real `recpipe serve` process on a loopback port.
+In-process through FastAPI's TestClient (every endpoint, the A/B split, the event store,
+feedback checked against its exposure, reload), then once as a real `recpipe serve` process on
+a loopback port. Several processes on one store: test_event_store.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io
 from pipeline_tasks.core import params as P
-from pipeline_tasks.serving import registry
+from pipeline_tasks.serving import event_store, registry
 from pipeline_tasks.serving.server import assign, bucket
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -45,9 +47,10 @@ def served_project(tmp_path_factory, tiny_encoder_dir):
 
 @pytest.fixture
 def project(served_project, tmp_path, monkeypatch):
-    """A private copy of the store; the exposure/feedback logs go under tmp_path."""
+    """A private copy of the store; the event store (default: tmp_path/logs/events.db) too."""
     root, params = served_project
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    monkeypatch.delenv(event_store.URL_ENV, raising=False)
     shutil.copy(root / "mlflow" / "mlflow.db", tmp_path / "mlflow.db")
     params = {
         **params,
@@ -71,8 +74,14 @@ def api(project):
         yield http, client, tmp, params
 
 
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def stored(tmp: Path, table: str) -> list[dict]:
+    """The rows of the project's event store (`exposures` or `feedback`), oldest first."""
+    store = event_store.EventStore(f"sqlite:///{tmp / 'logs' / 'events.db'}")
+    try:
+        exposures, feedback = store.frames()
+    finally:
+        store.dispose()
+    return (exposures if table == "exposures" else feedback).to_dict(orient="records")
 
 
 def known_history(root: Path, user: str) -> set[str]:
@@ -92,7 +101,7 @@ def test_recommend_answers_a_known_user_without_seen_items(api, project):
     assert scores == sorted(scores, reverse=True)
     seen = known_history(root, "u005")
     assert seen and not seen & {item["item_id"] for item in body["items"]}
-    exposure = read_lines(tmp / "logs" / "exposures.jsonl")[-1]
+    exposure = stored(tmp, "exposures")[-1]
     assert exposure["exposure_id"] == body["exposure_id"] and exposure["items"] == [i["item_id"] for i in body["items"]]
     assert exposure["variant"] == "champion" and exposure["latency_ms"] > 0
     assert (
@@ -127,7 +136,7 @@ def test_invalid_requests_get_422_with_a_clear_message(api, query, hint):
     http, _, tmp, _ = api
     answer = http.get("/recommend", params=query)
     assert answer.status_code == 422 and hint in answer.json()["error"]
-    assert not (tmp / "logs" / "exposures.jsonl").read_text()  # nothing was served, nothing exposed
+    assert not stored(tmp, "exposures")  # nothing was served, nothing exposed
 
 
 def test_ab_split_is_stable_follows_the_share_and_reloads_when_aliases_move(api):
@@ -159,7 +168,7 @@ def test_ab_split_is_stable_follows_the_share_and_reloads_when_aliases_move(api)
     experiments.append(registry.experiment(client, "recpipe")["id"])
     assert health["experiment"]["id"] == experiments[-1] and health["experiment"]["recorded"]
     assert {http.get("/recommend", params={"user_id": u}).json()["model_version"] for u in users[:10]} == {"2"}
-    exposures = read_lines(tmp / "logs" / "exposures.jsonl")
+    exposures = stored(tmp, "exposures")
     assert len(exposures) == 3 * len(users) + 10 and len({e["exposure_id"] for e in exposures}) == len(exposures)
     # Each split change started an experiment, and every exposure names the one it was served in.
     assert len(set(experiments)) == 3
@@ -180,11 +189,34 @@ def test_feedback_is_appended_and_validated(api):
     bad = http.post("/feedback", json={"user_id": "u003", "item_id": item, "event": "like"})
     assert bad.status_code == 422 and "event must be 'click' or 'purchase'" in bad.json()["error"]
     assert http.post("/feedback", json={"item_id": item, "event": "click"}).status_code == 422
-    logged = read_lines(tmp / "logs" / "feedback.jsonl")
+    logged = stored(tmp, "feedback")
     assert [e["event"] for e in logged] == ["click", "purchase"]
     assert all(e["exposure_id"] == exposure["exposure_id"] and e["item_id"] == item for e in logged)
-    served_in = read_lines(tmp / "logs" / "exposures.jsonl")[-1]["experiment_id"]
+    served_in = stored(tmp, "exposures")[-1]["experiment_id"]
     assert all(e["experiment_id"] == served_in for e in logged)
+
+
+def test_feedback_that_does_not_match_a_stored_exposure_is_refused_and_not_stored(api):
+    http, _, tmp, _ = api
+    exposure = http.get("/recommend", params={"user_id": "u006", "k": 3}).json()
+    shown = {i["item_id"] for i in exposure["items"]}
+    not_shown = next(f"i{n:02d}" for n in range(90) if f"i{n:02d}" not in shown)
+    item = exposure["items"][0]["item_id"]
+    refusals = [
+        ({"user_id": "u006", "item_id": item, "exposure_id": "no-such-exposure"}, 404, "unknown exposure_id"),
+        ({"user_id": "u007", "item_id": item, "exposure_id": exposure["exposure_id"]}, 409, "another user"),
+        ({"user_id": "u006", "item_id": not_shown, "exposure_id": exposure["exposure_id"]}, 409, "not among"),
+        ({"user_id": "u006", "item_id": not_shown}, 404, "no exposure of user 'u006' showed item"),
+        ({"user_id": "never-served", "item_id": item}, 404, "no exposure of user 'never-served'"),
+    ]
+    for body, status, message in refusals:
+        answer = http.post("/feedback", json={**body, "event": "click"})
+        assert answer.status_code == status and message in answer.json()["error"], (body, answer.json())
+    assert stored(tmp, "feedback") == []
+    # The same click on the item it was shown, by the user it was shown to, is stored.
+    ok = http.post("/feedback", json={"user_id": "u006", "item_id": item, "event": "click"})
+    assert ok.status_code == 200 and ok.json()["exposure_id"] == exposure["exposure_id"]
+    assert [(f["user_id"], f["item_id"]) for f in stored(tmp, "feedback")] == [("u006", item)]
 
 
 def test_feedback_names_the_experiment_of_its_exposure_across_a_restart(api):
@@ -198,9 +230,11 @@ def test_feedback_names_the_experiment_of_its_exposure_across_a_restart(api):
     item = exposure["items"][0]["item_id"]
     late = {"user_id": "u004", "item_id": item, "event": "click", "exposure_id": exposure["exposure_id"]}
     assert http.post("/feedback", json=late).json()["experiment_id"] == before
-    loose = {"user_id": "u004", "item_id": item, "event": "click"}  # no exposure id: the running experiment
-    assert http.post("/feedback", json=loose).json()["experiment_id"] == now_running
-    assert [e["experiment_id"] for e in read_lines(tmp / "logs" / "feedback.jsonl")] == [before, now_running]
+    # No exposure id: the user's latest exposure that showed the item, so still the experiment it was shown in.
+    loose = {"user_id": "u004", "item_id": item, "event": "click"}
+    answer = http.post("/feedback", json=loose).json()
+    assert answer["experiment_id"] == before and answer["exposure_id"] == exposure["exposure_id"]
+    assert [e["experiment_id"] for e in stored(tmp, "feedback")] == [before, before]
 
 
 def test_an_alias_moved_by_hand_is_served_under_a_derived_experiment_id(api, caplog):
@@ -218,7 +252,7 @@ def test_an_alias_moved_by_hand_is_served_under_a_derived_experiment_id(api, cap
     assert (health["champion"], health["challenger"]) == ("2", "1")
     assert "was moved outside recpipe" in caplog.text and health["id"] in caplog.text
     http.get("/recommend", params={"user_id": "u001"})
-    assert read_lines(tmp / "logs" / "exposures.jsonl")[-1]["experiment_id"] == health["id"]
+    assert stored(tmp, "exposures")[-1]["experiment_id"] == health["id"]
     # A record that names what is served again (`recpipe ab`) ends the unrecorded period.
     registry.set_ab_config(client, "recpipe", 0.5, who="test")
     router.refresh()
@@ -237,7 +271,7 @@ def test_a_model_error_falls_back_to_cold_start_instead_of_a_500(api):
         model.recommender.item_table = table
     assert answer.status_code == 200 and answer.json()["cold_start"] and len(answer.json()["items"]) == 4
     # Logged as a fallback, so ab-report does not credit the fallback list's clicks to the model.
-    exposure = read_lines(tmp / "logs" / "exposures.jsonl")[-1]
+    exposure = stored(tmp, "exposures")[-1]
     assert exposure["exposure_id"] == answer.json()["exposure_id"] and exposure["fallback"] is True
 
 
@@ -303,4 +337,148 @@ def test_recpipe_serve_process_answers_and_reloads_on_alias_move(project):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert len(read_lines(tmp / "logs" / "exposures.jsonl")) >= 2
+    assert len(stored(tmp, "exposures")) >= 2
+
+
+def start_server(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`recpipe serve ARGS` on a free loopback port, once /healthz answers."""
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in (C.TRACKING_URI_ENV, event_store.URL_ENV)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(tmp), "serve", "--port", str(port), *args],
+        cwd="/",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, server.stdout.read().decode()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not start in 120 s"
+        time.sleep(0.5)
+
+
+def worker_pids(server: subprocess.Popen) -> set[int]:
+    """uvicorn's worker processes: the server's children started by multiprocessing's spawn."""
+    import psutil
+
+    pids = set()
+    for child in psutil.Process(server.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # the killed worker, a zombie until uvicorn reaps it
+            continue
+    return pids
+
+
+class Traffic:
+    """Clients in threads: /recommend, and a click on a third of the answers; records what was acknowledged."""
+
+    def __init__(self, url: str, clients: int = 4):
+        import httpx
+
+        self.http = [httpx.Client(base_url=url, timeout=10) for _ in range(clients)]
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.exposures: set[str] = set()
+        self.clicks: set[tuple[str, str]] = set()
+        self.failed = 0
+        self.threads = [threading.Thread(target=self.loop, args=(i,)) for i in range(clients)]
+
+    def loop(self, client: int) -> None:
+        import httpx
+
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            user = f"u{(client * 7 + n) % 60:03d}"
+            try:
+                answer = self.http[client].get("/recommend", params={"user_id": user, "k": 3})
+                if answer.status_code != 200:
+                    raise httpx.HTTPError(f"status {answer.status_code}")
+                body = answer.json()
+                with self.lock:
+                    self.exposures.add(body["exposure_id"])
+                if n % 3 == 0:
+                    click = {"user_id": user, "item_id": body["items"][0]["item_id"], "event": "click"}
+                    fed = self.http[client].post("/feedback", json={**click, "exposure_id": body["exposure_id"]})
+                    if fed.status_code != 200:
+                        raise httpx.HTTPError(f"status {fed.status_code}")
+                    with self.lock:
+                        self.clicks.add((body["exposure_id"], click["item_id"]))
+            except httpx.HTTPError:  # in flight to the killed worker: failed, so never acknowledged
+                with self.lock:
+                    self.failed += 1
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        for http in self.http:
+            http.close()
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_store_and_a_killed_worker_loses_nothing_acknowledged(project):
+    """`serve --workers 2` under load; kill -9 one worker; ab-report then counts every acknowledged event."""
+    tmp, params, client, _ = project
+    registry.set_ab_config(client, "recpipe", 0.5, salt="w", who="test")
+    P.dump(params, tmp / "params.yaml")
+    server, url = start_server(tmp, "--workers", "2")
+    try:
+        workers = worker_pids(server)
+        assert len(workers) == 2, workers
+        # Their metrics can add up: one fresh PROMETHEUS_MULTIPROC_DIR for all of them, removed at exit.
+        import psutil
+
+        metrics_dirs = {psutil.Process(pid).environ().get("PROMETHEUS_MULTIPROC_DIR") for pid in workers}
+        assert len(metrics_dirs) == 1 and Path(next(iter(metrics_dirs))).is_dir(), metrics_dirs
+        with Traffic(url) as traffic:
+            time.sleep(4)
+            victim = sorted(workers)[0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 90
+            while len(worker_pids(server) - {victim}) < 2:  # uvicorn replaces the dead worker
+                assert time.monotonic() < deadline, "uvicorn did not restart the killed worker"
+                time.sleep(0.5)
+            time.sleep(4)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert not Path(next(iter(metrics_dirs))).exists()
+    exposures, clicks = stored(tmp, "exposures"), stored(tmp, "feedback")
+    stored_ids = {e["exposure_id"] for e in exposures}
+    assert len(stored_ids) == len(exposures) and len(traffic.exposures) > 20
+    # Acknowledged means stored; a request that died with the worker may or may not have been stored.
+    assert traffic.exposures <= stored_ids
+    assert len(stored_ids - traffic.exposures) <= traffic.failed
+    stored_clicks = {(f["exposure_id"], f["item_id"]) for f in clicks}
+    assert traffic.clicks <= stored_clicks and len(stored_clicks - traffic.clicks) <= traffic.failed
+    # Both workers' events are one experiment's, read back by ab-report from the one store.
+    from pipeline_tasks.serving import ab_report
+
+    report = ab_report.run(params, tmp, registry.current_experiment(client, "recpipe"), guardrails=[])
+    assert sum(v["exposures"] for v in report["variants"].values()) == len(exposures)
+    assert sum(v["clicks"] for v in report["variants"].values()) == len(stored_clicks)
+
+
+def test_a_store_that_cannot_write_answers_503_not_an_unrecorded_200(api):
+    http, _, _, _ = api
+    with http.app.state.store.engine.begin() as conn:  # a broken store: its table is gone
+        conn.exec_driver_sql("DROP TABLE exposures")
+    answer = http.get("/recommend", params={"user_id": "u001", "k": 3})
+    assert answer.status_code == 503 and "did not record the exposures row" in answer.json()["error"]
+    assert "retry" in answer.json()["error"]

@@ -47,6 +47,14 @@ def test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres(services_dir, tm
     assert refused.value.code == 401
     storage = creds["RECPIPE_OPTUNA_STORAGE"]
     assert ":" not in storage.split("@")[0].removeprefix("postgresql+psycopg2://")  # no password in params
+    # The serving event store's database: reachable with the URL `recpipe serve` gets (password from PGPASSFILE).
+    from pipeline_tasks.serving.event_store import EventStore
+
+    monkeypatch.setenv("PGPASSFILE", creds["PGPASSFILE"])
+    events = EventStore(creds["RECPIPE_EVENT_STORE_URL"])
+    events.upgrade()
+    assert events.counts() == {"exposures": 0, "feedback": 0} and "events@" in events.where
+    events.dispose()
 
     # Pop alone and fp32 only: the services' wiring is under test, not the models (which cost minutes here).
     cheap = ["baselines.models=[Pop]", "compress.variants=[fp32]"]

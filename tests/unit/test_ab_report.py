@@ -2,7 +2,7 @@
 
 Users are bucketed with the server's own hash, each user has a personal click propensity
 around the variant's true CTR (so exposures of one user are correlated, as in real
-traffic), and the logs are written in the server's format by its own EventLog. Each
+traffic), and the events are written in the server's format to a real event store (SQLite). Each
 simulation is one experiment (its id on every exposure), analysed against a stated plan.
 """
 
@@ -16,12 +16,13 @@ import pytest
 
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import params as P
-from pipeline_tasks.serving import ab_report
-from pipeline_tasks.serving.server import EventLog, assign
+from pipeline_tasks.serving import ab_report, event_store
+from pipeline_tasks.serving.server import assign
 
 
 @pytest.fixture
-def cfg() -> dict:
+def cfg(monkeypatch) -> dict:
+    monkeypatch.delenv(event_store.URL_ENV, raising=False)  # the project's own SQLite store
     return P.defaults()["register"]
 
 
@@ -98,11 +99,19 @@ def simulate(
 
 
 def write_logs(root: Path, cfg: dict, exposures: pd.DataFrame, feedback: pd.DataFrame) -> None:
-    for frame, key in ((exposures, "exposure_log"), (feedback, "feedback_log")):
-        log = EventLog(root / cfg[key])
-        for record in frame.to_dict(orient="records"):
-            log.append(record)
-        log.close()
+    """The simulated events into the project's event store, as the server's rows (items: one list)."""
+    store = event_store.open_store({"register": cfg}, root)
+    exposures = exposures.assign(items=[["i1"]] * len(exposures))
+    with store.engine.begin() as conn:  # one transaction: the server's one-per-event is needlessly slow here
+        conn.execute(event_store.exposures.insert(), records(exposures))
+        if len(feedback):
+            conn.execute(event_store.feedback.insert(), records(feedback))
+    store.dispose()
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """Rows with missing values as None (NULL), not NaN."""
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def test_a_better_challenger_is_detected_and_promoted(tmp_path, cfg):
@@ -200,6 +209,7 @@ def test_cli_reports_and_refuses_an_empty_log(tmp_path, capsys, monkeypatch):
 
     # mlflow.set_tracking_uri (an earlier test) exports MLFLOW_TRACKING_URI, which wins over params.
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    monkeypatch.delenv(event_store.URL_ENV, raising=False)
 
     params = P.defaults()
     params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -110,8 +110,18 @@ def test_compose_has_the_whole_stack(services):
     assert services["redis"]["profiles"] == ["celery"] and services["airflow-worker"]["profiles"] == ["celery"]
     assert services["minio"]["profiles"] == ["minio"]
     assert "LocalExecutor" in interpolate(services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"])
-    assert services["serving"]["command"] == ["recpipe", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    serve = ["recpipe", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "${SERVING_WORKERS:-2}"]
+    assert services["serving"]["command"] == serve
     assert "/healthz" in services["serving"]["environment"]["RECPIPE_HEALTH_URL"]
+
+
+def test_serving_workers_share_the_events_database_of_postgres(services):
+    """The workers' exposures and feedback go to PostgreSQL's `events` database, created on its first start."""
+    url = interpolate(services["serving"]["environment"]["RECPIPE_EVENT_STORE_URL"])
+    assert url.startswith("postgresql+psycopg2://events:") and url.endswith("@postgres:5432/events")
+    assert "EVENTS_DB_PASSWORD" in services["postgres"]["environment"]
+    init = (DOCKER / "postgres" / "init-databases.sh").read_text()
+    assert 'create events      events  "${EVENTS_DB_PASSWORD:?}"' in init
 
 
 def test_build_contexts_and_dockerfiles_exist(services):
@@ -152,7 +162,7 @@ def test_services_that_need_a_dependency_declare_it(services):
             assert "postgres" in depends(svc), f"{name} uses PostgreSQL but does not wait for it"
     needs = {
         "mlflow": {"postgres"},
-        "serving": {"mlflow"},
+        "serving": {"mlflow", "postgres"},
         "spark-worker": {"spark-master"},
         "airflow-scheduler": {"postgres", "mlflow", "airflow-init"},
         "airflow-worker": {"redis", "mlflow"},
@@ -411,6 +421,7 @@ def test_init_databases_script_creates_the_databases_on_real_postgres(postgres_p
             "AIRFLOW_DB_PASSWORD": "a-pass-123",
             "MLFLOW_DB_PASSWORD": "m-pass-123",
             "OPTUNA_DB_PASSWORD": "o-pass-123",
+            "EVENTS_DB_PASSWORD": "e-pass-123",
         }
         env = {
             **os.environ,
@@ -429,6 +440,7 @@ def test_init_databases_script_creates_the_databases_on_real_postgres(postgres_p
             ("mlflow", "mlflow", "m-pass-123"),
             ("mlflow_auth", "mlflow", "m-pass-123"),
             ("optuna", "optuna", "o-pass-123"),
+            ("events", "events", "e-pass-123"),
         ):
             engine = sa.create_engine(postgres.make_url(user, pw, server.port, db))
             with engine.connect() as conn:
