@@ -17,6 +17,9 @@
   feedback carries the experiment_id of its exposure when this server logged it recently,
   else the current one.
 - `GET /healthz`: the versions being served, the A/B config and the experiment.
+- `GET /metrics`: Prometheus text format (metrics.py; multi-process aware).
+- Inputs are bounded (ids, history, body size) and writes need the API key when one is set
+  (api_guard.py: limits, auth, startup check); every bad input is a 4xx `{"error", "detail"}`.
 - Every `register.serve_poll_s` a background thread re-reads aliases, the A/B config and the
   experiment and swaps in newly aliased versions (loaded first, then switched in one assignment).
 """
@@ -37,10 +40,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_tasks.core import constants as C
-from pipeline_tasks.serving import registry
+from pipeline_tasks.serving import api_guard, registry
+from pipeline_tasks.serving import metrics as serving_metrics
+from pipeline_tasks.serving.api_guard import ID_PATTERN, MAX_HISTORY_CHARS, MAX_HISTORY_ITEMS, MAX_ID_CHARS
 
 log = logging.getLogger("recpipe.serve")
 
@@ -49,21 +54,65 @@ MAX_K = 1000
 # Exposures remembered for their experiment id (feedback usually follows within minutes): ~10 MB.
 RECENT_EXPOSURES = 100_000
 # Shown for a field that fails validation (FastAPI's own message is kept in `detail`).
+ID_RULE = f"1..{MAX_ID_CHARS} characters, no control characters"
 FIELD_HINTS = {
     "k": f"k must be a positive integer (1..{MAX_K})",
-    "user_id": "user_id is required: a non-empty string (an unknown id gets cold-start recommendations)",
+    "user_id": f"user_id is required: a string of {ID_RULE} (an unknown id gets cold-start recommendations)",
     "event": "event must be 'click' or 'purchase'",
-    "item_id": "item_id is required: the recommended item the user acted on",
+    "item_id": f"item_id is required: the recommended item the user acted on ({ID_RULE})",
+    "exposure_id": f"exposure_id: the exposure_id of a /recommend answer ({ID_RULE})",
+    "history": f"history: at most {MAX_HISTORY_ITEMS} comma-separated item ids of at most {MAX_ID_CHARS} characters",
 }
+
+
+def IdField(**kwargs):  # noqa: N802 - reads like pydantic's Field
+    return Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, **kwargs)
 
 
 class Feedback(BaseModel):
     """POST /feedback body (module level: FastAPI resolves the annotation from module globals)."""
 
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
+    user_id: str = IdField()
+    item_id: str = IdField()
     event: Literal["click", "purchase"]
-    exposure_id: str | None = None  # from the /recommend answer; without it, the user's latest exposure
+    exposure_id: str | None = IdField(default=None)  # from the /recommend answer; without it, the user's latest
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class Recommendation(BaseModel):
+    """GET /recommend answer (declared so the OpenAPI schema, and the fuzz checking it, tell the truth)."""
+
+    user_id: str
+    variant: Literal["champion", "challenger"]
+    model_version: str
+    items: list[ScoredItem]
+    exposure_id: str
+    cold_start: bool
+
+
+class FeedbackLogged(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the logged record: whatever the event log stores
+    status: Literal["logged"]
+    ts: str
+    user_id: str
+    item_id: str
+    event: Literal["click", "purchase"]
+    exposure_id: str | None
+    variant: Literal["champion", "challenger"]
+    experiment_id: str
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str
+    model: str
+    versions: dict[str, str]
+    ab: dict
+    experiment: dict
 
 
 def bucket(user_id: str, salt: str) -> float:
@@ -254,9 +303,9 @@ def validation_message(errors: list[dict]) -> str:
 
 def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
     """The FastAPI app; the router loads its models before the app is returned."""
-    from fastapi import FastAPI, Query, Request
+    from fastapi import FastAPI, Query, Request, Response
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse
 
     cfg = params["register"]
     root = Path(root)
@@ -278,29 +327,60 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
         exposures.close()
         feedback_log.close()
 
+    auth = api_guard.ApiAuth.from_env()
     app = FastAPI(title="recpipe", lifespan=lifespan)
     app.state.router = router
+    api_guard.install(app, auth)
+    metrics = serving_metrics.install(app, lambda: router.served)
+    reads, writes = auth.dependencies(write=False), auth.dependencies(write=True)
+    read_errors = api_guard.error_responses(*([401] if reads else []))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         return JSONResponse(
             status_code=422,
-            content={"error": validation_message(errors), "detail": json.loads(json.dumps(errors, default=str))},
+            content={"error": validation_message(errors), "detail": api_guard.safe_detail(errors)},
         )
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     def healthz() -> dict:
         return router.health()
 
-    @app.get("/recommend")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        dependencies=reads,
+        responses=read_errors,
+        summary="Prometheus metrics (text exposition format)",
+    )
+    def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4  # the format generate_latest writes
+
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+    @app.get(
+        "/recommend",
+        response_model=Recommendation,
+        dependencies=reads,
+        responses={**read_errors, **api_guard.error_responses(422)},
+    )
     def recommend(
-        user_id: str = Query(..., min_length=1),
+        user_id: str = Query(..., min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN),
         k: int = Query(10, gt=0, le=MAX_K),
-        history: str | None = Query(None, description="comma-separated item ids (a new user)"),
+        history: str | None = Query(
+            None,
+            max_length=MAX_HISTORY_CHARS,
+            description=f"comma-separated item ids (a new user), at most {MAX_HISTORY_ITEMS}",
+        ),
     ) -> dict:
         started = time.perf_counter()
-        items = [i for i in (history or "").split(",") if i] or None
+        try:
+            items = api_guard.history_items(history)
+        except ValueError as err:
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("query", "history"), "msg": str(err), "input": history}]
+            ) from None
         result = router.recommend(user_id, k, items)
         exposure_id = uuid.uuid4().hex
         latency_ms = (time.perf_counter() - started) * 1000
@@ -320,6 +400,9 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
             }
         )
         recent.add(exposure_id, result["experiment_id"])
+        metrics.observe_recommendation(
+            result["variant"], result["model_version"], latency_ms / 1000, fallback=result["fallback"]
+        )
         return {
             "user_id": user_id,
             "variant": result["variant"],
@@ -329,7 +412,12 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
             "cold_start": result["cold_start"],
         }
 
-    @app.post("/feedback")
+    @app.post(
+        "/feedback",
+        response_model=FeedbackLogged,
+        dependencies=writes,
+        responses=api_guard.error_responses(*([401] if writes else []), 413, 422),
+    )
     def feedback(event: Feedback) -> dict:
         served = router.served
         record = {
@@ -341,6 +429,7 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
             "experiment_id": recent.get(event.exposure_id) or served.experiment["id"],
         }
         feedback_log.append(record)
+        metrics.feedback.labels(event.event, record["variant"]).inc()
         return {"status": "logged", **record}
 
     return app
@@ -354,6 +443,7 @@ def serve(params: dict, root: str | Path, host: str = "127.0.0.1", port: int = 8
     # other (and the request threads) for the cores. Measured on 2 shared cores: p50 147 ms with
     # torch's default 2 threads vs 5 ms with 1. Scale out with more server processes instead.
     torch.set_num_threads(1)
+    warning = api_guard.check_bind(host, api_guard.ApiAuth.from_env())  # raises on a reachable bind without a key
     app = create_app(params, root)
     health = app.state.router.health()
     print(
@@ -362,4 +452,7 @@ def serve(params: dict, root: str | Path, host: str = "127.0.0.1", port: int = 8
         f"(exposures -> {params['register']['exposure_log']}); Ctrl-C to stop",
         flush=True,
     )
+    if warning:
+        log.warning(warning)
+        print(f"recpipe serve: WARNING {warning}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
