@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
@@ -197,12 +197,19 @@ class ApiAuth:
             return []
 
         def require_key(
-            api_key: Annotated[str | None, Security(API_KEY_SCHEME)],
-            token: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)],
+            request: Request,
+            # Declared for the OpenAPI schema; the check reads the raw headers (see presented_keys).
+            _api_key: Annotated[str | None, Security(API_KEY_SCHEME)],
+            _token: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)],
         ) -> None:
-            given = api_key or (token.credentials if token else None)
-            if not given or not hmac.compare_digest(given.encode("utf-8", "replace"), self.key.encode()):
-                raise Unauthorized("wrong API key" if given else "missing API key")
+            presented = presented_keys(request.headers)
+            if not presented:
+                raise Unauthorized("missing API key")
+            # Every credential sent must match: a wrong X-API-Key next to a right bearer token is refused,
+            # so no header is ever silently ignored.
+            matches = [hmac.compare_digest(key.encode("utf-8", "replace"), self.key.encode()) for key in presented]
+            if not all(matches):
+                raise Unauthorized("wrong API key")
 
         return [Depends(require_key)]
 
@@ -212,6 +219,18 @@ class ApiAuth:
             f"with the key the server was started with (environment variable {API_KEY_ENV})",
             {"reason": reason, "headers": ["Authorization", API_KEY_HEADER], "auth_mode": self.mode},
         )
+
+
+def presented_keys(headers) -> list[str]:
+    """The keys a request presents: X-API-Key as sent (even empty), a bearer token; another
+    Authorization scheme counts as a wrong key (it is a credential, just not ours)."""
+    keys = []
+    if API_KEY_HEADER in headers:
+        keys.append(headers[API_KEY_HEADER].strip())
+    if "authorization" in headers:
+        scheme, _, token = headers["authorization"].partition(" ")
+        keys.append(token.strip() if scheme.lower() == "bearer" else "\0not-a-bearer-token")
+    return keys
 
 
 def is_loopback(host: str) -> bool:
@@ -255,14 +274,17 @@ def install(app, auth: ApiAuth) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
         # 404 / 405 and friends: the same body shape as every other error (405 keeps its Allow header).
+        # FastAPI answers 400 for a body it cannot decode (not UTF-8): say what to send instead.
+        hint = "; send a UTF-8 JSON object" if exc.status_code == 400 else ""
         return JSONResponse(
             status_code=exc.status_code,
-            content=error_body(f"{exc.status_code} {exc.detail}: {request.method} {request.url.path}"),
+            content=error_body(f"{exc.status_code} {exc.detail}: {request.method} {request.url.path}{hint}"),
             headers=exc.headers,
         )
 
 
 ERROR_DESCRIPTIONS = {
+    400: "the body is not readable (not UTF-8 JSON)",
     401: f"missing or wrong API key ('Authorization: Bearer <key>' or '{API_KEY_HEADER}'; see {API_KEY_ENV})",
     413: f"request body over {MAX_BODY_BYTES} bytes",
     422: "invalid input: `error` names the field and its bounds, `detail` lists pydantic's errors",

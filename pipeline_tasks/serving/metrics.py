@@ -23,6 +23,8 @@ import logging
 import os
 from collections.abc import Callable
 
+from starlette.responses import Response
+
 log = logging.getLogger("recpipe.serve")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -31,6 +33,18 @@ METHODS = ("GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE")
 # One request is ~5 ms on a quiet CPU (one user-tower pass + top-K); the tail reaches seconds
 # when cores are contended, so the buckets span 1 ms .. 5 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# The format generate_latest writes (prometheus_client's CONTENT_TYPE_PLAIN_0_0_4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENAPI_200 = {200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+
+class MetricsResponse(Response):
+    """The /metrics answer. Its class has no media type on purpose: FastAPI then documents the route's
+    error answers as the JSON they are (with text/plain it listed them as text); 200 is OPENAPI_200."""
+
+    def __init__(self, content: bytes = b"", status_code: int = 200):
+        super().__init__(content, status_code=status_code, media_type=CONTENT_TYPE)
 
 
 def multiprocess_dir() -> str | None:

@@ -303,9 +303,9 @@ def validation_message(errors: list[dict]) -> str:
 
 def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
     """The FastAPI app; the router loads its models before the app is returned."""
-    from fastapi import FastAPI, Query, Request, Response
+    from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse
 
     cfg = params["register"]
     root = Path(root)
@@ -349,15 +349,13 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
 
     @app.get(
         "/metrics",
-        response_class=PlainTextResponse,
+        response_class=serving_metrics.MetricsResponse,
         dependencies=reads,
-        responses=read_errors,
+        responses={**serving_metrics.OPENAPI_200, **read_errors},
         summary="Prometheus metrics (text exposition format)",
     )
-    def prometheus() -> Response:
-        from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4  # the format generate_latest writes
-
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    def prometheus():  # no return annotation: FastAPI would resolve it from module globals
+        return serving_metrics.MetricsResponse(metrics.exposition())
 
     @app.get(
         "/recommend",
@@ -416,7 +414,7 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
         "/feedback",
         response_model=FeedbackLogged,
         dependencies=writes,
-        responses=api_guard.error_responses(*([401] if writes else []), 413, 422),
+        responses=api_guard.error_responses(400, *([401] if writes else []), 413, 422),
     )
     def feedback(event: Feedback) -> dict:
         served = router.served
