@@ -89,13 +89,20 @@ def safe_detail(errors: list[dict]) -> list[dict]:
 
 
 def history_items(history: str | None) -> list[str] | None:
-    """The comma-separated history as a list, or a 422-worthy message naming the broken bound."""
+    """The comma-separated history as a list; past its bounds a RequestValidationError (the 422 handler)."""
+    from fastapi.exceptions import RequestValidationError
+
     items = [i for i in (history or "").split(",") if i]
-    if len(items) > MAX_HISTORY_ITEMS:
-        raise ValueError(f"history has {len(items)} items; at most {MAX_HISTORY_ITEMS} are read")
     long = next((i for i in items if len(i) > MAX_ID_CHARS), None)
-    if long is not None:
-        raise ValueError(f"history item {printable(long)!r} is longer than {MAX_ID_CHARS} characters")
+    problem = (
+        f"history has {len(items)} items; at most {MAX_HISTORY_ITEMS} are read"
+        if len(items) > MAX_HISTORY_ITEMS
+        else f"history item {printable(long)!r} is longer than {MAX_ID_CHARS} characters"
+        if long is not None
+        else None
+    )
+    if problem:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "history"), "msg": problem}])
     return items or None
 
 

@@ -158,8 +158,20 @@ class RequestMetrics:
             self.metrics.requests.labels(endpoint, method, str(status["code"])).inc()
 
 
-def install(app, served: Callable[[], object]) -> ServingMetrics:
-    """Add the counting middleware (outermost: it sees the body limit's 413s) and return the metrics."""
+def install(app, served: Callable[[], object], dependencies: list, responses: dict) -> ServingMetrics:
+    """The counting middleware (added after the body limit, so outermost: it sees the 413s too) and
+    GET /metrics, guarded by `dependencies` (the read auth); returns the metrics to record into."""
     metrics = ServingMetrics()
     app.add_middleware(RequestMetrics, metrics=metrics, served=served)
+
+    @app.get(
+        "/metrics",
+        response_class=MetricsResponse,
+        dependencies=dependencies,
+        responses={**OPENAPI_200, **responses},
+        summary="Prometheus metrics (text exposition format)",
+    )
+    def prometheus():  # no return annotation: FastAPI would resolve it from module globals
+        return MetricsResponse(metrics.exposition())
+
     return metrics

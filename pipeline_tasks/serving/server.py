@@ -17,9 +17,8 @@
   feedback carries the experiment_id of its exposure when this server logged it recently,
   else the current one.
 - `GET /healthz`: the versions being served, the A/B config and the experiment.
-- `GET /metrics`: Prometheus text format (metrics.py; multi-process aware).
-- Inputs are bounded (ids, history, body size) and writes need the API key when one is set
-  (api_guard.py: limits, auth, startup check); every bad input is a 4xx `{"error", "detail"}`.
+- `GET /metrics`: Prometheus (metrics.py). Bounded inputs, body limit, API key, startup bind check:
+  api_guard.py; every bad input is a 4xx `{"error", "detail"}`; answer shapes: api_models.py.
 - Every `register.serve_poll_s` a background thread re-reads aliases, the A/B config and the
   experiment and swaps in newly aliased versions (loaded first, then switched in one assignment).
 """
@@ -40,12 +39,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.serving import api_guard, registry
 from pipeline_tasks.serving import metrics as serving_metrics
 from pipeline_tasks.serving.api_guard import ID_PATTERN, MAX_HISTORY_CHARS, MAX_HISTORY_ITEMS, MAX_ID_CHARS
+from pipeline_tasks.serving.api_models import FeedbackLogged, Health, IdField, Recommendation
 
 log = logging.getLogger("recpipe.serve")
 
@@ -65,10 +65,6 @@ FIELD_HINTS = {
 }
 
 
-def IdField(**kwargs):  # noqa: N802 - reads like pydantic's Field
-    return Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, **kwargs)
-
-
 class Feedback(BaseModel):
     """POST /feedback body (module level: FastAPI resolves the annotation from module globals)."""
 
@@ -76,43 +72,6 @@ class Feedback(BaseModel):
     item_id: str = IdField()
     event: Literal["click", "purchase"]
     exposure_id: str | None = IdField(default=None)  # from the /recommend answer; without it, the user's latest
-
-
-class ScoredItem(BaseModel):
-    item_id: str
-    score: float
-
-
-class Recommendation(BaseModel):
-    """GET /recommend answer (declared so the OpenAPI schema, and the fuzz checking it, tell the truth)."""
-
-    user_id: str
-    variant: Literal["champion", "challenger"]
-    model_version: str
-    items: list[ScoredItem]
-    exposure_id: str
-    cold_start: bool
-
-
-class FeedbackLogged(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the logged record: whatever the event log stores
-    status: Literal["logged"]
-    ts: str
-    user_id: str
-    item_id: str
-    event: Literal["click", "purchase"]
-    exposure_id: str | None
-    variant: Literal["champion", "challenger"]
-    experiment_id: str
-
-
-class Health(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    status: str
-    model: str
-    versions: dict[str, str]
-    ab: dict
-    experiment: dict
 
 
 def bucket(user_id: str, salt: str) -> float:
@@ -331,9 +290,9 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
     app = FastAPI(title="recpipe", lifespan=lifespan)
     app.state.router = router
     api_guard.install(app, auth)
-    metrics = serving_metrics.install(app, lambda: router.served)
     reads, writes = auth.dependencies(write=False), auth.dependencies(write=True)
     read_errors = api_guard.error_responses(*([401] if reads else []))
+    metrics = serving_metrics.install(app, lambda: router.served, dependencies=reads, responses=read_errors)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -346,16 +305,6 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
     @app.get("/healthz", response_model=Health)
     def healthz() -> dict:
         return router.health()
-
-    @app.get(
-        "/metrics",
-        response_class=serving_metrics.MetricsResponse,
-        dependencies=reads,
-        responses={**serving_metrics.OPENAPI_200, **read_errors},
-        summary="Prometheus metrics (text exposition format)",
-    )
-    def prometheus():  # no return annotation: FastAPI would resolve it from module globals
-        return serving_metrics.MetricsResponse(metrics.exposition())
 
     @app.get(
         "/recommend",
@@ -373,12 +322,7 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
         ),
     ) -> dict:
         started = time.perf_counter()
-        try:
-            items = api_guard.history_items(history)
-        except ValueError as err:
-            raise RequestValidationError(
-                [{"type": "value_error", "loc": ("query", "history"), "msg": str(err), "input": history}]
-            ) from None
+        items = api_guard.history_items(history)  # a RequestValidationError (422) past the bounds
         result = router.recommend(user_id, k, items)
         exposure_id = uuid.uuid4().hex
         latency_ms = (time.perf_counter() - started) * 1000
