@@ -424,8 +424,10 @@ class Trainer:
         """Continue from a checkpoint of the same params and data, if one exists."""
         if self.checkpoint_dir is None or not (self.checkpoint_dir / checkpoint.CHECKPOINT_FILE).exists():
             return
-        # weights_only=False: our own file, holding numpy / Python RNG states beside the tensors.
-        ckpt = torch.load(self.checkpoint_dir / checkpoint.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        # weights_only=False: our own file, holding numpy / Python RNG states beside the tensors; it lives in
+        # this run's checkpoint folder, which only the pipeline's user writes (as it writes the code).
+        path = self.checkpoint_dir / checkpoint.CHECKPOINT_FILE
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # nosec B614 # our own checkpoint
         if ckpt.get("fingerprint") != self.fingerprint:
             log.info(
                 "ignoring %s: it was made with other params or data", self.checkpoint_dir / checkpoint.CHECKPOINT_FILE
@@ -444,7 +446,7 @@ class Trainer:
         self.resumed_from_step = self.progress.step
         best_file = self.checkpoint_dir / checkpoint.BEST_FILE
         if best_file.exists():
-            best = torch.load(best_file, map_location="cpu", weights_only=False)
+            best = torch.load(best_file, map_location="cpu", weights_only=False)  # nosec B614 # our own file
             if best.get("fingerprint") == self.fingerprint:
                 self.best_state, self.best_table = best["state"], best["table"]
                 self.progress.best_epoch, self.progress.best_ndcg = best["epoch"], best["ndcg"]

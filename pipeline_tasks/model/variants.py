@@ -66,7 +66,8 @@ def encoder_skeleton(encoder_dir: Path) -> Encoder:
     """The HF encoder's architecture from its config, with untrained weights."""
     from transformers import AutoConfig, AutoModel
 
-    return AutoModel.from_config(AutoConfig.from_pretrained(str(encoder_dir), local_files_only=True))
+    config = AutoConfig.from_pretrained(str(encoder_dir), local_files_only=True)  # nosec B615 # a local folder
+    return AutoModel.from_config(config)
 
 
 def load_int8_encoder(encoder_dir: Path, skeleton: Encoder | None = None) -> Encoder:
@@ -142,7 +143,7 @@ def text_encoder(model_dir: Path, config: dict) -> tuple[Encoder | None, Any]:
         return load_encoder(encoder_dir)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)  # nosec B615 # a local folder
     if encoder_format == INT8:
         return encoder_skeleton(encoder_dir), tokenizer
     return OnnxEncoder(encoder_dir / ONNX_FILE), tokenizer

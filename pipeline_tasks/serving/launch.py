@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline_tasks.core import constants as C
-from pipeline_tasks.serving import event_store, registry
+from pipeline_tasks.serving import api_guard, event_store, registry
 from pipeline_tasks.serving.server import create_app
 
 log = logging.getLogger("recpipe.serve")
@@ -38,19 +38,20 @@ def serve(params: dict, root: str | Path, host: str = "127.0.0.1", port: int = 8
 
     if workers < 1:
         raise registry.RegistryError(f"--workers must be at least 1, not {workers}")
+    warning = api_guard.check_bind(host, api_guard.ApiAuth.from_env())  # raises on a reachable bind without a key
     store = event_store.open_store(params, root)  # migrate once, before any worker writes
     where = store.where
     store.dispose()
     if workers == 1:
         limit_torch_threads()
         app = create_app(params, root)
-        print_banner(app.state.router.health(), where, host, port, workers)
+        print_banner(app.state.router.health(), where, host, port, workers, warning)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
     champion_or_refuse(params, root)  # fail here with the message, not in N workers' logs
     os.environ[PARAMS_ENV], os.environ[ROOT_ENV] = json.dumps(params), str(Path(root).resolve())
     with multiprocess_metrics_dir():
-        print_banner(None, where, host, port, workers)
+        print_banner(None, where, host, port, workers, warning)
         uvicorn.run(
             APP_FACTORY, factory=True, workers=workers, host=host, port=port, log_level="warning", access_log=False
         )
@@ -101,7 +102,7 @@ def multiprocess_metrics_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def print_banner(health: dict | None, store: str, host: str, port: int, workers: int) -> None:
+def print_banner(health: dict | None, store: str, host: str, port: int, workers: int, warning: str | None) -> None:
     what = (
         f"{health['model']} {health['versions']} A/B share {health['ab']['share']:g} "
         f"experiment {health['experiment']['id']}"
@@ -112,3 +113,6 @@ def print_banner(health: dict | None, store: str, host: str, port: int, workers:
         f"recpipe serve: {what} on http://{host}:{port} (events -> {store}); Ctrl-C to stop",
         flush=True,
     )
+    if warning:
+        log.warning(warning)
+        print(f"recpipe serve: WARNING {warning}", flush=True)

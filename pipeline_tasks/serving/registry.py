@@ -37,6 +37,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import secrets
 import uuid
@@ -48,6 +49,7 @@ from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import tracking
 from pipeline_tasks.core.errors import PipelineError, TransientError
 
+log = logging.getLogger("recpipe.registry")
 AUDIT_PREFIX = "recpipe.audit."
 AB_TAG = "recpipe.ab"
 EXPERIMENT_TAG = "recpipe.experiment"
@@ -223,10 +225,13 @@ def metric_deltas(client, name: str, from_version: str | None, to_version: str, 
 
 def set_or_delete_alias(client, name: str, alias: str, version: str | None) -> None:
     if version is None:
+        from mlflow.exceptions import MlflowException
+
         try:
             client.delete_registered_model_alias(name, alias)
-        except Exception:  # noqa: BLE001 - deleting an alias that does not exist is fine
-            pass
+        except MlflowException as err:  # deleting an alias that does not exist is fine; anything else is not
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
     else:
         client.set_registered_model_alias(name, alias, str(version))
 
@@ -288,8 +293,8 @@ def forget_move_tags(client, name: str, to_version: str, old_champion: str | Non
     for version, key in tags:
         try:
             client.delete_model_version_tag(name, version, key)
-        except Exception:  # noqa: BLE001 - absent tag, or the store is still down
-            pass
+        except Exception as err:  # noqa: BLE001 - absent tag, or the store is still down
+            log.info("tag %s of %s v%s not removed (%s); it only documents an undone move", key, name, version, err)
 
 
 def gate_passed_against(version_tags: dict, champion: str | None) -> bool:
@@ -434,8 +439,8 @@ def set_challenger(client, name: str, version: str, reason: str, who: str | None
         # Undone so no record names a challenger that is not aliased; the caller sees the original error.
         try:
             set_or_delete_alias(client, name, C.ALIAS_CHALLENGER, before)
-        except Exception:  # noqa: BLE001 - the store is down: servers fall back to an unrecorded id
-            pass
+        except Exception as undo_err:  # noqa: BLE001 - the store is down: servers fall back to an unrecorded id
+            log.warning("could not put alias %s of %s back to %s (%s)", C.ALIAS_CHALLENGER, name, before, undo_err)
         put_tags_back(client, name, saved, written)
         raise
     return event

@@ -20,6 +20,8 @@
   user's or did not show item_id. Without exposure_id it goes to the user's latest exposure that
   showed the item (404 if none). It carries its exposure's variant and experiment_id.
 - `GET /healthz`: the versions being served, the A/B config and the experiment.
+- `GET /metrics`: Prometheus (metrics.py). Bounded inputs, body limit, API key, startup bind check:
+  api_guard.py; every bad input is a 4xx `{"error", "detail"}`; answer shapes: api_models.py.
 - Every `register.serve_poll_s` a background thread re-reads aliases, the A/B config and the
   experiment and swaps in newly aliased versions (loaded first, then switched in one assignment).
 - How it runs (one process, or N uvicorn workers sharing the event store): launch.py.
@@ -28,7 +30,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -40,10 +41,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from pipeline_tasks.core import constants as C
-from pipeline_tasks.serving import event_store, registry
+from pipeline_tasks.serving import api_guard, event_store, registry
+from pipeline_tasks.serving import metrics as serving_metrics
+from pipeline_tasks.serving.api_guard import ID_PATTERN, MAX_HISTORY_CHARS, MAX_HISTORY_ITEMS, MAX_ID_CHARS
+from pipeline_tasks.serving.api_models import FeedbackLogged, Health, IdField, Recommendation
 
 log = logging.getLogger("recpipe.serve")
 
@@ -55,21 +59,25 @@ FEEDBACK_ERRORS = {
     503: {"description": "the event store cannot record it now: not acknowledged, retry"},
 }
 # Shown for a field that fails validation (FastAPI's own message is kept in `detail`).
+ID_RULE = f"1..{MAX_ID_CHARS} characters, no control characters"
 FIELD_HINTS = {
     "k": f"k must be a positive integer (1..{MAX_K})",
-    "user_id": "user_id is required: a non-empty string (an unknown id gets cold-start recommendations)",
+    "user_id": f"user_id is required: a string of {ID_RULE} (an unknown id gets cold-start recommendations)",
     "event": "event must be 'click' or 'purchase'",
-    "item_id": "item_id is required: the recommended item the user acted on",
+    "item_id": f"item_id is required: the recommended item the user acted on ({ID_RULE})",
+    "exposure_id": f"exposure_id: the exposure_id of a /recommend answer ({ID_RULE})",
+    "history": f"history: at most {MAX_HISTORY_ITEMS} comma-separated item ids of at most {MAX_ID_CHARS} characters",
 }
 
 
 class Feedback(BaseModel):
     """POST /feedback body (module level: FastAPI resolves the annotation from module globals)."""
 
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
+    user_id: str = IdField()
+    item_id: str = IdField()
     event: Literal["click", "purchase"]
-    exposure_id: str | None = None  # from the /recommend answer; without it, the user's latest showing item_id
+    # From the /recommend answer; without it, the user's latest exposure that showed item_id.
+    exposure_id: str | None = IdField(default=None)
 
 
 def bucket(user_id: str, salt: str) -> float:
@@ -244,9 +252,14 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
             poller.stop()
         store.dispose()
 
+    auth = api_guard.ApiAuth.from_env()
     app = FastAPI(title="recpipe", lifespan=lifespan)
     app.state.router = router
     app.state.store = store
+    api_guard.install(app, auth)
+    reads, writes = auth.dependencies(write=False), auth.dependencies(write=True)
+    read_errors = api_guard.error_responses(*([401] if reads else []))
+    metrics = serving_metrics.install(app, lambda: router.served, dependencies=reads, responses=read_errors)
 
     @app.exception_handler(event_store.StoreUnavailable)
     async def store_unavailable(request: Request, exc: event_store.StoreUnavailable):
@@ -258,21 +271,30 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
         errors = exc.errors()
         return JSONResponse(
             status_code=422,
-            content={"error": validation_message(errors), "detail": json.loads(json.dumps(errors, default=str))},
+            content={"error": validation_message(errors), "detail": api_guard.safe_detail(errors)},
         )
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     def healthz() -> dict:
         return router.health()
 
-    @app.get("/recommend")
+    @app.get(
+        "/recommend",
+        response_model=Recommendation,
+        dependencies=reads,
+        responses={**read_errors, **api_guard.error_responses(422)},
+    )
     def recommend(
-        user_id: str = Query(..., min_length=1),
+        user_id: str = Query(..., min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN),
         k: int = Query(10, gt=0, le=MAX_K),
-        history: str | None = Query(None, description="comma-separated item ids (a new user)"),
+        history: str | None = Query(
+            None,
+            max_length=MAX_HISTORY_CHARS,
+            description=f"comma-separated item ids (a new user), at most {MAX_HISTORY_ITEMS}",
+        ),
     ) -> dict:
         started = time.perf_counter()
-        items = [i for i in (history or "").split(",") if i] or None
+        items = api_guard.history_items(history)  # a RequestValidationError (422) past the bounds
         result = router.recommend(user_id, k, items)
         exposure_id = uuid.uuid4().hex
         latency_ms = (time.perf_counter() - started) * 1000
@@ -291,6 +313,9 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
                 "latency_ms": round(latency_ms, 3),
             }
         )
+        metrics.observe_recommendation(
+            result["variant"], result["model_version"], latency_ms / 1000, fallback=result["fallback"]
+        )
         return {
             "user_id": user_id,
             "variant": result["variant"],
@@ -300,7 +325,12 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
             "cold_start": result["cold_start"],
         }
 
-    @app.post("/feedback", responses=FEEDBACK_ERRORS)
+    @app.post(
+        "/feedback",
+        response_model=FeedbackLogged,
+        dependencies=writes,
+        responses={**api_guard.error_responses(400, *([401] if writes else []), 413, 422), **FEEDBACK_ERRORS},
+    )
     def feedback(event: Feedback):
         try:
             exposure = event_store.resolve_exposure(store, event.user_id, event.item_id, event.exposure_id)
@@ -315,6 +345,7 @@ def create_app(params: dict, root: str | Path, client=None, poll: bool = True):
             "experiment_id": exposure["experiment_id"],
         }
         store.add_feedback(record)
+        metrics.feedback.labels(event.event, record["variant"]).inc()
         return {"status": "logged", **record}
 
     return app
