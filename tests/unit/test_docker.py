@@ -30,7 +30,7 @@ COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile*") if p.suffix != ".dockerignore")
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET", re.I)
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|API_KEY", re.I)
 
 
 @pytest.fixture(scope="module")
