@@ -245,6 +245,10 @@ DEFAULTS: dict[str, Any] = {
         "warmup_share": 0.1,  # share of all steps with a linear learning-rate warm-up (then cosine to 10%)
         "grad_clip_norm": 1.0,
         "temperature": 0.1,
+        # softmax: cross-entropy over the whole catalogue; sampled: n_negatives popularity-sampled
+        # negatives (logQ-corrected); auto: softmax up to softmax_max_items items, else sampled.
+        "loss": "auto",
+        "softmax_max_items": 20000,
         "n_negatives": 256,
         "text_grad_items": 64,  # candidates per step encoded WITH gradient (the rest read a cached table)
         "checkpoint_every": 50,

@@ -10,6 +10,8 @@ User tower: a causal transformer (SASRec-style: right-aligned positional embeddi
 layers) over the user's last `max_seq_len` item vectors gives a user vector at every position.
 
 Score: cosine (both towers L2-normalise their output), divided by a temperature during training.
+Loss: cross-entropy of the next item against the whole catalogue (full softmax) or, for catalogues
+too large for that, against sampled negatives with a logQ correction (see trainer.resolve_loss).
 
 CPU cost: running a transformer encoder over every candidate item at every step is what makes
 text recommenders slow. Training therefore keeps a *cached* table of pooled encoder outputs for
@@ -390,3 +392,16 @@ def sampled_softmax_loss(
     labels = torch.searchsorted(candidates, targets)
     assert bool((candidates[labels] == targets).all()), "every target must be among the candidates"
     return F.cross_entropy(logits.float(), labels)
+
+
+def full_softmax_loss(
+    users: torch.Tensor, targets: torch.Tensor, item_vectors: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Softmax cross-entropy of each target against every item of the catalogue.
+
+    users (N, dim), targets (N,) item indices, item_vectors (n_items, dim). No sampling, so no
+    correction: the gradient is the exact one of the ranking the evaluation does (full ranking),
+    which is what lets SASRec-style models match BERT4Rec (Klenitskiy & Vasilev, RecSys 2023).
+    """
+    logits = users @ item_vectors.T / temperature
+    return F.cross_entropy(logits.float(), targets)
