@@ -7,7 +7,9 @@ The catalogue's pooled text is cached; each step re-encodes with gradient only
 `train.text_grad_items` of the candidates (positives first), so fine-tuning the encoder costs a
 bounded number of encoder passes per step. The candidates are the whole catalogue (`train.loss`
 softmax, the default up to `train.softmax_max_items` items) or the batch's targets plus
-popularity-sampled negatives (sampled). Under torchrun every process runs it; rank 0 alone
+popularity-sampled negatives (sampled). With validation, training stops once valid NDCG@10 has
+not improved for `train.patience` epochs (at most `train.epochs`); the best epoch is kept.
+Under torchrun every process runs it; rank 0 alone
 writes files and logs.
 """
 
@@ -72,6 +74,8 @@ def resolve_device(name: str) -> str:
 
 
 def check_train_params(cfg: dict) -> None:
+    if cfg["patience"] < 0:
+        raise ParamsError(f"train.patience={cfg['patience']} must be >= 0 (0 = train every one of train.epochs)")
     for key in ("epochs", "batch_size", "dim", "max_seq_len", "max_text_len", "user_layers", "user_heads"):
         if cfg[key] < 1:
             raise ParamsError(f"train.{key}={cfg[key]} must be at least 1")
@@ -98,13 +102,19 @@ def resolve_loss(cfg: dict, n_items: int) -> str:
 
 
 def training_fingerprint(
-    params: dict, device: str, data: TrainingData, world: int = 1, warm_from: Path | None = None
+    params: dict,
+    device: str,
+    data: TrainingData,
+    world: int = 1,
+    warm_from: Path | None = None,
+    schedule_epochs: int | None = None,
 ) -> str:
     """Hash of everything that shapes the trained weights: a checkpoint resumes only on a match."""
     knobs = {k: v for k, v in params["train"].items() if k not in NOT_TRAINING_KEYS}
     start = warm_start.weights_digest(warm_from) if warm_from is not None else "scratch"
+    run = {"seed": params["seed"], "device": device, "world": world, "start": start, "schedule": schedule_epochs}
     payload = json.dumps(
-        {"train": knobs, "seed": params["seed"], "device": device, "world": world, "start": start},
+        {"train": knobs, **run},
         sort_keys=True,
         default=str,
     )
@@ -139,7 +149,11 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         warm_from: Path | None = None,
+        schedule_epochs: int | None = None,
     ):
+        """schedule_epochs: the learning-rate schedule's length in epochs (default train.epochs). A refit
+        that runs the selected k epochs passes the selection's budget, so its first k epochs follow
+        the same learning rates as the k epochs that were selected."""
         self.cfg = params["train"]
         check_train_params(self.cfg)
         self.seed = params["seed"]
@@ -156,7 +170,8 @@ class Trainer:
         self.data = load_training_data(root, self.cfg["max_seq_len"], train_splits)
         self.select_on_valid = self.data.valid is not None
         self.loss = resolve_loss(self.cfg, self.data.n_items)
-        self.fingerprint = training_fingerprint(params, self.device, self.data, world, warm_from)
+        self.schedule_epochs = max(schedule_epochs or self.cfg["epochs"], self.cfg["epochs"])
+        self.fingerprint = training_fingerprint(params, self.device, self.data, world, warm_from, self.schedule_epochs)
         checkpoint.seed_everything(self.seed)
         self.model: TextSeqRec = self.initial_model(root, warm_from).to(self.device)
         if world > 1:
@@ -173,7 +188,7 @@ class Trainer:
         # fp16 autocast (GPUs without bf16) needs loss scaling; disabled it passes everything through.
         self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(self.device) == torch.float16)
         self.n_batches = math.ceil(math.ceil(len(self.data.inputs) / world) / self.batch_size)
-        self.scheduler = self.make_scheduler(self.cfg["epochs"] * self.n_batches)
+        self.scheduler = self.make_scheduler(self.schedule_epochs * self.n_batches)
         self.log_every = max(1, self.n_batches // STEP_POINTS_PER_EPOCH)
         self.generator = torch.Generator().manual_seed(self.seed + rank)  # negatives and grad-row choice
         q = self.data.popularity / self.data.popularity.sum()
@@ -220,8 +235,9 @@ class Trainer:
         return torch.optim.AdamW(groups, weight_decay=self.cfg["weight_decay"])
 
     def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-        """Linear warm-up, then cosine decay to 10% of the base rate."""
-        warmup = max(1, int(self.cfg["warmup_share"] * total_steps))
+        """Linear warm-up (warmup_share of the steps, at most one epoch: a long budget that early
+        stopping cuts short must not spend its first epochs warming up), then cosine decay to 10%."""
+        warmup = max(1, min(int(self.cfg["warmup_share"] * total_steps), self.n_batches))
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -245,6 +261,8 @@ class Trainer:
             rows, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed
         )
         for epoch in range(self.progress.epoch, self.cfg["epochs"]):
+            if self.out_of_patience():  # also after a resume of a run that had already stopped
+                break
             sampler.set_epoch(epoch)
             order = torch.as_tensor(list(sampler), dtype=torch.long)
             bar = tqdm(
@@ -338,6 +356,13 @@ class Trainer:
         return self.model.encode_pooled(self.tokens, desc="encoding items", device=self.device) if self.tokens else None
 
     # epochs
+    def out_of_patience(self) -> bool:
+        """True once valid NDCG@10 has not improved for train.patience epochs (never without validation)."""
+        patience = self.cfg["patience"]
+        if not (self.select_on_valid and patience and self.best_state is not None):
+            return False
+        return self.progress.epoch - self.progress.best_epoch >= patience
+
     def end_epoch(self, epoch: int, on_epoch: OnEpoch | None) -> None:
         if self.trains_encoder:
             self.cache = self.encode_catalogue()  # the encoder moved: refresh the text table
@@ -358,6 +383,15 @@ class Trainer:
         if value > self.progress.best_ndcg:
             self.keep_as_best(epoch, value, table)
         self.progress.epoch, self.progress.batch, self.progress.loss_sum = epoch, 0, 0.0
+        if self.out_of_patience():
+            log.info(
+                "no better %s for %d epochs: stopping after epoch %d of at most %d, the best is epoch %d",
+                VALID_METRIC,
+                self.cfg["patience"],
+                epoch,
+                self.cfg["epochs"],
+                self.progress.best_epoch,
+            )
         if on_epoch is not None:
             on_epoch(epoch, value)
 
@@ -489,6 +523,8 @@ class Trainer:
             "epochs": len(history),
             "final_loss": history[-1]["loss"],
             "best_epoch": self.progress.best_epoch,
+            "max_epochs": self.cfg["epochs"],
+            "stopped_early": len(history) < self.cfg["epochs"],
             VALID_METRIC: self.progress.best_ndcg if self.select_on_valid else None,
             "seconds": seconds,
             "sequences_per_s": self.sequences_done / self.step_seconds if self.step_seconds else 0.0,
