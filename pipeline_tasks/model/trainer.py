@@ -3,7 +3,9 @@
 Longer than most modules because `Trainer` is one object with one job (a resumable, optionally
 distributed training run); its pieces share that state, and splitting the class would spread it.
 
-The catalogue's pooled text is cached; each step re-encodes with gradient only
+The catalogue's pooled text is cached: read at the start from the text cache kept across runs
+(model/text_cache.py: only new or edited items are encoded), refreshed after each epoch only when
+the encoder trains; each step re-encodes with gradient only
 `train.text_grad_items` of the candidates (positives first), so fine-tuning the encoder costs a
 bounded number of encoder passes per step. The candidates are the whole catalogue (`train.loss`
 softmax, the default up to `train.softmax_max_items` items) or the batch's targets plus
@@ -32,16 +34,15 @@ from pipeline_tasks.core import tracking
 from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.core.metrics import EvalContext, ndcg
 from pipeline_tasks.data import dataset
-from pipeline_tasks.model import checkpoint, warm_start
+from pipeline_tasks.model import checkpoint, text_cache, warm_start
 from pipeline_tasks.model.distributed import average_gradients
+from pipeline_tasks.model.losses import full_softmax_loss, sampled_softmax_loss
 from pipeline_tasks.model.towers import (
     ENCODER_DIR,
     TextSeqRec,
     autocast,
     autocast_dtype,
     build_model,
-    full_softmax_loss,
-    sampled_softmax_loss,
 )
 from pipeline_tasks.model.training_data import TrainingData, load_training_data
 
@@ -156,6 +157,7 @@ class Trainer:
         the same learning rates as the k epochs that were selected."""
         self.cfg = params["train"]
         check_train_params(self.cfg)
+        self.root = Path(root)
         self.seed = params["seed"]
         self.rank, self.world = rank, world
         # In a process group (torchrun, even with one process) gradients and RNG states go through
@@ -197,6 +199,7 @@ class Trainer:
         # target, which cannot happen, so a floor avoids -inf without changing any loss.
         self.log_q = torch.log(torch.as_tensor(np.maximum(q, 1e-12), dtype=torch.float)).to(self.device)
         self.cache: torch.Tensor | None = None
+        self.text_cache: dict = {}  # what the initial table cost: items, encoded, file
         self.progress = Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_table: np.ndarray | None = None
@@ -252,8 +255,8 @@ class Trainer:
         from torch.utils.data import DistributedSampler
         from tqdm.auto import tqdm
 
-        if self.cache is None:
-            self.cache = self.encode_catalogue()
+        if self.cache is None:  # a resumed run has its table from the checkpoint
+            self.cache = self.initial_text_table()
         # One rank: a permutation seeded by (seed, epoch). Several: each rank's disjoint share of it.
         # Any sized sequence serves as the sampler's dataset: only its length is read.
         rows: Any = range(len(self.data.inputs))
@@ -351,6 +354,16 @@ class Trainer:
         order = torch.randperm(len(candidates), generator=self.generator)
         ranked = torch.cat([order[is_positive[order]], order[~is_positive[order]]])
         return ranked[:n].to(self.device)
+
+    def initial_text_table(self) -> torch.Tensor | None:
+        """Before the first step the encoder is its base one: read the kept text table, encode only
+        the items it lacks (the frozen path never runs the encoder again)."""
+        if self.tokens is None:
+            return None
+        table, self.text_cache = text_cache.pooled_table(
+            self.model, self.tokens, self.data.item_texts, self.root, self.device
+        )
+        return table
 
     def encode_catalogue(self) -> torch.Tensor | None:
         return self.model.encode_pooled(self.tokens, desc="encoding items", device=self.device) if self.tokens else None
@@ -537,4 +550,5 @@ class Trainer:
             "processes": self.world,
             "resumed_from_step": self.resumed_from_step,
             "warm_start": self.warm_start,
+            "text_cache": self.text_cache,
         }

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline_tasks.core.errors import ParamsError
-from pipeline_tasks.model import baselines, towers
+from pipeline_tasks.model import baselines, losses
 from pipeline_tasks.model.trainer import Trainer
 
 
@@ -23,11 +23,11 @@ def test_the_full_softmax_is_the_sampled_loss_with_every_item_a_candidate_and_no
     users = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     items = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
     targets = torch.tensor([0, 3, 3, 7, 11])
-    full = towers.full_softmax_loss(users, targets, items, 0.1)
+    full = losses.full_softmax_loss(users, targets, items, 0.1)
     every = torch.arange(12)
-    assert torch.allclose(full, towers.sampled_softmax_loss(users, targets, every, items, torch.zeros(12), 0.1))
+    assert torch.allclose(full, losses.sampled_softmax_loss(users, targets, every, items, torch.zeros(12), 0.1))
     some = torch.tensor([0, 3, 7, 11])  # fewer competitors: a smaller loss
-    assert towers.sampled_softmax_loss(users, targets, some, items[some], torch.zeros(4), 0.1) < full
+    assert losses.sampled_softmax_loss(users, targets, some, items[some], torch.zeros(4), 0.1) < full
 
 
 def test_auto_takes_the_softmax_while_the_catalogue_fits(tiny_params, tiny_split):
