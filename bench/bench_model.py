@@ -19,8 +19,8 @@ the named training variants of COMPARE, each selected on valid and refit on trai
 stages do, scored on the same test split: TextSeqRec and SASRec-ID with the old recipe (sampled
 negatives, a fixed epoch budget) and the new one (params.yaml: full softmax, early stopping),
 frozen and LoRA. Writes bench/results/model_loss.json: test NDCG@10 / Recall@10 with bootstrap
-intervals, the paired new-minus-old interval per model, epochs run and chosen, wall and CPU
-seconds (process time, all threads). Each variant is kept under bench_stages/ (--reuse).
+intervals, the paired new-minus-old interval per model and each new TextSeqRec minus the new
+SASRec-ID, epochs run and chosen, wall and CPU seconds (process time, all threads). Each variant is kept under bench_stages/ (--reuse).
 
 --cold-start-share X sets split.cold_start_share (X of the test users get a target whose
 train/valid interactions were withheld) and writes bench/results/model_cold_start.json
@@ -278,7 +278,8 @@ def trainer_loss(params: dict, n_items: int) -> str:
 
 def compare(names: list[str], params: dict, root: Path, reuse: bool) -> dict:
     """Every named COMPARE variant (kept under bench_stages/), with bootstrap intervals over test
-    users and, for each model with both recipes, the paired new-minus-old interval."""
+    users, the paired new-minus-old interval of each model with both recipes, and the paired
+    interval of each new TextSeqRec against the new SASRec-ID (does the text earn its cost?)."""
     rows, rankings = {}, {}
     for name in names:
         stored = root / "bench_stages" / f"compare-{name}.json"
@@ -300,7 +301,19 @@ def compare(names: list[str], params: dict, root: Path, reuse: bool) -> dict:
         if old in rankings:
             pair = evaluation.bootstrap_intervals({new: rankings[new], old: rankings[old]}, *args, new, old)
             deltas[f"{new} - {old}"] = pair["delta_vs_best_baseline"]
-    return {"variants": rows, "intervals": intervals, "paired_new_minus_old": deltas}
+    text_vs_ids = {}
+    for text in [n for n in names if n.startswith(C.MODEL_NAME) and n.endswith("-new")]:
+        if "SASRec-ID-new" in rankings:
+            pair = evaluation.bootstrap_intervals(
+                {text: rankings[text], "SASRec-ID-new": rankings["SASRec-ID-new"]}, *args, text, "SASRec-ID-new"
+            )
+            text_vs_ids[f"{text} - SASRec-ID-new"] = pair["delta_vs_best_baseline"]
+    return {
+        "variants": rows,
+        "intervals": intervals,
+        "paired_new_minus_old": deltas,
+        "paired_text_minus_ids": text_vs_ids,
+    }
 
 
 def seed_list(text: str) -> list[int]:
@@ -495,12 +508,7 @@ def write_comparison(args, argv, names: list[str], params: dict, root: Path, sec
     out = args.out if args.out != RESULT else LOSS_RESULT
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    print(
-        json.dumps(
-            {"variants": report["comparison"]["variants"], "paired": report["comparison"]["paired_new_minus_old"]},
-            indent=2,
-        )
-    )
+    print(json.dumps({k: v for k, v in report["comparison"].items() if k != "intervals"}, indent=2))
     return 0
 
 
