@@ -20,7 +20,8 @@ stages do, scored on the same test split: TextSeqRec and SASRec-ID with the old 
 negatives, a fixed epoch budget) and the new one (params.yaml: full softmax, early stopping),
 frozen and LoRA. Writes bench/results/model_loss.json: test NDCG@10 / Recall@10 with bootstrap
 intervals, the paired new-minus-old interval per model and each new TextSeqRec minus the new
-SASRec-ID, epochs run and chosen, wall and CPU seconds (process time, all threads). Each variant is kept under bench_stages/ (--reuse).
+SASRec-ID, epochs run and chosen, wall and CPU seconds (process time, all threads). Each
+variant is kept under bench_stages/ (--reuse).
 
 --cold-start-share X sets split.cold_start_share (X of the test users get a target whose
 train/valid interactions were withheld) and writes bench/results/model_cold_start.json
