@@ -14,6 +14,15 @@ every model's test NDCG@10 / Recall@10, the cold-start slice, the ablation table
 wall time and sequences/s, and the issue's quality targets checked against this run.
 One run per configuration (training on a shared 2-core CPU takes minutes): no medians.
 
+--compare A,B,... (issue 18: loss and epoch budget) runs ingest -> clean -> split and then only
+the named training variants of COMPARE, each selected on valid and refit on train + valid as the
+stages do, scored on the same test split: TextSeqRec and SASRec-ID with the old recipe (sampled
+negatives, a fixed epoch budget) and the new one (params.yaml: full softmax, early stopping),
+frozen and LoRA. Writes bench/results/model_loss.json: test NDCG@10 / Recall@10 with bootstrap
+intervals, the paired new-minus-old interval per model and each new TextSeqRec minus the new
+SASRec-ID, epochs run and chosen, wall and CPU seconds (process time, all threads). Each
+variant is kept under bench_stages/ (--reuse).
+
 --cold-start-share X sets split.cold_start_share (X of the test users get a target whose
 train/valid interactions were withheld) and writes bench/results/model_cold_start.json
 (no ablation unless asked): the cold group of every model, and the issue's cold-start target,
@@ -33,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -47,6 +58,21 @@ log = logging.getLogger("bench_model")
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "ml-100k"
 RESULT = ROOT / "bench" / "results" / "model.json"
 COLD_RESULT = ROOT / "bench" / "results" / "model_cold_start.json"
+LOSS_RESULT = ROOT / "bench" / "results" / "model_loss.json"
+# name -> (model, overrides). "old" pins the recipe before issue 18 (sampled negatives; TextSeqRec a
+# fixed 6 epochs, SASRec-ID the best of at most 20 with patience 3); "new" is params.yaml as it is.
+OLD_TEXT = {"train.loss": "sampled", "train.epochs": 6, "train.patience": 0}
+COMPARE = {
+    "TextSeqRec-lora-old": ("text", {"train.finetune": "lora", **OLD_TEXT}),
+    "TextSeqRec-lora-new": ("text", {"train.finetune": "lora"}),
+    "TextSeqRec-frozen-old": ("text", {"train.finetune": "frozen", **OLD_TEXT}),
+    "TextSeqRec-frozen-new": ("text", {"train.finetune": "frozen"}),
+    "SASRec-ID-old": (
+        "sasrec",
+        {"train.loss": "sampled", "baselines.sasrec_epochs": 20, "baselines.sasrec_patience": 3},
+    ),
+    "SASRec-ID-new": ("sasrec", {}),
+}
 DEFAULT_WORK, COLD_WORK = Path("/tmp/recpipe-bench-ml100k"), Path("/tmp/recpipe-bench-cold")
 # The issue's targets: fine-tuned NDCG@10 >= 1.05 x the best other model of the run, and >= 0.0795.
 TARGET_RATIO, TARGET_NDCG = 1.05, 0.0795
@@ -203,6 +229,94 @@ def ablation_over_seeds(ablation: dict, params: dict, root: Path, epochs: int, s
     }
 
 
+def compare_run(name: str, params: dict, root: Path) -> tuple[dict, np.ndarray]:
+    """One COMPARE variant: select on valid, refit on train + valid, rank test; its times and epochs."""
+    kind, overrides = COMPARE[name]
+    p = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        P.set_dotted(p, dotted, value)
+    split_data = load_split(root)
+    task = eval_task(split_data, "test")
+    k = M.ranking_length(params["evaluate"]["ks"])
+    wall, cpu = time.perf_counter(), time.process_time()
+    if kind == "sasrec":
+        best, record = baselines.select_sasrec(root, p)
+        ranked = baselines.fit_sasrec_and_rank_test(best, split_data, root, p, k)
+        run = {"epochs_run": len(record["grid"]), "best_epoch": best, "valid_ndcg@10": record["valid_ndcg@10"]}
+        budget = p["baselines"]["sasrec_epochs"] or p["train"]["epochs"]
+    else:
+        out = root / "models" / f"compare-{name}"
+        summary = fitting.fit_final(p, root, output_dir=out, checkpoint_dir=None)
+        ranked = evaluation.model_ranking(split_data, task, out, k, params["evaluate"]["batch_size"])
+        run = {
+            "epochs_run": summary["epochs"],
+            "best_epoch": summary["best_epoch"],
+            "valid_ndcg@10": summary["valid_ndcg@10"],
+            "items_encoded_at_start": summary["text_cache"].get("encoded"),
+        }
+        budget = p["train"]["epochs"]
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    ctx = M.make_context(split_data.n_items, split_data.train.items, params["evaluate"]["head_share"])
+    test = M.compute_all(ranked, task.targets, ctx, M.metric_set(params["evaluate"]["ks"]))
+    loss = p["train"]["loss"] if p["train"]["loss"] != "auto" else f"auto ({trainer_loss(p, split_data.n_items)})"
+    return {
+        **headline(test),
+        **{key: round(value, 4) if isinstance(value, float) else value for key, value in run.items()},
+        "max_epochs": budget,
+        "patience": p["baselines"]["sasrec_patience"] if kind == "sasrec" else p["train"]["patience"],
+        "loss": loss,
+        "finetune": p["train"]["finetune"] if kind == "text" else None,
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+    }, ranked
+
+
+def trainer_loss(params: dict, n_items: int) -> str:
+    from pipeline_tasks.model.trainer import resolve_loss
+
+    return resolve_loss(params["train"], n_items)
+
+
+def compare(names: list[str], params: dict, root: Path, reuse: bool) -> dict:
+    """Every named COMPARE variant (kept under bench_stages/), with bootstrap intervals over test
+    users, the paired new-minus-old interval of each model with both recipes, and the paired
+    interval of each new TextSeqRec against the new SASRec-ID (does the text earn its cost?)."""
+    rows, rankings = {}, {}
+    for name in names:
+        stored = root / "bench_stages" / f"compare-{name}.json"
+        if reuse and stored.exists() and stored.with_suffix(".npy").exists():
+            rows[name], rankings[name] = json.loads(stored.read_text()), np.load(stored.with_suffix(".npy"))
+            continue
+        log.info("compare: %s", name)
+        rows[name], rankings[name] = compare_run(name, params, root)
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps(rows[name]))
+        np.save(stored.with_suffix(".npy"), rankings[name])
+    cfg = params["evaluate"]
+    targets_ = eval_task(load_split(root), "test").targets
+    args = (targets_, cfg["bootstrap_resamples"], cfg["ci_level"], params["seed"])
+    intervals = evaluation.bootstrap_intervals(rankings, *args)
+    deltas = {}
+    for new in [n for n in names if n.endswith("-new")]:
+        old = new.removesuffix("-new") + "-old"
+        if old in rankings:
+            pair = evaluation.bootstrap_intervals({new: rankings[new], old: rankings[old]}, *args, new, old)
+            deltas[f"{new} - {old}"] = pair["delta_vs_best_baseline"]
+    text_vs_ids = {}
+    for text in [n for n in names if n.startswith(C.MODEL_NAME) and n.endswith("-new")]:
+        if "SASRec-ID-new" in rankings:
+            pair = evaluation.bootstrap_intervals(
+                {text: rankings[text], "SASRec-ID-new": rankings["SASRec-ID-new"]}, *args, text, "SASRec-ID-new"
+            )
+            text_vs_ids[f"{text} - SASRec-ID-new"] = pair["delta_vs_best_baseline"]
+    return {
+        "variants": rows,
+        "intervals": intervals,
+        "paired_new_minus_old": deltas,
+        "paired_text_minus_ids": text_vs_ids,
+    }
+
+
 def seed_list(text: str) -> list[int]:
     """--ablation-seeds 1,2 -> [1, 2]; argparse turns the ValueError into a usage error naming the flag."""
     try:
@@ -261,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="split.cold_start_share: share of test users given a never-seen target item",
     )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help=f"only these training variants after split, comma-separated, or 'all' ({', '.join(COMPARE)})",
+    )
     parser.add_argument("--note", default="", help="free text stored in the result (how the run was made)")
     parser.add_argument(
         "--reuse",
@@ -281,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MovieLens-100K not found at {args.data}: pass --data DIR", file=sys.stderr)
         return 2
 
+    names = list(COMPARE) if args.compare == "all" else [n for n in args.compare.split(",") if n]
+    unknown = [n for n in names if n not in COMPARE]
+    if unknown:
+        print(f"--compare: unknown variant(s) {unknown}; choose from {', '.join(COMPARE)}", file=sys.stderr)
+        return 2
     params = bench_params(args.data.resolve(), args.overrides)
     root = args.work.resolve()
     if not args.reuse:
@@ -291,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     timed("ingest", ingest, params, root, seconds, reuse)
     clean_metrics = timed("clean", clean, params, root, seconds, reuse)
     split_metrics = timed("split", split, params, root, seconds, reuse)
+    if names:
+        return write_comparison(args, argv, names, params, root, seconds, split_metrics)
     base = run_baselines(params, root, seconds, reuse)
     trained = timed("train", train, params, root, seconds, reuse)
     result = timed("evaluate", evaluate, params, root, seconds, False)
@@ -362,6 +488,28 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def write_comparison(args, argv, names: list[str], params: dict, root: Path, seconds: dict, split_metrics: dict) -> int:
+    report = {
+        "dataset": str(args.data),
+        "command": " ".join(["bench/bench_model.py", *(argv or sys.argv[1:])]),
+        "note": args.note,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch_threads": __import__("torch").get_num_threads(),
+            "note": "2 cores shared with other jobs: wall times are upper bounds; CPU seconds are this process's",
+        },
+        "split": split_metrics,
+        "stage_seconds": seconds,
+        "comparison": compare(names, params, root, args.reuse),
+    }
+    out = args.out if args.out != RESULT else LOSS_RESULT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in report["comparison"].items() if k != "intervals"}, indent=2))
     return 0
 
 

@@ -41,6 +41,7 @@ DATA_SPLIT = "data/split"
 DATA_BASELINES = "data/baselines"
 DATA_EVAL_TOPK = "data/eval/topk"
 GROUND_TRUTH = "data/ground_truth"  # what the synthetic generator injected on purpose
+ENCODINGS_DIR = "data/encodings"  # the text cache (model/text_cache.py): persistent, local, not DVC
 METRICS_DIR = "metrics"
 MODELS_DIR = "models"
 MODEL_DIR = "models/model"  # the trained model (weights, tokenizer, item table, id maps)

@@ -214,9 +214,9 @@ DEFAULTS: dict[str, Any] = {
         "als_reg_params": [0.1],
         "als_alphas": [1.0],  # each grid point is one Spark fit (on ml-100k and synthetic alpha 10 lost)
         "als_max_iter": 10,
-        # SASRec-ID (train params, text off): most epochs, the best one chosen on valid; 0 = train.epochs.
-        # An ID-only model learns from scratch, so it gets more epochs than the pretrained text model.
-        "sasrec_epochs": 20,
+        # SASRec-ID (train params, text off): most epochs, the best one chosen on valid; 0 = train.epochs
+        # (the text model's budget: with early stopping both train until valid stops improving).
+        "sasrec_epochs": 0,
         "sasrec_patience": 3,  # stop after this many epochs without a better valid NDCG@10 (0 = never)
         "batch_size": 1024,  # users scored per block
         "max_dense_items": 20000,  # EASE and ItemKNN hold item x item matrices: refuse larger catalogues
@@ -235,7 +235,10 @@ DEFAULTS: dict[str, Any] = {
         "use_id_embedding": True,
         "use_text": True,
         "dropout": 0.2,
-        "epochs": 6,
+        # At most this many epochs; with validation, stop once valid NDCG@10 has not improved for
+        # `patience` epochs (0 = run them all). The best epoch is kept, and the refit runs that many.
+        "epochs": 50,
+        "patience": 3,
         "refit": True,  # after picking the best epoch count on valid, fit again on train + valid (as baselines do)
         "batch_size": 64,
         "cuda_batch_size": 256,  # batch size on a GPU (0 = batch_size); more sequences per step where they are cheap
@@ -245,6 +248,10 @@ DEFAULTS: dict[str, Any] = {
         "warmup_share": 0.1,  # share of all steps with a linear learning-rate warm-up (then cosine to 10%)
         "grad_clip_norm": 1.0,
         "temperature": 0.1,
+        # softmax: cross-entropy over the whole catalogue; sampled: n_negatives popularity-sampled
+        # negatives (logQ-corrected); auto: softmax up to softmax_max_items items, else sampled.
+        "loss": "auto",
+        "softmax_max_items": 20000,
         "n_negatives": 256,
         "text_grad_items": 64,  # candidates per step encoded WITH gradient (the rest read a cached table)
         "checkpoint_every": 50,

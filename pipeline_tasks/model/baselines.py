@@ -256,8 +256,9 @@ def fit_and_rank_test(name: str, value: Any, split: SplitData, params: dict, k: 
 
 
 def sasrec_params(params: dict) -> dict:
-    """The train params with text off; no checkpoints, no tuned params (those were tuned with text).
-    Its epoch budget for the selection on valid; the refit takes the selected count."""
+    """The train params with text off (the same loss); no checkpoints, no tuned params (those were
+    tuned with text). Its epoch budget and patience for the selection on valid; the refit takes the
+    selected count."""
     out = copy.deepcopy(params)
     out["train"].update(
         use_text=False,
@@ -265,37 +266,27 @@ def sasrec_params(params: dict) -> dict:
         checkpoint_every=0,
         use_best_params=False,
         epochs=params["baselines"]["sasrec_epochs"] or params["train"]["epochs"],
+        patience=params["baselines"]["sasrec_patience"],
     )
     return out
-
-
-class StopEarly(Exception):
-    """Raised from fit's epoch hook when validation stopped improving."""
 
 
 def select_sasrec(root: Path, params: dict) -> tuple[int, dict]:
     """Train on train, validate each epoch; the best epoch count is the selected hyperparameter.
 
-    Stops after `baselines.sasrec_patience` epochs without a better valid NDCG@10 (0: never),
-    so a generous `sasrec_epochs` costs little once the ID-only model has converged.
+    The trainer stops after `baselines.sasrec_patience` epochs without a better valid NDCG@10
+    (0: never), as it does for the text model, so a generous budget costs little once it has converged.
     """
-    patience = params["baselines"]["sasrec_patience"]
     per_epoch: dict[int, float] = {}
 
     def on_epoch(epoch: int, value: float) -> None:
         per_epoch[epoch] = value
-        if patience and epoch - max(per_epoch, key=lambda e: per_epoch[e]) >= patience:
-            raise StopEarly
 
     started = time.perf_counter()
     with tracking.child_run(f"{SASREC} valid"):  # its learning curves, apart from the stage's metrics
-        try:
-            fit(sasrec_params(params), root, on_epoch=on_epoch)
-        except StopEarly:
-            log.info(
-                "%s: no better valid NDCG@10 for %d epochs, stopped after epoch %d", SASREC, patience, max(per_epoch)
-            )
+        fit(sasrec_params(params), root, on_epoch=on_epoch)
     best = max(per_epoch, key=lambda e: per_epoch[e])  # first of equals: fewer epochs
+    log.info("%s: best valid NDCG@10 %.4f at epoch %d of %d run", SASREC, per_epoch[best], best, len(per_epoch))
     record = {
         "epochs": best,
         "valid_ndcg@10": per_epoch[best],

@@ -32,6 +32,7 @@ def fit(
     train_splits: tuple[str, ...] = ("train",),
     keep_checkpoint: bool = False,
     warm_from: Path | None = None,
+    schedule_epochs: int | None = None,
 ) -> dict:
     """Train, validate each epoch, save the best epoch to output_dir (None: save nothing).
 
@@ -40,6 +41,8 @@ def fit(
     delete it after a successful run — or, keep_checkpoint, leave the finished state there, so a
     restart of a later phase finds this one done. train_splits ("train", "valid"): a refit on
     train+valid for exactly train.epochs epochs, keeping the last (nothing left to validate on).
+    With validation, training stops after train.patience epochs without a better valid NDCG@10.
+    schedule_epochs: the learning-rate schedule's length (a refit: the selection's epoch budget).
     warm_from: a saved model directory to start from instead of scratch (model/warm_start.py).
     Under torchrun every process runs this; rank 0 alone writes files.
     """
@@ -47,7 +50,9 @@ def fit(
     if params["train"]["num_threads"] > 0:
         torch.set_num_threads(params["train"]["num_threads"])
     with process_group(resolve_device(params["train"]["device"])) as (rank, world):
-        trainer = Trainer(params, Path(root), checkpoint_dir, tuple(train_splits), rank, world, warm_from)
+        trainer = Trainer(
+            params, Path(root), checkpoint_dir, tuple(train_splits), rank, world, warm_from, schedule_epochs
+        )
         trainer.resume()
         trainer.train(on_epoch)
         if keep_checkpoint:
@@ -63,9 +68,10 @@ def fit(
 def fit_final(
     params: dict, root: Path, output_dir: Path, checkpoint_dir: Path | None, warm_from: Path | None = None
 ) -> dict:
-    """The train stage's model: the best epoch count on valid, then (train.refit) a fit from scratch on
-    train + valid for that many epochs — the protocol every baseline follows, so the final model has
-    learnt from each user's latest interactions before it ranks their test item.
+    """The train stage's model: the best epoch count on valid (training stops train.patience epochs
+    after the best), then (train.refit) a fit from scratch on train + valid for that many epochs —
+    the protocol every baseline follows, so the final model has learnt from each user's latest
+    interactions before it ranks their test item.
 
     warm_from (a warm night): both phases start from that saved model instead of scratch, for at most
     `train.warm_epochs` epochs — a model that already knows the catalogue needs only a few passes
@@ -84,6 +90,14 @@ def fit_final(
         return checkpoint_dir / phase if checkpoint_dir is not None else None
 
     selected = fit(params, root, checkpoint_dir=phase_dir("select"), keep_checkpoint=True, warm_from=warm_from)
+    log.info(
+        "%s: best valid NDCG@10 %.4f at epoch %d of %d run (at most %d)",
+        C.MODEL_NAME,
+        selected["valid_ndcg@10"],
+        selected["best_epoch"],
+        selected["epochs"],
+        params["train"]["epochs"],
+    )
     final = refit(
         params, root, selected["best_epoch"], output_dir, checkpoint_dir=phase_dir("refit"), warm_from=warm_from
     )
@@ -102,7 +116,9 @@ def refit(
     warm_from: Path | None = None,
 ) -> dict:
     """Fit on train + valid for `epochs` (the count selected on valid), from scratch or from warm_from,
-    as an MLflow child run `<name> refit`: the final version of a model selected on validation."""
+    as an MLflow child run `<name> refit`: the final version of a model selected on validation.
+    Its learning-rate schedule is the selection's (params' train.epochs long), cut after `epochs`."""
+    schedule_epochs = params["train"]["epochs"]
     params = copy.deepcopy(params)
     params["train"]["epochs"] = epochs
     log.info("%s: refit on train + valid for the selected %d epochs", name, epochs)
@@ -114,6 +130,7 @@ def refit(
             checkpoint_dir=checkpoint_dir,
             train_splits=("train", "valid"),
             warm_from=warm_from,
+            schedule_epochs=schedule_epochs,
         )
 
 

@@ -10,6 +10,8 @@ User tower: a causal transformer (SASRec-style: right-aligned positional embeddi
 layers) over the user's last `max_seq_len` item vectors gives a user vector at every position.
 
 Score: cosine (both towers L2-normalise their output), divided by a temperature during training.
+Loss (model/losses.py): cross-entropy of the next item against the whole catalogue (full softmax)
+or, for catalogues too large for that, against sampled negatives with a logQ correction.
 
 CPU cost: running a transformer encoder over every candidate item at every step is what makes
 text recommenders slow. Training therefore keeps a *cached* table of pooled encoder outputs for
@@ -29,6 +31,7 @@ encoder batches per step.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +138,16 @@ def last_layer(encoder: nn.Module) -> Encoder:
         f"cannot find the transformer layers of {type(encoder).__name__} for train.finetune=top_layers; "
         "use finetune full, lora or frozen"
     )
+
+
+def text_identity(encoder: Encoder, tokenizer: Any, max_text_len: int) -> str:
+    """What turns a text into a pooled vector: the encoder's weights, its tokenizer, the truncation.
+    The key of the text cache (model/text_cache.py); taken before LoRA wraps the encoder."""
+    digest = hashlib.sha256(f"{type(tokenizer).__name__}|{len(tokenizer)}|{max_text_len}".encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def unwrap_encoder(encoder: Encoder) -> Encoder:
@@ -247,6 +260,7 @@ class TextSeqRec(nn.Module):
         self.item_ids = list(item_ids)
         self.item_texts = item_texts
         self.tokenizer = tokenizer
+        self.text_cache_key: str | None = None  # set by build_model: the base encoder's text_identity
         self.item_tower = ItemTower(encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"])
         self.user_tower = UserTower(
             config["dim"], config["user_layers"], config["user_heads"], config["max_seq_len"], config["dropout"]
@@ -326,12 +340,15 @@ def build_model(
     """
     encoder = tokenizer = None
     hidden_size = 0
+    text_key = None
     if cfg["use_text"]:
         encoder, tokenizer = load_encoder(encoder_dir or resolve_encoder_path(cfg["encoder"], root))
         hidden_size = encoder.config.hidden_size
+        text_key = text_identity(encoder, tokenizer, cfg["max_text_len"])
         encoder = apply_finetune(encoder, cfg["finetune"], cfg)
     config = {key: cfg[key] for key in ARCH_KEYS}
     model = TextSeqRec(config, item_ids, item_texts if cfg["use_text"] else None, encoder, tokenizer, hidden_size)
+    model.text_cache_key = text_key
     # Provenance for config.json and the model card (not needed to load the model).
     model.config["trained_with"] = {
         "encoder": cfg["encoder"] if cfg["use_text"] else None,
@@ -365,28 +382,3 @@ def autocast(device: torch.device | str):
     return torch.autocast(
         device_type=torch.device(device).type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
     )
-
-
-# --- loss ------------------------------------------------------------------------------------
-
-
-def sampled_softmax_loss(
-    users: torch.Tensor,
-    targets: torch.Tensor,
-    candidates: torch.Tensor,
-    candidate_vectors: torch.Tensor,
-    log_q: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Softmax cross-entropy of each target against a shared candidate set, logQ-corrected.
-
-    users (N, dim), targets (N,) item indices; candidates (C,) sorted unique item indices holding
-    every target; candidate_vectors (C, dim); log_q (C,) log sampling probability of each candidate.
-    Candidates are deduplicated, so a sampled negative equal to the positive (an accidental hit)
-    is the positive's own column, never a competing one. Subtracting log q removes the popularity
-    bias of popularity-sampled (and in-batch) negatives.
-    """
-    logits = users @ candidate_vectors.T / temperature - log_q[None, :]
-    labels = torch.searchsorted(candidates, targets)
-    assert bool((candidates[labels] == targets).all()), "every target must be among the candidates"
-    return F.cross_entropy(logits.float(), labels)

@@ -3,9 +3,15 @@
 Longer than most modules because `Trainer` is one object with one job (a resumable, optionally
 distributed training run); its pieces share that state, and splitting the class would spread it.
 
-The catalogue's pooled text is cached; each step re-encodes with gradient only
+The catalogue's pooled text is cached: read at the start from the text cache kept across runs
+(model/text_cache.py: only new or edited items are encoded), refreshed after each epoch only when
+the encoder trains; each step re-encodes with gradient only
 `train.text_grad_items` of the candidates (positives first), so fine-tuning the encoder costs a
-bounded number of encoder passes per step. Under torchrun every process runs it; rank 0 alone
+bounded number of encoder passes per step. The candidates are the whole catalogue (`train.loss`
+softmax, the default up to `train.softmax_max_items` items) or the batch's targets plus
+popularity-sampled negatives (sampled). With validation, training stops once valid NDCG@10 has
+not improved for `train.patience` epochs (at most `train.epochs`); the best epoch is kept.
+Under torchrun every process runs it; rank 0 alone
 writes files and logs.
 """
 
@@ -28,15 +34,15 @@ from pipeline_tasks.core import tracking
 from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.core.metrics import EvalContext, ndcg
 from pipeline_tasks.data import dataset
-from pipeline_tasks.model import checkpoint, warm_start
+from pipeline_tasks.model import checkpoint, text_cache, warm_start
 from pipeline_tasks.model.distributed import average_gradients
+from pipeline_tasks.model.losses import full_softmax_loss, sampled_softmax_loss
 from pipeline_tasks.model.towers import (
     ENCODER_DIR,
     TextSeqRec,
     autocast,
     autocast_dtype,
     build_model,
-    sampled_softmax_loss,
 )
 from pipeline_tasks.model.training_data import TrainingData, load_training_data
 
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 OnEpoch = Callable[[int, float], None]
 VALID_K = 10
 VALID_METRIC = "valid_ndcg@10"
+LOSSES = ("auto", "softmax", "sampled")
 # train.* keys that change neither the trained weights nor the data order (not in the resume hash).
 # (warm_start / warm_epochs: where training starts is hashed on its own, the epochs it runs are in `epochs`.)
 NOT_TRAINING_KEYS = {
@@ -68,6 +75,8 @@ def resolve_device(name: str) -> str:
 
 
 def check_train_params(cfg: dict) -> None:
+    if cfg["patience"] < 0:
+        raise ParamsError(f"train.patience={cfg['patience']} must be >= 0 (0 = train every one of train.epochs)")
     for key in ("epochs", "batch_size", "dim", "max_seq_len", "max_text_len", "user_layers", "user_heads"):
         if cfg[key] < 1:
             raise ParamsError(f"train.{key}={cfg[key]} must be at least 1")
@@ -76,16 +85,37 @@ def check_train_params(cfg: dict) -> None:
             raise ParamsError(f"train.{key}={cfg[key]} must be positive")
     if cfg["n_negatives"] < 0 or cfg["text_grad_items"] < 0 or cfg["checkpoint_every"] < 0:
         raise ParamsError("train.n_negatives, train.text_grad_items and train.checkpoint_every must be >= 0")
+    if cfg["loss"] not in LOSSES:
+        raise ParamsError(f"train.loss={cfg['loss']!r} is unknown; use one of {', '.join(LOSSES)}")
+
+
+def resolve_loss(cfg: dict, n_items: int) -> str:
+    """softmax or sampled: `auto` takes the full softmax while the catalogue fits (softmax_max_items).
+
+    One step's logits are (target positions x items). At the default batch (64 x 50 = 3200
+    positions) the loss alone measured, forward + backward on this 2-core CPU: 0.18 CPU-s and
+    0.55 GB peak at 2k items, 1.2 s and 1.3 GB at 20k, 2.9 s and 2.4 GB at 50k. 20k is where it
+    stops being a small part of a step; beyond it sampled negatives keep the step's cost flat.
+    """
+    if cfg["loss"] != "auto":
+        return cfg["loss"]
+    return "softmax" if n_items <= cfg["softmax_max_items"] else "sampled"
 
 
 def training_fingerprint(
-    params: dict, device: str, data: TrainingData, world: int = 1, warm_from: Path | None = None
+    params: dict,
+    device: str,
+    data: TrainingData,
+    world: int = 1,
+    warm_from: Path | None = None,
+    schedule_epochs: int | None = None,
 ) -> str:
     """Hash of everything that shapes the trained weights: a checkpoint resumes only on a match."""
     knobs = {k: v for k, v in params["train"].items() if k not in NOT_TRAINING_KEYS}
     start = warm_start.weights_digest(warm_from) if warm_from is not None else "scratch"
+    run = {"seed": params["seed"], "device": device, "world": world, "start": start, "schedule": schedule_epochs}
     payload = json.dumps(
-        {"train": knobs, "seed": params["seed"], "device": device, "world": world, "start": start},
+        {"train": knobs, **run},
         sort_keys=True,
         default=str,
     )
@@ -120,9 +150,14 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         warm_from: Path | None = None,
+        schedule_epochs: int | None = None,
     ):
+        """schedule_epochs: the learning-rate schedule's length in epochs (default train.epochs). A refit
+        that runs the selected k epochs passes the selection's budget, so its first k epochs follow
+        the same learning rates as the k epochs that were selected."""
         self.cfg = params["train"]
         check_train_params(self.cfg)
+        self.root = Path(root)
         self.seed = params["seed"]
         self.rank, self.world = rank, world
         # In a process group (torchrun, even with one process) gradients and RNG states go through
@@ -136,7 +171,9 @@ class Trainer:
         )
         self.data = load_training_data(root, self.cfg["max_seq_len"], train_splits)
         self.select_on_valid = self.data.valid is not None
-        self.fingerprint = training_fingerprint(params, self.device, self.data, world, warm_from)
+        self.loss = resolve_loss(self.cfg, self.data.n_items)
+        self.schedule_epochs = max(schedule_epochs or self.cfg["epochs"], self.cfg["epochs"])
+        self.fingerprint = training_fingerprint(params, self.device, self.data, world, warm_from, self.schedule_epochs)
         checkpoint.seed_everything(self.seed)
         self.model: TextSeqRec = self.initial_model(root, warm_from).to(self.device)
         if world > 1:
@@ -153,7 +190,7 @@ class Trainer:
         # fp16 autocast (GPUs without bf16) needs loss scaling; disabled it passes everything through.
         self.scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(self.device) == torch.float16)
         self.n_batches = math.ceil(math.ceil(len(self.data.inputs) / world) / self.batch_size)
-        self.scheduler = self.make_scheduler(self.cfg["epochs"] * self.n_batches)
+        self.scheduler = self.make_scheduler(self.schedule_epochs * self.n_batches)
         self.log_every = max(1, self.n_batches // STEP_POINTS_PER_EPOCH)
         self.generator = torch.Generator().manual_seed(self.seed + rank)  # negatives and grad-row choice
         q = self.data.popularity / self.data.popularity.sum()
@@ -162,6 +199,7 @@ class Trainer:
         # target, which cannot happen, so a floor avoids -inf without changing any loss.
         self.log_q = torch.log(torch.as_tensor(np.maximum(q, 1e-12), dtype=torch.float)).to(self.device)
         self.cache: torch.Tensor | None = None
+        self.text_cache: dict = {}  # what the initial table cost: items, encoded, file
         self.progress = Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_table: np.ndarray | None = None
@@ -200,8 +238,9 @@ class Trainer:
         return torch.optim.AdamW(groups, weight_decay=self.cfg["weight_decay"])
 
     def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-        """Linear warm-up, then cosine decay to 10% of the base rate."""
-        warmup = max(1, int(self.cfg["warmup_share"] * total_steps))
+        """Linear warm-up (warmup_share of the steps, at most one epoch: a long budget that early
+        stopping cuts short must not spend its first epochs warming up), then cosine decay to 10%."""
+        warmup = max(1, min(int(self.cfg["warmup_share"] * total_steps), self.n_batches))
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -216,8 +255,8 @@ class Trainer:
         from torch.utils.data import DistributedSampler
         from tqdm.auto import tqdm
 
-        if self.cache is None:
-            self.cache = self.encode_catalogue()
+        if self.cache is None:  # a resumed run has its table from the checkpoint
+            self.cache = self.initial_text_table()
         # One rank: a permutation seeded by (seed, epoch). Several: each rank's disjoint share of it.
         # Any sized sequence serves as the sampler's dataset: only its length is read.
         rows: Any = range(len(self.data.inputs))
@@ -225,6 +264,8 @@ class Trainer:
             rows, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed
         )
         for epoch in range(self.progress.epoch, self.cfg["epochs"]):
+            if self.out_of_patience():  # also after a resume of a run that had already stopped
+                break
             sampler.set_epoch(epoch)
             order = torch.as_tensor(list(sampler), dtype=torch.long)
             bar = tqdm(
@@ -274,13 +315,18 @@ class Trainer:
         return float(loss.detach())
 
     def batch_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Next-item sampled softmax over the batch's unique targets + popularity-sampled negatives."""
+        """Next-item cross-entropy against the whole catalogue (softmax) or against the batch's
+        unique targets + popularity-sampled negatives (sampled)."""
         n_items = self.data.n_items
         table = self.model.item_table(self.cache)  # cached text: gradient reaches projection + IDs only
         padded = torch.cat([table, table.new_zeros(1, table.shape[1])])
         states = self.model.user_tower(padded[inputs], inputs != n_items)
         has_target = targets >= 0
         users, wanted = states[has_target], targets[has_target]
+        if self.loss == "softmax":
+            # Every item's vector, with fresh text (and the encoder's gradient) for text_grad_items of them.
+            every = torch.arange(n_items, device=self.device)
+            return full_softmax_loss(users, wanted, self.candidate_vectors(every, wanted), self.cfg["temperature"])
         negatives = (
             torch.multinomial(self.sampling_p, self.cfg["n_negatives"], replacement=True, generator=self.generator)
             if self.cfg["n_negatives"]
@@ -309,10 +355,27 @@ class Trainer:
         ranked = torch.cat([order[is_positive[order]], order[~is_positive[order]]])
         return ranked[:n].to(self.device)
 
+    def initial_text_table(self) -> torch.Tensor | None:
+        """Before the first step the encoder is its base one: read the kept text table, encode only
+        the items it lacks (the frozen path never runs the encoder again)."""
+        if self.tokens is None:
+            return None
+        table, self.text_cache = text_cache.pooled_table(
+            self.model, self.tokens, self.data.item_texts, self.root, self.device
+        )
+        return table
+
     def encode_catalogue(self) -> torch.Tensor | None:
         return self.model.encode_pooled(self.tokens, desc="encoding items", device=self.device) if self.tokens else None
 
     # epochs
+    def out_of_patience(self) -> bool:
+        """True once valid NDCG@10 has not improved for train.patience epochs (never without validation)."""
+        patience = self.cfg["patience"]
+        if not (self.select_on_valid and patience and self.best_state is not None):
+            return False
+        return self.progress.epoch - self.progress.best_epoch >= patience
+
     def end_epoch(self, epoch: int, on_epoch: OnEpoch | None) -> None:
         if self.trains_encoder:
             self.cache = self.encode_catalogue()  # the encoder moved: refresh the text table
@@ -333,6 +396,15 @@ class Trainer:
         if value > self.progress.best_ndcg:
             self.keep_as_best(epoch, value, table)
         self.progress.epoch, self.progress.batch, self.progress.loss_sum = epoch, 0, 0.0
+        if self.out_of_patience():
+            log.info(
+                "no better %s for %d epochs: stopping after epoch %d of at most %d, the best is epoch %d",
+                VALID_METRIC,
+                self.cfg["patience"],
+                epoch,
+                self.cfg["epochs"],
+                self.progress.best_epoch,
+            )
         if on_epoch is not None:
             on_epoch(epoch, value)
 
@@ -466,15 +538,19 @@ class Trainer:
             "epochs": len(history),
             "final_loss": history[-1]["loss"],
             "best_epoch": self.progress.best_epoch,
+            "max_epochs": self.cfg["epochs"],
+            "stopped_early": len(history) < self.cfg["epochs"],
             VALID_METRIC: self.progress.best_ndcg if self.select_on_valid else None,
             "seconds": seconds,
             "sequences_per_s": self.sequences_done / self.step_seconds if self.step_seconds else 0.0,
             "sequences_done": self.sequences_done,
             "step_seconds": self.step_seconds,
             "device": self.device,
+            "loss": self.loss,
             "n_params_trainable": int(sum(p.numel() for p in self.trainable().values())),
             "n_sequences": len(self.data.inputs),
             "processes": self.world,
             "resumed_from_step": self.resumed_from_step,
             "warm_start": self.warm_start,
+            "text_cache": self.text_cache,
         }

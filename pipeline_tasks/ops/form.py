@@ -29,7 +29,11 @@ FIELDS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "ratings.dat or ratings.csv). Ignored for synthetic.",
         {},
     ),
-    "train.epochs": ("Training epochs", "Passes over the training sequences.", {"minimum": 1, "maximum": 200}),
+    "train.epochs": (
+        "Training epochs (at most)",
+        "Passes over the training sequences; stops earlier once validation has not improved for train.patience epochs.",
+        {"minimum": 1, "maximum": 200},
+    ),
     "train.finetune": (
         "Fine-tune mode",
         "How the text encoder is trained: LoRA adapters, all weights, the top layer only, or frozen.",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline_tasks.core.errors import ParamsError, PipelineError
-from pipeline_tasks.model import fitting, towers, training_data
+from pipeline_tasks.model import fitting, losses, towers, training_data
 from pipeline_tasks.model import recommender as M
 from pipeline_tasks.model.trainer import Trainer
 
@@ -35,7 +35,7 @@ def fresh_loss(model: towers.TextSeqRec, histories: list[list[int]]) -> torch.Te
     users = model.user_vectors_from_table(table, [h[:-1] for h in histories])
     targets = torch.tensor([h[-1] for h in histories])
     candidates = torch.arange(model.n_items)
-    return towers.sampled_softmax_loss(users, targets, candidates, table, torch.zeros(model.n_items), 0.1)
+    return losses.sampled_softmax_loss(users, targets, candidates, table, torch.zeros(model.n_items), 0.1)
 
 
 def test_forward_backward_shapes(tiny_model):
