@@ -444,12 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": str(args.data),
         "command": " ".join(["bench/bench_model.py", *(argv or sys.argv[1:])]),
         "note": args.note,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch_threads": __import__("torch").get_num_threads(),
-            "note": "2 shared cores, other engineers' jobs running: wall times are upper bounds",
-        },
+        "machine": machine("2 shared cores, other engineers' jobs running: wall times are upper bounds"),
         "split": split_metrics,
         "clean_rows_kept": clean_metrics.get("interactions", {}).get("rows_kept"),
         "models": {name: headline(m) for name, m in result["models"].items()},
@@ -491,17 +486,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def machine(note: str) -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch_threads": __import__("torch").get_num_threads(),
+        "note": note,
+    }
+
+
 def write_comparison(args, argv, names: list[str], params: dict, root: Path, seconds: dict, split_metrics: dict) -> int:
     report = {
         "dataset": str(args.data),
         "command": " ".join(["bench/bench_model.py", *(argv or sys.argv[1:])]),
         "note": args.note,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch_threads": __import__("torch").get_num_threads(),
-            "note": "2 cores shared with other jobs: wall times are upper bounds; CPU seconds are this process's",
-        },
+        "machine": machine(
+            "2 cores shared with other jobs: wall times are upper bounds; CPU seconds are this process's"
+        ),
         "split": split_metrics,
         "stage_seconds": seconds,
         "comparison": compare(names, params, root, args.reuse),

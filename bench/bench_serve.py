@@ -93,12 +93,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(work: Path, port: int) -> subprocess.Popen:
+def start_server(work: Path, port: int, workers: int = 1) -> subprocess.Popen:
+    """`recpipe serve` on the project, once it answers /healthz with all its workers up."""
     import httpx
+
+    from pipeline_tasks.serving.launch import worker_pids
 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RECPIPE_EVENT_STORE_URL")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(work), "serve", "--port", str(port)],
+        [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(work), "serve", "--port", str(port)]
+        + ["--workers", str(workers)],
         cwd=str(ROOT),
         env=env,
     )
@@ -107,10 +111,12 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
         if server.poll() is not None:
             raise SystemExit(f"recpipe serve exited with {server.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            up = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            if up and (workers == 1 or len(worker_pids(server.pid)) == workers):
                 return server
         except httpx.HTTPError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     server.terminate()
     raise SystemExit("recpipe serve did not answer /healthz within 300 s")
 

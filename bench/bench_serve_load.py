@@ -41,6 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_serve import start_server  # noqa: E402 - a sibling script: one way to start and wait for the server
+
+from pipeline_tasks.serving.launch import worker_pids  # noqa: E402 - after the path above
+
 log = logging.getLogger("bench_serve_load")
 UNKNOWN_SHARE = 0.05
 K = 10
@@ -92,45 +96,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def start_server(project: Path, port: int, workers: int) -> subprocess.Popen:
-    import httpx
-
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RECPIPE_EVENT_STORE_URL")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline_tasks.ops.cli", "--root", str(project), "serve", "--port", str(port)]
-        + ["--workers", str(workers)],
-        cwd=str(ROOT),
-        env=env,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"recpipe serve exited with {server.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                if len(worker_pids(server)) == workers:
-                    return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.terminate()
-    raise SystemExit("recpipe serve did not answer /healthz within 300 s")
-
-
-def worker_pids(server: subprocess.Popen) -> set[int]:
-    """uvicorn's workers: the server's children started by multiprocessing's spawn (not its resource tracker)."""
-    import psutil
-
-    pids = set()
-    for child in psutil.Process(server.pid).children():
-        try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.add(child.pid)
-        except psutil.Error:  # a killed worker, a zombie until uvicorn reaps it
-            continue
-    return pids
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -273,13 +238,13 @@ def after_kill_check(project: Path, acks: Acks, failed: int) -> dict:
 
 def kill_one_worker(server: subprocess.Popen):
     def kill() -> dict:
-        before = worker_pids(server)
+        before = worker_pids(server.pid)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         killed = time.perf_counter()
-        while len(worker_pids(server) - before) < 1 and time.perf_counter() - killed < 120:
+        while len(worker_pids(server.pid) - before) < 1 and time.perf_counter() - killed < 120:
             time.sleep(0.2)
-        replaced = worker_pids(server) - before
+        replaced = worker_pids(server.pid) - before
         return {
             "killed_pid": victim,
             "replacement_pid": min(replaced) if replaced else None,

@@ -65,6 +65,21 @@ def app_from_environment():
     return app
 
 
+def worker_pids(server_pid: int) -> set[int]:
+    """The live workers of a `serve --workers N` parent: its children started by multiprocessing's
+    spawn (not its resource tracker). For load tests and operators checking a restart."""
+    import psutil
+
+    pids = set()
+    for child in psutil.Process(server_pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # a killed worker, a zombie until uvicorn reaps it
+            continue
+    return pids
+
+
 def limit_torch_threads() -> None:
     import torch
 

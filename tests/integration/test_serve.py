@@ -24,6 +24,7 @@ from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io
 from pipeline_tasks.core import params as P
 from pipeline_tasks.serving import event_store, registry
+from pipeline_tasks.serving.launch import worker_pids
 from pipeline_tasks.serving.server import assign, bucket
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -366,20 +367,6 @@ def start_server(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
         time.sleep(0.5)
 
 
-def worker_pids(server: subprocess.Popen) -> set[int]:
-    """uvicorn's worker processes: the server's children started by multiprocessing's spawn."""
-    import psutil
-
-    pids = set()
-    for child in psutil.Process(server.pid).children():
-        try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.add(child.pid)
-        except psutil.Error:  # the killed worker, a zombie until uvicorn reaps it
-            continue
-    return pids
-
-
 class Traffic:
     """Clients in threads: /recommend, and a click on a third of the answers; records what was acknowledged."""
 
@@ -439,7 +426,7 @@ def test_two_workers_share_the_store_and_a_killed_worker_loses_nothing_acknowled
     P.dump(params, tmp / "params.yaml")
     server, url = start_server(tmp, "--workers", "2")
     try:
-        workers = worker_pids(server)
+        workers = worker_pids(server.pid)
         assert len(workers) == 2, workers
         # Their metrics can add up: one fresh PROMETHEUS_MULTIPROC_DIR for all of them, removed at exit.
         import psutil
@@ -451,7 +438,7 @@ def test_two_workers_share_the_store_and_a_killed_worker_loses_nothing_acknowled
             victim = sorted(workers)[0]
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 90
-            while len(worker_pids(server) - {victim}) < 2:  # uvicorn replaces the dead worker
+            while len(worker_pids(server.pid) - {victim}) < 2:  # uvicorn replaces the dead worker
                 assert time.monotonic() < deadline, "uvicorn did not restart the killed worker"
                 time.sleep(0.5)
             time.sleep(4)
