@@ -629,6 +629,7 @@ def test_a_locked_store_is_never_read_as_no_champion(store):
     import sqlite3
 
     params, client, _, tmp = store
+    before = champion(client)
     holder = sqlite3.connect(tmp / "mlflow.db", timeout=0)
     holder.execute("BEGIN EXCLUSIVE")  # another process writing: readers get "database is locked"
     try:
@@ -638,7 +639,7 @@ def test_a_locked_store_is_never_read_as_no_champion(store):
     finally:
         holder.rollback()
         holder.close()
-    assert champion(client) == "1"
+    assert before and champion(client) == before  # nothing moved (v2 may or may not have won its gate)
 
 
 def test_the_register_stage_fails_and_moves_nothing_when_the_registry_blinks(store, registry_project, monkeypatch):
