@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_serve import start_server  # noqa: E402 - a sibling script: one way to start and wait for the server
+from bench_serve import percentiles, start_server  # noqa: E402 - a sibling script: one way to start and wait for the server
 
 from pipeline_tasks.serving.launch import worker_pids  # noqa: E402 - after the path above
 
@@ -99,19 +99,6 @@ def free_port() -> int:
 
 
 # --- the load ---------------------------------------------------------------------------------
-
-
-def percentiles(values: list[float]) -> dict:
-    import numpy as np
-
-    if not values:
-        return {}
-    arr = np.asarray(values)
-    return {
-        "p50_ms": float(np.percentile(arr, 50)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "max_ms": float(arr.max()),
-    }
 
 
 class Acks:
