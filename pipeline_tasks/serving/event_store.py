@@ -152,13 +152,8 @@ class EventStore:
             ) from exc
 
     def exposure(self, exposure_id: str) -> dict | None:
-        try:
-            with self.engine.connect() as conn:
-                query = exposures.select().where(exposures.c.exposure_id == exposure_id)
-                row = conn.execute(query).mappings().first()
-        except sa.exc.OperationalError as exc:
-            raise StoreUnavailable(f"the event store {self.where} cannot be read ({exc.orig}); retry") from exc
-        return dict(row) if row else None
+        rows = self.read(exposures.select().where(exposures.c.exposure_id == exposure_id))
+        return rows[0] if rows else None
 
     def latest_exposure_showing(self, user_id: str, item_id: str) -> dict | None:
         """The user's latest exposure (of their last LOOKBACK_EXPOSURES) whose list held item_id."""
@@ -168,12 +163,15 @@ class EventStore:
             .order_by(exposures.c.id.desc())
             .limit(LOOKBACK_EXPOSURES)
         )
+        return next((row for row in self.read(query) if item_id in row["items"]), None)
+
+    def read(self, query) -> list[dict]:
+        """The query's rows for a request being answered: a store that cannot be read is a 503."""
         try:
             with self.engine.connect() as conn:
-                rows = conn.execute(query).mappings().all()
+                return [dict(row) for row in conn.execute(query).mappings().all()]
         except sa.exc.OperationalError as exc:
             raise StoreUnavailable(f"the event store {self.where} cannot be read ({exc.orig}); retry") from exc
-        return next((dict(row) for row in rows if item_id in row["items"]), None)
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(exposures, feedback) in insertion order, one column per field: what ab-report analyses."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.serving import api_guard, event_store, registry
-from pipeline_tasks.serving.server import create_app
+from pipeline_tasks.serving.server import create_app, no_champion
 
 log = logging.getLogger("recpipe.serve")
 
@@ -92,9 +92,7 @@ def limit_torch_threads() -> None:
 def champion_or_refuse(params: dict, root: str | Path) -> None:
     name = params["register"]["model_name"]
     if C.ALIAS_CHAMPION not in registry.aliases(registry.client_for(params, root), name):
-        raise registry.RegistryError(
-            f"{name} has no champion to serve: run the pipeline (`make run`) or `recpipe promote VERSION --reason TEXT`"
-        )
+        raise no_champion(name)
 
 
 @contextmanager

@@ -112,6 +112,12 @@ def load_version(name: str, version: str):
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
 
 
+def no_champion(name: str) -> registry.RegistryError:
+    return registry.RegistryError(
+        f"{name} has no champion to serve: run the pipeline (`make run`) or `recpipe promote VERSION --reason TEXT`"
+    )
+
+
 class Router:
     """Champion/challenger models by alias, the A/B split, and the reload loop."""
 
@@ -131,10 +137,7 @@ class Router:
         champion, challenger = current.get(C.ALIAS_CHAMPION), current.get(C.ALIAS_CHALLENGER)
         if champion is None:
             if self.served is None:
-                raise registry.RegistryError(
-                    f"{self.name} has no champion to serve: run the pipeline (`make run`) or "
-                    "`recpipe promote VERSION --reason TEXT`"
-                )
+                raise no_champion(self.name)
             log.error(
                 "alias champion disappeared from %s; still serving v%s", self.name, self.served.models[CHAMPION][0]
             )
