@@ -34,7 +34,7 @@ from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io
 from pipeline_tasks.core.errors import ParamsError, PipelineError
 from pipeline_tasks.model import towers
-from pipeline_tasks.model.measuring import NDCG, EvalData, check_stored_table, load_eval_data, measure, relative_drop
+from pipeline_tasks.model.measuring import EvalData, check_stored_table, judge, load_eval_data, method, speed, user_ndcg
 from pipeline_tasks.model.recommender import Recommender
 from pipeline_tasks.model.towers import Encoder
 from pipeline_tasks.model.variants import (
@@ -400,7 +400,14 @@ def check_params(cfg: dict) -> None:
             f"compress.max_ndcg_drop={cfg['max_ndcg_drop']} is negative, so not even the fp32 "
             "reference would qualify; set it to 0 (no loss allowed) or more"
         )
-    for key in ("latency_calls", "throughput_items", "timing_rounds", "student_layers", "distill_batch_size"):
+    for key in (
+        "latency_calls",
+        "latency_block_calls",
+        "throughput_items",
+        "timing_rounds",
+        "student_layers",
+        "distill_batch_size",
+    ):
         if cfg[key] < 1:
             raise ParamsError(f"compress.{key}={cfg[key]} must be at least 1")
     if not 0 < cfg["prune_amount"] < 1:
@@ -420,8 +427,13 @@ def variant_names(cfg: dict, has_encoder: bool, only: str | None = None) -> list
     return [n for n in names if n not in skipped]
 
 
-def build_and_measure(params: dict, root: Path, out: Path, only: str | None = None) -> dict[str, dict]:
-    """Every variant (or fp32 and `only`) built under `out`, reloaded the way serving loads it, and measured."""
+def build_and_measure(params: dict, root: Path, out: Path, only: str | None = None) -> tuple[dict[str, dict], dict]:
+    """Every variant (or fp32 and `only`) built under `out`, reloaded the way serving loads it, and measured.
+
+    Returns ({variant: measurements}, how they were judged). One variant is built and scored at a time;
+    then all are loaded together for the interleaved timing (model/measuring.py), so memory holds every
+    variant at once for that part (about the sum of their sizes on disk).
+    """
     cfg = params["compress"]
     source = root / C.MODEL_DIR
     reference = Recommender.load(source)  # fails with a clear message if train has not run
@@ -430,19 +442,32 @@ def build_and_measure(params: dict, root: Path, out: Path, only: str | None = No
     if any(name in NEEDS_ENCODER for name in names):
         check_stored_table(reference, data)
     del reference
-    variants: dict[str, dict] = {}
+    sizes: dict[str, float] = {}
+    per_user: dict[str, np.ndarray] = {}
     for name in names:
-        log.info("compress: building and measuring %s", name)
+        log.info("compress: building and scoring %s", name)
         started = time.perf_counter()
         BUILDERS[name](Job(source=source, out=out / name, data=data, cfg=cfg, seed=int(params["seed"])))
-        variants[name] = measure(Recommender.load(out / name), out / name, data, cfg)
+        sizes[name] = io.dir_size_mb(out / name)
+        per_user[name] = user_ndcg(Recommender.load(out / name), data)
         log.info(
-            "compress: %s built and measured in %.0f s: %s",
+            "compress: %s built and scored in %.0f s: %.1f MB, valid NDCG@10 %.4f",
             name,
             time.perf_counter() - started,
-            json.dumps(variants[name]),
+            sizes[name],
+            float(per_user[name].mean()),
         )
-        gc.collect()  # one variant's encoder at a time in memory
-    for m in variants.values():
-        m["ndcg_drop_rel"] = relative_drop(variants[REFERENCE][NDCG], m[NDCG])
-    return variants
+        gc.collect()  # one variant's encoder at a time in memory while building
+    log.info("compress: timing %s interleaved", ", ".join(names))
+    timed = speed({name: Recommender.load(out / name) for name in names}, data, cfg)
+    judged = judge(
+        per_user,
+        cfg["max_ndcg_drop"],
+        params["evaluate"]["bootstrap_resamples"],
+        params["evaluate"]["ci_level"],
+        int(params["seed"]),
+    )
+    variants = {name: {"size_mb": sizes[name], **timed[name], **judged[name]} for name in names}
+    for name, m in variants.items():
+        log.info("compress: %s %s", name, json.dumps(m))
+    return variants, method(params, len(data.task))

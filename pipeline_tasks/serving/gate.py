@@ -7,8 +7,10 @@ functions as the evaluate stage (never stale numbers). The challenger passes whe
 - no group of a guarded slice (`register.guarded_slices`: history length, cold-start and
   long-tail targets, ...) with at least `evaluate.min_group_users` users loses more than
   `register.max_slice_drop` (relative) NDCG@10,
-- the variant's p99 latency and size (metrics/compress.json) fit `register.max_latency_p99_ms`
-  and `register.max_size_mb`.
+- the variant's median (p50) single-user latency and its size, as the compress stage measured them
+  (metrics/compress.json), fit `register.max_latency_p50_ms` and `register.max_size_mb`. The median, not
+  p99: compress times a few hundred calls, and on a busy machine their tail measures the load (p99
+  89 ms under load, 0.95 ms quiet, for one model); the decision names the figure it read and shows p99.
 With no champion yet, it must instead clear `register.min_ndcg` (0.0 by default: off, since
 NDCG's scale depends on the data) and beat the run's best baseline (plus the same budgets).
 A guarded slice name this run's split does not have is refused before anything is scored.
@@ -128,13 +130,20 @@ def slice_check(challenger: dict, champion: dict, max_drop: float, min_users: in
 
 
 def budget_checks(budget: dict, cfg: dict) -> list[Check]:
-    p99, size = budget.get("latency_p99_ms"), budget.get("size_mb")
+    """The serving variant's median latency and size (its metrics/compress.json entry) against the budgets."""
+    p50, size, limit = budget.get("latency_p50_ms"), budget.get("size_mb"), cfg["max_latency_p50_ms"]
+    if p50 is None:
+        latency = (
+            f"no median latency (latency_p50_ms) for the serving variant in metrics/compress.json vs budget {limit} ms "
+            "(register.max_latency_p50_ms): re-run the compress stage"
+        )
+    else:
+        calls, p99 = budget.get("latency_calls"), budget.get("latency_p99_ms")
+        read = f"median of {calls} calls" if calls else "median"
+        tail = "" if p99 is None else f"; p99 {p99:.2f} ms shown, not judged"
+        latency = f"p50 {p50:.2f} ms ({read}{tail}) vs budget {limit} ms (register.max_latency_p50_ms)"
     return [
-        Check(
-            "latency_budget",
-            p99 is not None and p99 <= cfg["max_latency_p99_ms"],
-            f"p99 {p99 if p99 is None else round(p99, 2)} ms vs budget {cfg['max_latency_p99_ms']} ms",
-        ),
+        Check("latency_budget", p50 is not None and p50 <= limit, latency),
         Check(
             "size_budget",
             size is not None and size <= cfg["max_size_mb"],
@@ -212,7 +221,7 @@ def best_baseline(evaluate_metrics: dict) -> tuple[str, float] | None:
 
 
 def variant_budget(root: Path, variant: str) -> dict:
-    """Latency and size of the chosen variant as the compress stage measured them."""
+    """Latency (p50, p99, calls) and size of the chosen variant as the compress stage measured them."""
     compress = io.read_json(root / C.METRICS_DIR / "compress.json")
     return compress.get("variants", {}).get(variant, {})
 

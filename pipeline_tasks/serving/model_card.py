@@ -90,13 +90,17 @@ def compression_section(compress: dict) -> list[str]:
     lines = [
         f"## Compression (serving variant: **{chosen}**)",
         "",
-        "| variant | size MB | p99 ms | NDCG@10 | drop vs fp32 |",
-        "|---|---|---|---|---|",
+        "| variant | size MB | p50 ms | p99 ms | NDCG@10 | drop vs fp32 [interval] | acceptable |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, v in compress.get("variants", {}).items():
+        interval = (
+            f" [{fmt(v['ndcg_drop_rel_low'])}, {fmt(v['ndcg_drop_rel_high'])}]" if "ndcg_drop_rel_low" in v else ""
+        )
+        acceptable = {True: "yes", False: "no"}.get(v.get("acceptable"), "-")
         lines.append(
-            f"| {name} | {fmt(v.get('size_mb'))} | {fmt(v.get('latency_p99_ms'))} | "
-            f"{fmt(v.get('ndcg@10'))} | {fmt(v.get('ndcg_drop_rel'))} |"
+            f"| {name} | {fmt(v.get('size_mb'))} | {fmt(v.get('latency_p50_ms'))} | {fmt(v.get('latency_p99_ms'))} | "
+            f"{fmt(v.get('ndcg@10'))} | {fmt(v.get('ndcg_drop_rel'))}{interval} | {acceptable} |"
         )
     return lines + [""]
 

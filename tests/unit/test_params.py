@@ -96,3 +96,20 @@ def test_known_guarded_slices_load(guards):
 def test_a_misspelled_guarded_slice_is_refused_with_the_valid_names(bad):
     with pytest.raises(ParamsError, match=rf"guarded_slices: unknown slice {bad!r}; valid: history_length, cold_start"):
         P.load(None, [f"register.guarded_slices=[popularity, {bad}]"])
+
+
+def test_the_old_latency_budget_name_still_loads_as_the_median_budget(tmp_path, caplog):
+    """register.max_latency_p99_ms (before issue 18) is read as register.max_latency_p50_ms, with a warning:
+    an old params.yaml or a run's params.run.yaml keeps loading; both names at once are refused."""
+    old = tmp_path / "params.yaml"
+    old.write_text("register:\n  max_latency_p99_ms: 75.0\n")
+    with caplog.at_level("WARNING", logger="pipeline_tasks.core.params"):
+        params = P.load(old)
+    assert params["register"]["max_latency_p50_ms"] == 75.0
+    assert "max_latency_p99_ms" not in params["register"]
+    assert "old name of 'register.max_latency_p50_ms'" in caplog.text
+    assert P.load(None, ["register.max_latency_p99_ms=100000"])["register"]["max_latency_p50_ms"] == 100000.0
+    both = tmp_path / "both.yaml"
+    both.write_text("register:\n  max_latency_p99_ms: 75.0\n  max_latency_p50_ms: 20.0\n")
+    with pytest.raises(ParamsError, match=r"both set.*keep only 'register.max_latency_p50_ms'"):
+        P.load(both)
