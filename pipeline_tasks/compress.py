@@ -86,8 +86,8 @@ def variants_tonight(cfg: dict, root: Path) -> tuple[str | None, str]:
     """(None, why): measure every variant; (name, why): fp32 and the last search night's choice only.
 
     Choosing a variant is a search like the hyperparameters' (the same model shape compresses the same
-    way), so the nights between searches re-measure the last choice, which still has to stay within
-    max_ndcg_drop of fp32 tonight or fp32 itself serves.
+    way), so the nights between searches re-measure the last choice, which still has to be acceptable
+    tonight (its drop vs fp32 not credibly above max_ndcg_drop) or fp32 itself serves.
     """
     last = variant_between_searches(root)
     if cfg["between_searches"] == "all":
