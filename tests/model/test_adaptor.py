@@ -14,6 +14,7 @@ from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.data.dataset import load_split
 from pipeline_tasks.model import fitting, towers, warm_start
 from pipeline_tasks.model import recommender as M
+from pipeline_tasks.model.text_adaptor import TextAdaptor
 from pipeline_tasks.model.trainer import check_train_params
 from pipeline_tasks.model.training_data import item_text
 
@@ -21,7 +22,7 @@ from pipeline_tasks.model.training_data import item_text
 def test_the_adaptor_trains_while_the_frozen_encoder_does_not():
     tower = towers.ItemTower(torch.nn.Linear(1, 1), hidden_size=32, n_items=6, dim=8, use_id_embedding=True)
     adaptor = towers.ItemTower(torch.nn.Linear(1, 1), 32, 6, 8, True, adaptor=(4, 0.0)).projection
-    assert isinstance(tower.projection, torch.nn.Linear) and isinstance(adaptor, towers.TextAdaptor)
+    assert isinstance(tower.projection, torch.nn.Linear) and isinstance(adaptor, TextAdaptor)
 
     pooled = torch.randn(6, 32)
     adaptor.eval()
@@ -44,7 +45,7 @@ def test_an_adaptor_model_is_saved_and_served_as_trained(tiny_params, tiny_split
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["adaptor_experts"] == 3
     rec = M.Recommender.load(tmp_path / "model")
-    assert isinstance(rec.model.item_tower.projection, towers.TextAdaptor)
+    assert isinstance(rec.model.item_tower.projection, TextAdaptor)
     items = load_split(tiny_split).items  # a loaded model keeps no texts: re-encode the split's catalogue
     by_id = {r["item_id"]: item_text(r) for r in items.to_dict(orient="records")}
     recomputed = rec.encode_items([by_id[i] for i in rec.item_ids], list(range(len(rec.item_ids))))
