@@ -265,6 +265,13 @@ class Trainer:
         sampler: DistributedSampler[int] = DistributedSampler(
             rows, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed
         )
+        epochs = tqdm(
+            total=self.epoch_horizon(),
+            initial=self.progress.epoch,
+            desc="epochs (time left if valid stops improving)" if self.select_on_valid else "epochs",
+            unit="epoch",
+            disable=self.rank > 0,
+        )
         for epoch in range(self.progress.epoch, self.cfg["epochs"]):
             if self.out_of_patience():  # also after a resume of a run that had already stopped
                 break
@@ -290,6 +297,10 @@ class Trainer:
                 if self.cfg["checkpoint_every"] and self.progress.step % self.cfg["checkpoint_every"] == 0:
                     self.save_checkpoint()
             self.end_epoch(epoch + 1, on_epoch)
+            epochs.total = self.epoch_horizon()
+            epochs.set_postfix(best=f"{self.progress.best_ndcg:.4f}@{self.progress.best_epoch}", refresh=False)
+            epochs.update(1)
+        epochs.close()
 
     def step(self, rows: torch.Tensor) -> float:
         started = time.perf_counter()
@@ -371,6 +382,14 @@ class Trainer:
         return self.model.encode_pooled(self.tokens, desc="encoding items", device=self.device) if self.tokens else None
 
     # epochs
+    def epoch_horizon(self) -> int:
+        """The epoch training ends at if valid NDCG@10 does not improve again (each gain moves it
+        out by up to `patience`): what the stage's progress bar counts its time left to."""
+        patience = self.cfg["patience"] if self.select_on_valid else 0
+        if not patience:
+            return self.cfg["epochs"]
+        return min(self.cfg["epochs"], self.progress.best_epoch + patience)
+
     def out_of_patience(self) -> bool:
         """True once valid NDCG@10 has not improved for train.patience epochs (never without validation)."""
         patience = self.cfg["patience"]
