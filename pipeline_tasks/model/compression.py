@@ -208,8 +208,8 @@ def make_permanent(linears: list[Encoder]) -> float:
     return zeros / max(total, 1)
 
 
-def projection_of(tower: towers.ItemTower) -> nn.Linear:
-    """The text projection (only text models have an encoder to compress)."""
+def projection_of(tower: towers.ItemTower) -> nn.Module:
+    """The text projection or adaptor (only text models have an encoder to compress)."""
     assert tower.projection is not None, "the model has no text tower"
     return tower.projection
 

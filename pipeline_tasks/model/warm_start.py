@@ -23,10 +23,10 @@ import torch
 
 from pipeline_tasks.core import io
 from pipeline_tasks.model import variants
-from pipeline_tasks.model.towers import CONFIG_FILE, ENCODER_PREFIX, TextSeqRec
+from pipeline_tasks.model.towers import ARCH_DEFAULTS, CONFIG_FILE, ENCODER_PREFIX, TextSeqRec
 
 # Keys that shape the weights: a champion differing in any of them cannot seed tonight's model.
-SHAPE_KEYS = ("dim", "user_layers", "user_heads", "max_seq_len", "use_text", "use_id_embedding")
+SHAPE_KEYS = ("dim", "user_layers", "user_heads", "max_seq_len", "use_text", "use_id_embedding", "adaptor_experts")
 ID_EMBEDDING = "item_tower.id_embedding.weight"
 # Set by the compress stage on variants whose encoder is no longer the trained one.
 REBUILT_ENCODER_KEYS = ("pruned_linear_sparsity", "distilled_layers")
@@ -45,7 +45,9 @@ def faithful_weights(config: dict) -> bool:
 def mismatch(config: dict, train_cfg: dict) -> str | None:
     """Why a saved model cannot seed a model built from `train_cfg` (None: it can)."""
     differs = [
-        f"{key} {config.get(key)} vs {train_cfg[key]}" for key in SHAPE_KEYS if config.get(key) != train_cfg[key]
+        f"{key} {saved} vs {train_cfg[key]}"
+        for key in SHAPE_KEYS
+        if (saved := config.get(key, ARCH_DEFAULTS.get(key))) != train_cfg[key]
     ]
     saved_encoder = (config.get("trained_with") or {}).get("encoder")
     if train_cfg["use_text"] and saved_encoder != train_cfg["encoder"]:

@@ -198,6 +198,23 @@ def test_generic_csv_with_a_column_map(tmp_path, params):
     assert read_raw(tmp_path, "users").set_index(C.USER_ID).loc["c2", "country"] == "FR"
 
 
+def test_generic_csv_description_over_several_lines_is_one_record(tmp_path, params):
+    """A quoted field may hold newlines (RFC 4180; Office's product descriptions do): each such item is
+    one record, not several malformed lines, and its text keeps every line."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,i1,1700000000\nu1,i2,1700000100\n")
+    (folder / "items.csv").write_text(
+        'item_id,title,description\ni1,Stapler,"Heavy duty.\nStaples 40 sheets.\r\n\nBlack."\ni2,"Pen,\nblue",Ink\n'
+    )
+    params = generic_params(params, folder, rating="")
+    params["ingest"]["generic"]["timestamp_unit"] = "s"
+    metrics = ingest.run(params, tmp_path)
+    assert metrics["rows"]["items"] == 2 and metrics["malformed_lines"] == 0
+    text = read_raw(tmp_path, "items").set_index(C.ITEM_ID)[C.TEXT]
+    assert "Staples 40 sheets." in text["i1"] and "Black." in text["i1"] and text["i2"].startswith("Pen,")
+
+
 def test_generic_parquet_folder_of_parts_and_epoch_milliseconds(tmp_path, params):
     folder = tmp_path / "lake"
     (folder / "interactions").mkdir(parents=True)

@@ -61,3 +61,16 @@ def test_a_resumed_run_that_had_stopped_trains_no_further(tiny_params, tiny_spli
         first["best_epoch"],
         first["valid_ndcg@10"],
     )
+
+
+def test_the_epoch_bar_counts_down_to_where_training_would_stop(tiny_params, tiny_split):
+    """The stage's progress bar counts to best epoch + patience (its time left: if valid stops
+    improving); every gain moves that out, and training ends exactly there."""
+    trainer = Trainer(id_only(tiny_params, epochs=30, patience=2), tiny_split, None, ("train",))
+    assert trainer.epoch_horizon() == 2  # nothing learnt yet: patience epochs
+    horizons: list[tuple[int, int, int]] = []
+    trainer.train(lambda epoch, value: horizons.append((epoch, trainer.progress.best_epoch, trainer.epoch_horizon())))
+    assert all(horizon == min(30, best + 2) >= epoch for epoch, best, horizon in horizons), horizons
+    assert horizons[-1][0] == horizons[-1][2] < 30, "it stopped where the bar said it would"
+    refit = Trainer(id_only(tiny_params, epochs=5, patience=2), tiny_split, None, ("train", "valid"))
+    assert refit.epoch_horizon() == 5  # a refit has no validation: it runs every epoch
