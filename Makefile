@@ -46,11 +46,14 @@ lint: setup  ## ruff (lint + format check), import-linter contracts, mypy, bandi
 audit: setup  ## pip-audit of requirements.lock against PyPI's vulnerability data (network)
 	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements.lock
 
+# Two pytest-xdist workers: the end-to-end tests mostly wait on subprocesses, servers and JVMs, so
+# two processes share this 2-core machine well (how the suite is split: tests/conftest.py).
+PYTEST_WORKERS ?= 2
 test: setup lint  ## the code checks, then the whole test suite
-	$(BIN)/python -m pytest tests --durations=20
+	$(BIN)/python -m pytest tests -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 
 test-fast: setup  ## everything but the slow end-to-end tests
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Benchmarks write JSON under bench/results/ (medians and ratios of one run; the machine is shared).
 bench: setup  ## every benchmark in bench/ (slow: minutes to tens of minutes)

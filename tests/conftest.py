@@ -1,4 +1,5 @@
-"""Shared fixtures: one SparkSession for the whole test session, quiet offline env."""
+"""Shared fixtures: one SparkSession per test process, quiet offline env, no MLflow store leaking
+from one test into the next; how `make test` splits the suite over two processes (pytest-xdist)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,44 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import params as P
+from pipeline_tasks.core import tracking
 from pipeline_tasks.core.stage_cli import quiet_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ML100K = PROJECT_ROOT.parent / "shared" / "datasets" / "ml-100k"
 
 quiet_environment()
+
+# `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`). Each test file is one group,
+# so a file's module and session fixtures are built once, except these end-to-end tests: one group
+# that starts first and runs one after another on one worker while the other takes every file
+# (~16 minutes each way on this 2-core machine). Mostly they wait on subprocesses, servers and
+# JVMs, so they share the two cores well with the rest; two of them at once would not.
+SERIAL_END_TO_END = {
+    "test_five_nights_in_a_row",
+    "test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres",
+    "test_trigger_form_in_a_browser_runs_the_pipeline",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    end_to_end = [item for item in items if item.originalname in SERIAL_END_TO_END]
+    for item in items:
+        group = "end-to-end" if item in end_to_end else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+    items[:] = end_to_end + [item for item in items if item not in end_to_end]  # the long group first
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_store_from_an_earlier_test(monkeypatch):
+    """mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ. Left over from an
+    earlier test in this process, it would read as the user's choice (tracking.user_tracking_uri)
+    and send this test's registry calls to that test's store."""
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
+    monkeypatch.setattr(tracking, "_uri_we_set", None)
 
 
 @pytest.fixture(scope="session")
