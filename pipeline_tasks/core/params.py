@@ -226,14 +226,14 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "encoder": "all-MiniLM-L6-v2",  # or a local Hugging Face model directory
-        "finetune": "lora",  # lora | full | top_layers | frozen
+        "finetune": "frozen",  # frozen | lora | full | top_layers
         "lora_r": 8,
         "lora_alpha": 16,
         "lora_dropout": 0.05,
         "max_text_len": 32,
         # Pooled text -> dim: 0 = one linear projection; n > 0 = UniSRec's mixture of n whitening
         # experts (towers.TextAdaptor; trains on the cached vectors, so it costs no encoder pass).
-        "adaptor_experts": 0,
+        "adaptor_experts": 8,
         "dim": 64,
         "user_layers": 2,
         "user_heads": 2,

@@ -76,6 +76,8 @@ def tiny_params(params, tiny_encoder_dir, monkeypatch) -> dict:
     t = params["train"]
     t.update(
         encoder=str(tiny_encoder_dir),
+        finetune="lora",  # these tests exercise the encoder-training path; the frozen one sets it
+        adaptor_experts=0,
         dim=16,
         user_layers=1,
         user_heads=2,
