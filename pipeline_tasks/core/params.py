@@ -284,6 +284,7 @@ DEFAULTS: dict[str, Any] = {
             "train.lr": {"type": "float", "low": 0.0005, "high": 0.005, "log": True},
             "train.temperature": {"type": "float", "low": 0.05, "high": 0.3, "log": True},
             "train.dropout": {"type": "float", "low": 0.0, "high": 0.4},
+            "train.adaptor_experts": {"type": "categorical", "choices": [0, 8]},
         },
     },
     "compress": {
