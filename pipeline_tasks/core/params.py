@@ -233,7 +233,7 @@ DEFAULTS: dict[str, Any] = {
         "max_text_len": 32,
         # Pooled text -> dim: 0 = one linear projection; n > 0 = UniSRec's mixture of n whitening
         # experts (towers.TextAdaptor; trains on the cached vectors, so it costs no encoder pass).
-        "adaptor_experts": 8,
+        "adaptor_experts": 0,
         "dim": 64,
         "user_layers": 2,
         "user_heads": 2,
