@@ -17,11 +17,11 @@ ML100K = PROJECT_ROOT.parent / "shared" / "datasets" / "ml-100k"
 
 quiet_environment()
 
-# `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`). Each test file is one group,
-# so a file's module and session fixtures are built once, except these end-to-end tests: one group
-# that starts first and runs one after another on one worker while the other takes every file
-# (~16 minutes each way on this 2-core machine). Mostly they wait on subprocesses, servers and
-# JVMs, so they share the two cores well with the rest; two of them at once would not.
+# `make test` runs two pytest-xdist workers (`-n 2`). Each test file is one unit of work, so a
+# file's module and session fixtures are built once, except these end-to-end tests: one unit that
+# starts first and runs one test after another on one worker while the other worker takes every
+# file (~16 minutes each way on this 2-core machine). Mostly they wait on subprocesses, servers
+# and JVMs, so they share the two cores well with the rest; two of them at once would not.
 SERIAL_END_TO_END = {
     "test_five_nights_in_a_row",
     "test_pipeline_logs_to_mlflow_server_with_optuna_in_postgres",
@@ -29,12 +29,23 @@ SERIAL_END_TO_END = {
 }
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's file-by-file scheduling with the end-to-end tests as one more unit. (Not its
+    `--dist loadgroup` + xdist_group marks: with pytest 9 it cannot tag the test ids and spreads a
+    group over both workers.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndOneEndToEndUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            test = nodeid.split("::")[-1].split("[")[0]
+            return "end-to-end" if test in SERIAL_END_TO_END else nodeid.split("::", 1)[0]
+
+    return FilesAndOneEndToEndUnit(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     end_to_end = [item for item in items if item.originalname in SERIAL_END_TO_END]
-    for item in items:
-        group = "end-to-end" if item in end_to_end else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-    items[:] = end_to_end + [item for item in items if item not in end_to_end]  # the long group first
+    items[:] = end_to_end + [item for item in items if item not in end_to_end]  # the long unit first
 
 
 @pytest.fixture(autouse=True)

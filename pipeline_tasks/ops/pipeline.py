@@ -144,7 +144,7 @@ def run_pipeline(root: Path, overrides: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return code
-    print(summary(params, root))
+    print(summary(params, root, stage_seconds(params, root, run_id)))
     return 0
 
 
@@ -161,8 +161,23 @@ def metrics_table(
     return "\n".join(lines)
 
 
-def summary(params: dict, root: Path) -> str:
-    """The end-of-run report: model vs baselines, the registered version, where to look."""
+def stage_seconds(params: dict, root: Path, parent_run_id: str) -> dict[str, float]:
+    """How long each stage's MLflow run of this pipeline run took (a stage DVC skipped has none; the
+    few seconds each stage process needs to start before its run opens are not counted)."""
+    from mlflow import MlflowClient
+
+    experiment_id = tracking.setup(params, root)
+    runs = MlflowClient().search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    times = {
+        run.data.tags["recpipe.stage"]: (run.info.end_time - run.info.start_time) / 1000
+        for run in runs
+        if "recpipe.stage" in run.data.tags and run.info.end_time
+    }
+    return {stage: times[stage] for stage in C.STAGES if stage in times}
+
+
+def summary(params: dict, root: Path, seconds: dict[str, float] | None = None) -> str:
+    """The end-of-run report: model vs baselines, the registered version, stage times, where to look."""
     parts = ["", "=" * 72, "recpipe — run summary", "=" * 72]
     evaluate_path = root / C.METRICS_DIR / "evaluate.json"
     if evaluate_path.exists():
@@ -175,6 +190,9 @@ def summary(params: dict, root: Path) -> str:
             f"Registered: {reg.get('model_name')} version {reg.get('version')} aliases {reg.get('aliases')}",
             f"Gate: {reg.get('decision', {}).get('summary', '')}",
         ]
+    if seconds:
+        each = ", ".join(f"{stage} {value:.0f}" for stage, value in seconds.items())
+        parts += ["", f"Stage times (s): {each}; {sum(seconds.values()) / 60:.1f} min in all"]
     uri = tracking.tracking_uri(params, root)
     parts += ["", f"MLflow UI:  make mlflow-ui   (or: mlflow ui --backend-store-uri {uri})", "=" * 72]
     return "\n".join(parts)

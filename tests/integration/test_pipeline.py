@@ -60,6 +60,8 @@ def test_make_run_end_to_end_then_no_op(tiny_project: Path):
     assert register["version"] == "1"
     assert C.ALIAS_CHALLENGER in register["aliases"]
     assert "recpipe — run summary" in first.stdout and "MLflow UI" in first.stdout
+    times = first.stdout.split("Stage times (s): ", 1)[1].split(";", 1)[0]
+    assert [part.split()[0] for part in times.split(", ")] == list(C.STAGES), times  # every stage ran, timed
 
     import mlflow
     from mlflow import MlflowClient
