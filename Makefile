@@ -50,10 +50,10 @@ audit: setup  ## pip-audit of requirements.lock against PyPI's vulnerability dat
 # two processes share this 2-core machine well (how the suite is split: tests/conftest.py).
 PYTEST_WORKERS ?= 2
 test: setup lint  ## the code checks, then the whole test suite
-	$(BIN)/python -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile --durations=20
+	$(BIN)/python -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 test-fast: setup  ## everything but the slow end-to-end tests
-	$(BIN)/python -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Benchmarks write JSON under bench/results/ (medians and ratios of one run; the machine is shared).
 bench: setup  ## every benchmark in bench/ (slow: minutes to tens of minutes)
