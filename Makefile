@@ -23,8 +23,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
+# RUN_ARGS: this run's overrides, e.g. RUN_ARGS="--set train.epochs=5" (params.yaml is not changed).
 run: setup  ## the full pipeline on the built-in default data, through dvc repro
-	$(BIN)/recpipe run
+	$(BIN)/recpipe run $(RUN_ARGS)
 
 # Code checks (rules in pyproject.toml): lint + format, the layer contracts, types of core/ and model/,
 # security lint (bandit, offline, ~3 s). Skipped for bench/ only: B108 (a fixed /tmp scratch folder,
