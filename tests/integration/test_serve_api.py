@@ -296,10 +296,14 @@ def test_metrics_add_up_across_two_server_processes_sharing_a_multiprocess_dir(p
     try:
         for url, server in zip(urls, servers):
             wait_healthy(httpx, url, server)
+        shown = {}
         for n, url in enumerate(urls):  # 3 answers from the first process, 4 from the second
             for user in range(3 + n):
-                assert httpx.get(f"{url}/recommend", params={"user_id": f"u{user:03d}"}).status_code == 200
-        event = {"user_id": "u001", "item_id": "i01", "event": "purchase"}
+                answer = httpx.get(f"{url}/recommend", params={"user_id": f"u{user:03d}"})
+                assert answer.status_code == 200
+                shown[f"u{user:03d}"] = answer.json()["items"][0]["item_id"]
+        # Feedback must name an item the user was shown (else 404): the model's pick, whatever it is.
+        event = {"user_id": "u001", "item_id": shown["u001"], "event": "purchase"}
         assert httpx.post(f"{urls[1]}/feedback", json=event, headers=AUTH).status_code == 200
         got = samples(httpx.get(f"{urls[0]}/metrics").text)  # either process answers for both
         assert got[key("recpipe_http_requests_total", endpoint="/recommend", method="GET", status="200")] == 7
