@@ -229,9 +229,10 @@ def read_delimited(
     raw_sep = sep
     if len(sep) > 1:  # pandas' C parser takes one-character separators only; '::' never occurs inside fields
         data, sep = data.replace(sep.encode(), b"\x1f"), "\x1f"
-    quoted = sep == "," and b'"' in data
-    lines = record_count(data, header, quoted, encoding)
-    wrong = wrong_field_lines(data, sep, len(names), header, quoted, encoding)
+    # Separators and newlines may sit inside quotes: then the csv module reads the records, once.
+    rows = quoted_rows(data, encoding) if sep == "," and b'"' in data else None
+    lines = record_count(data, header, rows)
+    wrong = wrong_field_lines(data, sep, len(names), header, rows)
     found = Malformed()
     if wrong:  # pandas skips long lines but pads short ones: parse only the lines with the right field count
         data = drop_lines(data, wrong, path, table, found, len(names), raw_sep, encoding)
@@ -284,25 +285,30 @@ def parse_delimited(
         return pd.read_csv(stdio.BytesIO(data), dtype=str, **options)
 
 
-def record_count(data: bytes, header: bool, quoted: bool, encoding: str) -> int:
+def quoted_rows(data: bytes, encoding: str) -> list[tuple[int, int]]:
+    """(last line number, field count) of every non-blank record of a quoted CSV (slower than the
+    byte scan below, but such files are small)."""
+    reader = csv.reader(stdio.StringIO(data.decode(encoding, "replace"), newline=""))
+    return [(reader.line_num, len(row)) for row in reader if row]
+
+
+def record_count(data: bytes, header: bool, rows: list[tuple[int, int]] | None) -> int:
     """Data records in the file, blank lines not counted (pandas skips them too).
 
-    Unquoted: counted on bytes (cheap on 25M lines). Quoted CSV: a quoted field may hold newlines
-    (a product description over several lines is one record), so the csv module counts records.
+    Unquoted: counted on bytes (cheap on 25M lines). Quoted CSV (`rows`): a quoted field may hold
+    newlines (a product description over several lines is one record), so records are counted.
     """
-    if quoted:
-        reader = csv.reader(stdio.StringIO(data.decode(encoding, "replace"), newline=""))
-        return sum(1 for row in reader if row) - (1 if header else 0)
+    if rows is not None:
+        return len(rows) - (1 if header else 0)
     return data.count(b"\n") + (not data.endswith(b"\n")) - data.count(b"\n\n") - (1 if header else 0)
 
 
-def wrong_field_lines(data: bytes, sep: str, n_fields: int, header: bool, quoted: bool, encoding: str) -> list[int]:
+def wrong_field_lines(
+    data: bytes, sep: str, n_fields: int, header: bool, rows: list[tuple[int, int]] | None
+) -> list[int]:
     """1-based numbers of the non-blank lines whose field count is not `n_fields` (header excluded)."""
-    if quoted:  # separators may sit inside quotes: let the csv module count (slower, but such files are small)
-        reader = csv.reader(stdio.StringIO(data.decode(encoding, "replace"), newline=""))
-        return [
-            reader.line_num for row in reader if row and len(row) != n_fields and not (header and reader.line_num == 1)
-        ]
+    if rows is not None:
+        return [line for line, fields in rows if fields != n_fields and not (header and line == 1)]
     arr = np.frombuffer(data, dtype=np.uint8)
     wrong: list[int] = []
     first_line, pos = 1, 0
