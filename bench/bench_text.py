@@ -126,11 +126,10 @@ def intervals(users: dict[str, dict[str, np.ndarray]], params: dict) -> dict:
     means = evaluation.bootstrap_means(
         np.stack([users[n][m] for n in names for m in metrics]), cfg["bootstrap_resamples"], params["seed"]
     )
-    tails = (100 * (1 - cfg["ci_level"]) / 2, 100 * (1 + cfg["ci_level"]) / 2)
     column = {(n, m): j for j, (n, m) in enumerate((n, m) for n in names for m in metrics)}
 
     def interval(values: np.ndarray, point: float) -> dict:
-        low, high = np.percentile(values, tails)
+        low, high = evaluation.percentile_interval(values, cfg["ci_level"])
         return {"mean": round(point, 4), "low": round(float(low), 4), "high": round(float(high), 4)}
 
     out: dict = {n: {m: interval(means[:, column[n, m]], float(users[n][m].mean())) for m in metrics} for n in names}

@@ -181,6 +181,12 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     return np.concatenate(out) if out else np.zeros((0, n_series))
 
 
+def percentile_interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the central `level` share of bootstrap draws, per column (axis 0 = resamples)."""
+    low, high = np.percentile(draws, [100 * (1 - level) / 2, 100 * (1 + level) / 2], axis=0)
+    return low, high
+
+
 def bootstrap_intervals(
     rankings: dict[str, np.ndarray],
     targets: np.ndarray,
@@ -196,12 +202,11 @@ def bootstrap_intervals(
     if not len(targets):
         return {}
     means = bootstrap_means(np.stack([v for _, _, v in series]), resamples, seed)
-    tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
     result: dict = {name: {} for name in names}
     result["level"], result["resamples"] = level, resamples
     column = {}
     for j, (name, metric, v) in enumerate(series):
-        low, high = np.percentile(means[:, j], tails)
+        low, high = percentile_interval(means[:, j], level)
         result[name][metric] = {"mean": float(v.mean()), "low": float(low), "high": float(high)}
         column[name, metric] = j
     if model in rankings and reference in rankings:
@@ -209,7 +214,7 @@ def bootstrap_intervals(
         for m, k in CI_METRICS:
             metric = f"{m}@{k}"
             diff = means[:, column[model, metric]] - means[:, column[reference, metric]]
-            low, high = np.percentile(diff, tails)
+            low, high = percentile_interval(diff, level)
             mean = result[model][metric]["mean"] - result[reference][metric]["mean"]
             result["delta_vs_best_baseline"][metric] = {"mean": mean, "low": float(low), "high": float(high)}
     return result

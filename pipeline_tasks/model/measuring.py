@@ -40,7 +40,7 @@ from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import metrics as M
 from pipeline_tasks.core.errors import ParamsError, PipelineError
 from pipeline_tasks.data import dataset
-from pipeline_tasks.model.evaluation import bootstrap_means
+from pipeline_tasks.model.evaluation import bootstrap_means, percentile_interval
 from pipeline_tasks.model.recommender import Recommender
 from pipeline_tasks.model.training_data import item_text
 from pipeline_tasks.model.variants import REFERENCE
@@ -182,7 +182,7 @@ def judge(per_user: dict[str, np.ndarray], max_drop: float, resamples: int, leve
     means = bootstrap_means(values, resamples, seed)  # (resamples, variants): every variant sees the same draws
     reference = means[:, :1]
     drops = np.where(reference > 0, (reference - means) / np.where(reference > 0, reference, 1.0), 0.0)
-    lows, highs = np.percentile(drops, [100 * (1 - level) / 2, 100 * (1 + level) / 2], axis=0)
+    lows, highs = percentile_interval(drops, level)
     result = {}
     for j, name in enumerate(names):
         point = relative_drop(float(values[0].mean()), float(values[j].mean()))
