@@ -16,13 +16,16 @@ Per model: NDCG@10 / Recall@10 per seed and their mean; a 95% bootstrap interval
 the seed-averaged per-user metric (seed noise averaged, user sampling kept); for each TextSeqRec variant
 the paired interval of its gain over the best other model and the issue's ratio target (Office 1.15,
 MovieLens 1.10; the gain's interval must exclude 0); wall and CPU seconds of every fit and stage.
-Writes bench/results/text_<data>.json. Each fit is kept under <work>/bench_stages/ (--reuse resumes).
+Writes bench/results/text_<data>.json. Each fit is kept under <work>/bench_stages/ (--reuse resumes;
+a fit made with other --set values is another file, but ingest/clean/split are reused as they are:
+give a different --work when --set changes the data).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import shutil
@@ -101,8 +104,16 @@ def fit_and_rank(name: str, params: dict, root: Path, seed: int) -> tuple[dict, 
     return {key: round(v, 4) if isinstance(v, float) else v for key, v in run.items()}, ranked
 
 
-def stored_fit(name: str, params: dict, root: Path, seed: int, reuse: bool) -> tuple[dict, np.ndarray]:
-    stored = root / "bench_stages" / f"text-{name}-seed{seed}.json"
+def fit_key(name: str, seed: int, overrides: list[str]) -> str:
+    """A stored fit's file stem: other --set values make another fit (never a stale reuse)."""
+    if not overrides:
+        return f"text-{name}-seed{seed}"
+    digest = hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
+    return f"text-{name}-seed{seed}-set{digest}"
+
+
+def stored_fit(name: str, params: dict, root: Path, seed: int, reuse: bool, key: str) -> tuple[dict, np.ndarray]:
+    stored = root / "bench_stages" / f"{key}.json"
     if reuse and stored.exists() and stored.with_suffix(".npy").exists():
         return json.loads(stored.read_text()), np.load(stored.with_suffix(".npy"))
     log.info("fit %s, seed %d", name, seed)
@@ -189,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     users = {name: per_user([ranked], targets) for name, ranked in stored.items()}
     fits: dict[str, dict] = {}
     for name in [baselines.SASREC, *(f"{C.MODEL_NAME}-{v}" for v in variants)]:
+        variant = name.removeprefix(f"{C.MODEL_NAME}-")
         runs = {
-            seed: stored_fit(name.removeprefix(f"{C.MODEL_NAME}-"), params, root, seed, args.reuse)
+            seed: stored_fit(variant, params, root, seed, args.reuse, fit_key(variant, seed, args.overrides))
             for seed in args.seeds
         }
         users[name] = per_user([ranked for _, ranked in runs.values()], targets)
