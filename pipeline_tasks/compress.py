@@ -24,11 +24,12 @@ round-robin blocks so a burst of load on a shared CPU hits all of them alike; va
 (full ranking, train items excluded) and its relative drop vs fp32 with a paired bootstrap interval
 (`evaluate.bootstrap_resamples`, `evaluate.ci_level`, `seed`; one resampling of the users for all).
 
-A variant is acceptable unless the low end of its drop's interval is above `compress.max_ndcg_drop`:
-refused only when its loss is credibly larger than allowed, so one hit more or less on a small
-validation set cannot refuse it (model/measuring.py says why this end and not the other). `chosen`
-is the smallest acceptable variant, then the one with the lowest median latency; its name is also
-written to models/compressed/chosen.txt. The register gate reads that variant's median latency.
+A variant is refused when the low end of its drop's interval is above `compress.max_ndcg_drop`
+(credibly larger than allowed), or above 0 with the point drop above the bound (real and larger at
+its estimate); one hit more or less on a small validation set cannot refuse it (model/measuring.py
+says why this end and not the other). `chosen` is the smallest acceptable variant, then the one
+with the lowest median latency; its name is also written to models/compressed/chosen.txt. The
+register gate reads that variant's median latency.
 
 Loading: `Recommender.load(dir)` loads any of them (model/variants.py reads the int8 / ONNX
 encoders and int8 tables). Building: model/compression.py; measuring: model/measuring.py.

@@ -6,9 +6,11 @@ ranking, train items excluded), and its relative drop vs fp32 gets a *paired* bo
 variant, each giving (fp32 mean - variant mean) / fp32 mean; the interval holds the central
 `evaluate.ci_level` of those drops. The rule:
 
-    a variant is acceptable unless the LOW end of its drop's interval is above compress.max_ndcg_drop
+    a variant is refused when the LOW end of its drop's interval is above compress.max_ndcg_drop,
+    or when that low end is above 0 and the point drop above compress.max_ndcg_drop
 
-i.e. it is refused only when its loss is credibly larger than allowed. One hit more or less cannot
+i.e. when its loss is credibly larger than allowed, or real and larger than allowed at its
+estimate (a few users lost their hit and nobody gained one). One hit more or less cannot
 refuse a variant: one that differs from fp32 on a single user keeps a low end of 0 (about 37 % of
 resamplings leave that user out), and the low end leaves 0 only once about 4 users lost their hit
 and none gained one (at ci_level 0.95: e^-4 < 2.5 % < e^-3). The other end ("the HIGH end must be
@@ -200,7 +202,12 @@ def judge(per_user: dict[str, np.ndarray], max_drop: float, resamples: int, leve
 
 
 def verdict(name: str, point: float, low: float, high: float, max_drop: float, level: float) -> tuple[bool, str]:
-    """(acceptable, why): refused only when the whole interval of the drop is above max_drop."""
+    """(acceptable, why): refused when the drop is credibly above max_drop (its whole interval), or
+    when it is real (the interval above 0) and its point estimate is above max_drop.
+
+    The second rule stops a variant that loses hits on a few users and gains none elsewhere from
+    passing as noise; a drop whose interval reaches 0 (one lost hit, or losses and gains that
+    cancel) is noise however large its point."""
     if name == REFERENCE:
         return True, "the reference"
     interval = f"{level:.0%} interval [{low:+.1%}, {high:+.1%}]"
@@ -209,8 +216,10 @@ def verdict(name: str, point: float, low: float, high: float, max_drop: float, l
         return False, f"credibly worse: the drop's whole {interval} is above {bound}"
     if high <= max_drop:
         return True, f"the drop's whole {interval} is within {bound}"
+    if point > max_drop and low > 0:
+        return False, f"a real loss: point drop {point:+.1%} is above {bound} and its {interval} is above 0"
     if point > max_drop:
-        return True, f"noise: point drop {point:+.1%} is above {bound}, but its {interval} reaches below it"
+        return True, f"noise: point drop {point:+.1%} is above {bound}, but its {interval} reaches 0"
     return True, f"not credibly worse: the drop's {interval} reaches below {bound}"
 
 
@@ -248,9 +257,9 @@ def report(variants: dict[str, dict], chosen: str, how: dict, path: Path) -> Non
         "",
         f"Quality: NDCG@10 of {how['validation_users']} validation users; each variant's relative drop vs fp32 "
         f"with a paired bootstrap {level} interval ({how['bootstrap_resamples']} resamplings of the users, the same "
-        f"for every variant, seed {how['seed']}). A variant is refused only when the interval's low end is above "
-        f"compress.max_ndcg_drop ({how['max_ndcg_drop']:.1%}): its loss is credibly larger than allowed, not one "
-        "hit more or less.",
+        f"for every variant, seed {how['seed']}). A variant is refused when the interval's low end is above "
+        f"compress.max_ndcg_drop ({how['max_ndcg_drop']:.1%}), or above 0 with the point drop above that bound: "
+        "its loss is credibly larger than allowed, or real and larger at its estimate; not one hit more or less.",
         "",
         f"Speed: {how['latency_calls']} timed single-user recommendations per variant after "
         f"{how['warmup_calls']} warm-up calls, interleaved across variants in blocks of "

@@ -278,6 +278,22 @@ def test_one_lost_hit_on_a_tiny_validation_set_is_noise_not_a_refusal():
     assert verdict["acceptable"] and verdict["why"].startswith("noise: point drop")
 
 
+def test_a_few_hits_lost_and_none_gained_is_a_real_loss_not_noise():
+    # The default run's `pruned` was accepted as noise with a point drop of 4.9 %, interval [+0.4 %, +9.4 %].
+    fp32 = per_user_ndcg(943, hits=300)
+    lost_some, lost_and_gained = fp32.copy(), fp32.copy()
+    lost_some[:6] = 0.0  # six users' targets fell out of the top 10, nobody's came in
+    lost_and_gained[:10] = 0.0
+    lost_and_gained[300:304] = 0.5  # ... and four others found theirs: the drop's interval reaches 0
+    verdicts = judge({"fp32": fp32, "lost_some": lost_some, "lost_and_gained": lost_and_gained})
+    real = verdicts["lost_some"]
+    assert 0 < real["ndcg_drop_rel_low"] <= 0.01 < real["ndcg_drop_rel"]  # not credibly above the bound
+    assert not real["acceptable"] and real["why"].startswith("a real loss")
+    mixed = verdicts["lost_and_gained"]
+    assert mixed["ndcg_drop_rel_low"] < 0 and mixed["ndcg_drop_rel"] > 0.01
+    assert mixed["acceptable"] and mixed["why"].startswith("noise")
+
+
 def test_a_large_systematic_drop_is_refused_even_on_a_tiny_validation_set():
     fp32 = per_user_ndcg(24, hits=12)
     worse = fp32.copy()
