@@ -201,7 +201,9 @@ def open_study(params: dict, root: Path) -> optuna.Study:
         load_if_exists=True,
     )
     if not existing:
-        warm_start(study, previous_study(storage, params, exclude=name), params["tune"]["search_space"])
+        space = params["tune"]["search_space"]
+        warm_start(study, previous_study(storage, params, exclude=name), space)
+        enqueue_configured(study, space, params)
     return study
 
 
@@ -229,6 +231,34 @@ def warm_start(study: optuna.Study, previous: optuna.Study | None, space: dict[s
         return
     study.enqueue_trial(best, user_attrs={"warm_start_from": previous.study_name})
     log.info("tune: warm start from %s's best %s", previous.study_name, best)
+
+
+def enqueue_configured(study: optuna.Study, space: dict[str, dict], params: dict) -> None:
+    """Queue the run's own values of the searched keys (params.yaml + overrides) as a trial.
+
+    A search then picks other values only when they beat the configured ones on the same budget:
+    on Amazon Office a first-night search of 3 random trials chose temperature 0.27 and cut the
+    trained model's test NDCG@10 from 0.084 (the configured values) to 0.051."""
+    values = configured_values(space, params)
+    queued = [t.params for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+    if values is None or values in queued:
+        return
+    study.enqueue_trial(values, user_attrs={"configured": True})
+    log.info("tune: the configured values %s are a trial of this search", values)
+
+
+def configured_values(space: dict[str, dict], params: dict) -> dict[str, Any] | None:
+    """{searched key: the run's value} for the keys active under those values; None if one lies outside."""
+    values = {}
+    for name, spec in space.items():
+        if not all(matches(P.get_dotted(params, key), want) for key, want in spec.get("condition", {}).items()):
+            continue
+        value = P.get_dotted(params, name)
+        if not fits(spec, value):
+            log.info("tune: configured %s=%r is outside the search space: not queued as a trial", name, value)
+            return None
+        values[name] = value
+    return values
 
 
 def fits(spec: dict, value: Any) -> bool:

@@ -335,6 +335,28 @@ def test_new_data_opens_a_new_study_warm_started_from_the_last_best(tiny_split, 
     assert json.loads((tiny_split / C.BEST_PARAMS_FILE).read_text()) == second["best_params"]
 
 
+def test_a_new_search_tries_the_configured_values_before_sampling(tiny_split, tiny_params, monkeypatch):
+    """The run's own values (lr 0.01, finetune lora, lora_r 8 in tiny_params) are a trial of the
+    first search, so a few random trials cannot replace them with something worse; values outside
+    the space are not queued."""
+    monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
+    monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
+    tiny_params["train"].update(lr=0.01, finetune="lora", lora_r=8)
+    tiny_params["tune"].update(n_trials=2, epochs=1, search_space=SPACE, study_name="cfg", pruner="none")
+    result = tune.run(tiny_params, tiny_split)
+
+    study = optuna.load_study(study_name=result["study"], storage=tuning.storage_url(tiny_params, tiny_split))
+    configured = {"train.lr": 0.01, "train.dropout": tiny_params["train"]["dropout"], "train.finetune": "lora"}
+    assert study.trials[0].params == {**configured, "train.lora_r": 8}
+    assert study.trials[0].user_attrs["configured"] and "configured" not in study.trials[1].user_attrs
+    assert result["best_value"] >= study.trials[0].value
+
+    tiny_params["train"]["finetune"] = "frozen"  # lora_r's condition no longer holds: not a searched key
+    assert tuning.configured_values(SPACE, tiny_params) == {**configured, "train.finetune": "frozen"}
+    tiny_params["train"]["lr"] = 0.5  # outside [0.001, 0.05]: the search has no such point
+    assert tuning.configured_values(SPACE, tiny_params) is None
+
+
 def test_the_nights_between_searches_reuse_the_last_search(tiny_split, tiny_params, monkeypatch):
     monkeypatch.delenv(C.TRACKING_URI_ENV, raising=False)
     monkeypatch.delenv(C.PARENT_RUN_ENV, raising=False)
