@@ -70,6 +70,7 @@ VARIANTS = {
 }
 FIXED_BASELINES = ["Pop", "ItemKNN", "EASE", "ALS"]
 METRICS = (("ndcg", 10), ("recall", 10))
+NOT_IN_KEY = ("train.num_threads=",)
 
 
 def bench_params(data: str, overrides: list[str]) -> tuple[dict, Path, float]:
@@ -105,10 +106,12 @@ def fit_and_rank(name: str, params: dict, root: Path, seed: int) -> tuple[dict, 
 
 
 def fit_key(name: str, seed: int, overrides: list[str]) -> str:
-    """A stored fit's file stem: other --set values make another fit (never a stale reuse)."""
-    if not overrides:
+    """A stored fit's file stem: other --set values make another fit (never a stale reuse); the
+    thread count changes the speed, not the model, so it is not part of the key."""
+    relevant = sorted(o for o in overrides if not o.startswith(NOT_IN_KEY))
+    if not relevant:
         return f"text-{name}-seed{seed}"
-    digest = hashlib.sha256("\n".join(sorted(overrides)).encode()).hexdigest()[:8]
+    digest = hashlib.sha256("\n".join(relevant).encode()).hexdigest()[:8]
     return f"text-{name}-seed{seed}-set{digest}"
 
 
