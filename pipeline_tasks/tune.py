@@ -26,9 +26,9 @@ from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core.errors import PipelineError
 from pipeline_tasks.core.stage_cli import stage_main
 from pipeline_tasks.model.search_schedule import record_night, schedule_path, search_due
+from pipeline_tasks.model.search_space import check_space
 from pipeline_tasks.model.tuning import (
     OBJECTIVE,
-    check_space,
     make_objective,
     open_storage,
     open_study,

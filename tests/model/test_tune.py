@@ -13,7 +13,7 @@ from pipeline_tasks import tune
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io, tracking
 from pipeline_tasks.core.errors import ParamsError
-from pipeline_tasks.model import tuning
+from pipeline_tasks.model import search_space, tuning
 
 SPACE = {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.05, "log": True},
@@ -28,7 +28,7 @@ def test_suggest_params_maps_every_type_onto_a_real_trial(params):
     seen_lora = seen_frozen = False
     for _ in range(12):
         trial = study.ask()
-        chosen = tuning.suggest_params(trial, SPACE, params)
+        chosen = search_space.suggest_params(trial, SPACE, params)
         dists = trial.distributions
         assert dists["train.lr"] == FloatDistribution(0.001, 0.05, log=True)
         assert dists["train.dropout"] == FloatDistribution(0.0, 0.3, step=0.1)
@@ -47,9 +47,10 @@ def test_suggest_params_maps_every_type_onto_a_real_trial(params):
 def test_conditions_read_base_params_and_fixed_trials(params):
     space = {"train.lora_r": {"type": "int", "low": 2, "high": 8, "condition": {"train.finetune": ["lora", "full"]}}}
     params["train"]["finetune"] = "frozen"
-    assert tuning.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {}
+    assert search_space.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {}
     params["train"]["finetune"] = "full"
-    assert tuning.suggest_params(optuna.trial.FixedTrial({"train.lora_r": 4}), space, params) == {"train.lora_r": 4}
+    fixed = optuna.trial.FixedTrial({"train.lora_r": 4})
+    assert search_space.suggest_params(fixed, space, params) == {"train.lora_r": 4}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_conditions_read_base_params_and_fixed_trials(params):
 def test_a_bad_search_space_fails_before_training(params, entry, message):
     params["tune"]["search_space"] = entry
     with pytest.raises(ParamsError, match=message):
-        tuning.check_space(params)
+        search_space.check_space(params)
 
 
 def test_trial_params_override_epochs_seed_and_check_types(params):
@@ -352,9 +353,9 @@ def test_a_new_search_tries_the_configured_values_before_sampling(tiny_split, ti
     assert result["best_value"] >= study.trials[0].value
 
     tiny_params["train"]["finetune"] = "frozen"  # lora_r's condition no longer holds: not a searched key
-    assert tuning.configured_values(SPACE, tiny_params) == {**configured, "train.finetune": "frozen"}
+    assert search_space.configured_values(SPACE, tiny_params) == {**configured, "train.finetune": "frozen"}
     tiny_params["train"]["lr"] = 0.5  # outside [0.001, 0.05]: the search has no such point
-    assert tuning.configured_values(SPACE, tiny_params) is None
+    assert search_space.configured_values(SPACE, tiny_params) is None
 
 
 def test_the_nights_between_searches_reuse_the_last_search(tiny_split, tiny_params, monkeypatch):
