@@ -36,6 +36,7 @@ import optuna
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import params as P
 from pipeline_tasks.core import tracking
+from pipeline_tasks.core.db_lock import exclusive
 from pipeline_tasks.core.errors import ParamsError, PipelineError
 from pipeline_tasks.data import dataset
 from pipeline_tasks.model.fitting import fit
@@ -113,20 +114,22 @@ def open_study(params: dict, root: Path) -> optuna.Study:
     url = storage_url(params, root)
     storage = open_storage(url)
     name = study_name(params, root)
-    existing = existing_trials(storage, name)
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed(params, url, existing))
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction="maximize",
-        sampler=sampler,
-        pruner=make_pruner(params),
-        load_if_exists=True,
-    )
-    if not existing:
-        space = params["tune"]["search_space"]
-        warm_start(study, previous_study(storage, params, exclude=name), space)
-        enqueue_configured(study, space, params)
+    # Workers opening a new study together: one queues its first trials, the others then see them.
+    with exclusive(url, f"tune-first-trials-{name}"):
+        existing = existing_trials(storage, name)
+        sampler = optuna.samplers.TPESampler(seed=sampler_seed(params, url, existing))
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction="maximize",
+            sampler=sampler,
+            pruner=make_pruner(params),
+            load_if_exists=True,
+        )
+        if not existing:
+            space = params["tune"]["search_space"]
+            warm_start(study, previous_study(storage, params, exclude=name), space)
+            enqueue_configured(study, space, params)
     return study
 
 

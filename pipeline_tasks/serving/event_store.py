@@ -9,23 +9,21 @@
 - Schema by Alembic (event_migrations/, version table `recpipe_events_alembic_version` so the
   store can share a database with other tools); `upgrade()` runs at server start and in
   ab-report, a no-op once at head. Several servers starting at once on a new store migrate one
-  at a time (`migration_lock`): the others then find it at head.
+  at a time (core/db_lock.py): the others then find it at head.
 - Feedback must name an exposure of the same user that showed the item (`resolve_exposure`);
   feedback without an exposure_id goes to the user's latest exposure that showed the item.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 
+from pipeline_tasks.core.db_lock import exclusive
 from pipeline_tasks.core.errors import PipelineError
 
 URL_ENV = "RECPIPE_EVENT_STORE_URL"
@@ -35,8 +33,6 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 # Feedback without an exposure_id is matched among the user's latest exposures only: a click
 # comes minutes after the list it was on, and the lookup stays one indexed query.
 LOOKBACK_EXPOSURES = 50
-# pg_advisory_xact_lock key that serialises migrations of one PostgreSQL database (any fixed int64).
-PG_MIGRATION_LOCK_KEY = 0x7265637069706501
 
 metadata = sa.MetaData()
 # Keep in step with event_migrations/versions/: tests check that the migrations build these tables.
@@ -290,28 +286,12 @@ def migrate(engine: sa.Engine) -> None:
     from alembic import command
 
     config = alembic_config()
-    with migration_lock(engine), engine.begin() as conn:
-        if engine.dialect.name == "postgresql":  # held until this transaction commits
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY})
+    # Servers starting together on a new store: one migrates, the others then find it at head.
+    # (pysqlite runs DDL outside a transaction: unlocked, the second failed with "table exposures
+    # already exists" before the first had stamped the version.)
+    with exclusive(engine.url.render_as_string(hide_password=False), "event-store-migrate"), engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
-
-
-@contextmanager
-def migration_lock(engine: sa.Engine) -> Iterator[None]:
-    """An exclusive lock file beside a SQLite store while it migrates.
-
-    pysqlite runs DDL outside a transaction, so two servers starting on a new file would both
-    create the tables and the second would fail ("table exposures already exists") before the
-    first had stamped the version. PostgreSQL's lock is the advisory one taken in migrate().
-    """
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        yield
-        return
-    with open(f"{database}.migrate-lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        yield
 
 
 def head_revision() -> str | None:
