@@ -8,17 +8,18 @@ copied): ingest -> clean (Spark) -> split -> baselines (Pop, ItemKNN, EASE, ALS:
 then for every seed SASRec-ID and each TextSeqRec variant, each selected on valid (early stopping) and
 refit on train + valid as the train stage does, ranking the same test users. Variants:
 
-    frozen   the encoder frozen, one linear projection of the cached pooled text
-    adaptor  the encoder frozen, UniSRec's MoE whitening adaptor (train.adaptor_experts, default 8)
-    lora     LoRA adapters on the encoder (params.yaml's default recipe)
+    frozen      the encoder frozen, one linear projection of the whitened cached pooled text (the default)
+    unwhitened  frozen without the text whitening (train.text_whitening false)
+    adaptor     the encoder frozen, UniSRec's MoE whitening adaptor (train.adaptor_experts, default 8)
+    lora        LoRA adapters on the encoder (params.yaml's default recipe)
 
 Per model: NDCG@10 / Recall@10 per seed and their mean; a 95% bootstrap interval over test users of
 the seed-averaged per-user metric (seed noise averaged, user sampling kept); for each TextSeqRec variant
 the paired interval of its gain over the best other model and the issue's ratio target (Office 1.15,
 MovieLens 1.10; the gain's interval must exclude 0); wall and CPU seconds of every fit and stage.
 Writes bench/results/text_<data>.json. Each fit is kept under <work>/bench_stages/ (--reuse resumes;
-a fit made with other --set values is another file, but ingest/clean/split are reused as they are:
-give a different --work when --set changes the data).
+a fit made with other train params, from params.yaml or --set, is another file; ingest/clean/split
+are reused as they are: give a different --work when --set changes the data).
 """
 
 from __future__ import annotations
@@ -65,12 +66,18 @@ SOURCES = {
 }
 VARIANTS = {
     "frozen": {"train.finetune": "frozen", "train.adaptor_experts": 0},
+    "unwhitened": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.text_whitening": False},
     "adaptor": {"train.finetune": "frozen", "train.adaptor_experts": 8},
     "lora": {"train.finetune": "lora", "train.adaptor_experts": 0},
 }
 FIXED_BASELINES = ["Pop", "ItemKNN", "EASE", "ALS"]
 METRICS = (("ndcg", 10), ("recall", 10))
-NOT_IN_KEY = ("train.num_threads=",)
+NOT_IN_KEY = ("num_threads",)
+# Train params an ID-only model (SASRec-ID, use_text false) never reads.
+TEXT_ONLY = tuple(
+    "encoder finetune lora_r lora_alpha lora_dropout max_text_len text_whitening adaptor_experts encoder_lr"
+    " text_grad_items".split()
+)
 
 
 def bench_params(data: str, overrides: list[str]) -> tuple[dict, Path, float]:
@@ -83,10 +90,7 @@ def bench_params(data: str, overrides: list[str]) -> tuple[dict, Path, float]:
 
 def fit_and_rank(name: str, params: dict, root: Path, seed: int) -> tuple[dict, np.ndarray]:
     """One trained model (SASRec-ID or a TextSeqRec variant) for one seed: select, refit, rank test."""
-    p = copy.deepcopy(params)
-    p["seed"] = seed
-    for dotted, value in VARIANTS.get(name, {}).items():
-        P.set_dotted(p, dotted, value)
+    p = variant_params(name, params, seed)
     data = load_split(root)
     k = M.ranking_length(p["evaluate"]["ks"])
     wall, cpu = time.perf_counter(), time.process_time()
@@ -105,14 +109,25 @@ def fit_and_rank(name: str, params: dict, root: Path, seed: int) -> tuple[dict, 
     return {key: round(v, 4) if isinstance(v, float) else v for key, v in run.items()}, ranked
 
 
-def fit_key(name: str, seed: int, overrides: list[str]) -> str:
-    """A stored fit's file stem: other --set values make another fit (never a stale reuse); the
-    thread count changes the speed, not the model, so it is not part of the key."""
-    relevant = sorted(o for o in overrides if not o.startswith(NOT_IN_KEY))
-    if not relevant:
-        return f"text-{name}-seed{seed}"
-    digest = hashlib.sha256("\n".join(relevant).encode()).hexdigest()[:8]
-    return f"text-{name}-seed{seed}-set{digest}"
+def variant_params(name: str, params: dict, seed: int) -> dict:
+    """The params one fit trains with: the bench's, this seed, the variant's settings."""
+    p = copy.deepcopy(params)
+    p["seed"] = seed
+    for dotted, value in VARIANTS.get(name, {}).items():
+        P.set_dotted(p, dotted, value)
+    return p
+
+
+def fit_key(name: str, params: dict, seed: int) -> str:
+    """A stored fit's file stem: a digest of every train param the fit uses, so a change of params.yaml
+    or of --set makes another fit (never a stale reuse). The thread count changes the speed, not the
+    model, and an ID-only model reads no text params: neither is part of the key."""
+    train = dict(variant_params(name, params, seed)["train"])
+    id_only = name == baselines.SASREC or not train["use_text"]  # select_sasrec turns the text off
+    ignored = NOT_IN_KEY + (TEXT_ONLY if id_only else ())
+    relevant = {key: value for key, value in train.items() if key not in ignored}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"text-{name}-seed{seed}-{digest}"
 
 
 def stored_fit(name: str, params: dict, root: Path, seed: int, reuse: bool, key: str) -> tuple[dict, np.ndarray]:
@@ -205,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [baselines.SASREC, *(f"{C.MODEL_NAME}-{v}" for v in variants)]:
         variant = name.removeprefix(f"{C.MODEL_NAME}-")
         runs = {
-            seed: stored_fit(variant, params, root, seed, args.reuse, fit_key(variant, seed, args.overrides))
+            seed: stored_fit(variant, params, root, seed, args.reuse, fit_key(variant, params, seed))
             for seed in args.seeds
         }
         users[name] = per_user([ranked for _, ranked in runs.values()], targets)

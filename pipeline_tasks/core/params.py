@@ -230,7 +230,11 @@ DEFAULTS: dict[str, Any] = {
         "lora_r": 8,
         "lora_alpha": 16,
         "lora_dropout": 0.05,
-        "max_text_len": 32,
+        # Tokens of an item's text the encoder reads (title first). Office valid NDCG@10: 32 -> 0.0820,
+        # 64 -> 0.0839, 128 -> 0.0865, 256 -> 0.0864 (README, "Text whitening and length").
+        "max_text_len": 128,
+        # Whiten the pooled text with the catalogue's statistics before the projection (text_adaptor.TextWhitening).
+        "text_whitening": True,
         # Pooled text -> dim: 0 = one linear projection; n > 0 = UniSRec's mixture of n whitening
         # experts (towers.TextAdaptor; trains on the cached vectors, so it costs no encoder pass).
         "adaptor_experts": 0,

