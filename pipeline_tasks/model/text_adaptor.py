@@ -31,7 +31,7 @@ class TextWhitening(nn.Module):
     see mostly what every item has in common. Whitened, every direction starts with equal weight and
     the projection learns which ones predict "bought next" (Zhang et al., "Are ID embeddings
     necessary? Whitening pre-extracted text embeddings for sequential recommendation", 2023).
-    Measured: README, "Text whitening". The statistics are buffers: saved with the model, copied by
+    Measured: README, "Text whitening and length". The statistics are buffers: saved with the model, copied by
     a warm start, never changed by training; `fit` sets them (the trainer, before the first step).
     """
 
@@ -87,3 +87,16 @@ class TextAdaptor(nn.Module):
         weights = torch.softmax(logits, dim=-1)  # (n, experts)
         experts = torch.einsum("nkh,khd->nkd", x[:, None, :] - self.centres[None], self.maps)
         return (weights.unsqueeze(-1) * experts).sum(dim=1)
+
+
+def text_map(hidden_size: int, dim: int, experts: int, dropout: float, whitening: bool) -> nn.Module:
+    """The item tower's pooled text -> dim map: one linear projection (0 experts) or a TextAdaptor,
+    after a TextWhitening when `whitening` (then a Sequential: whitening, map)."""
+    mapping = TextAdaptor(hidden_size, dim, experts, dropout) if experts else nn.Linear(hidden_size, dim)
+    return nn.Sequential(TextWhitening(hidden_size), mapping) if whitening else mapping
+
+
+def fit_whitening(text_map: nn.Module | None, pooled: torch.Tensor) -> None:
+    """Fit a text map's whitening (if it has one) on the catalogue's (n_items, hidden) pooled text."""
+    if isinstance(text_map, nn.Sequential) and isinstance(text_map[0], TextWhitening):
+        text_map[0].fit(pooled)

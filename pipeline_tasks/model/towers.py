@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_tasks.core.errors import ParamsError, PipelineError
-from pipeline_tasks.model.text_adaptor import TextAdaptor, TextWhitening
+from pipeline_tasks.model.text_adaptor import text_map
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 FINETUNE_MODES = ("lora", "full", "top_layers", "frozen")
@@ -165,8 +165,7 @@ class ItemTower(nn.Module):
         adaptor: tuple[int, float] = (0, 0.0),
         whitening: bool = False,
     ):
-        """adaptor: (experts, dropout) of a TextAdaptor; 0 experts = one linear projection.
-        whitening: a TextWhitening before it (projection = Sequential(whitening, map))."""
+        """adaptor, whitening: the text map's (text_adaptor.text_map)."""
         super().__init__()
         if encoder is None and not use_id_embedding:
             raise ParamsError(
@@ -176,19 +175,12 @@ class ItemTower(nn.Module):
         self.hidden_size = hidden_size
         self.projection: nn.Module | None = None
         if encoder is not None:
-            experts, dropout = adaptor
-            mapping = TextAdaptor(hidden_size, dim, experts, dropout) if experts else nn.Linear(hidden_size, dim)
-            self.projection = nn.Sequential(TextWhitening(hidden_size), mapping) if whitening else mapping
+            self.projection = text_map(hidden_size, dim, *adaptor, whitening)
         self.id_embedding = nn.Embedding(n_items, dim) if use_id_embedding else None
         if self.id_embedding is not None:
             # Small start: text carries the signal first, IDs learn the residual; an item that
             # never appears in training (cold start) keeps a near-zero ID part.
             nn.init.normal_(self.id_embedding.weight, std=0.01 if encoder is not None else 0.1)
-
-    def fit_whitening(self, pooled: torch.Tensor) -> None:
-        """Fit the text whitening (if any) on the catalogue's (n_items, hidden) pooled text."""
-        if isinstance(self.projection, nn.Sequential) and isinstance(self.projection[0], TextWhitening):
-            self.projection[0].fit(pooled)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(n, hidden) mean of the encoder's last hidden states over real tokens."""
@@ -276,16 +268,9 @@ class TextSeqRec(nn.Module):
         self.text_cache_key: str | None = None  # set by build_model: the base encoder's text_identity
         for key, default in ARCH_DEFAULTS.items():
             self.config.setdefault(key, default)
-        adaptor = (self.config["adaptor_experts"], config["dropout"])
-        self.item_tower = ItemTower(
-            encoder,
-            hidden_size,
-            len(item_ids),
-            config["dim"],
-            config["use_id_embedding"],
-            adaptor,
-            self.config["text_whitening"],
-        )
+        dim, use_ids = config["dim"], config["use_id_embedding"]
+        text = (self.config["adaptor_experts"], config["dropout"]), self.config["text_whitening"]
+        self.item_tower = ItemTower(encoder, hidden_size, len(item_ids), dim, use_ids, *text)
         self.user_tower = UserTower(
             config["dim"], config["user_layers"], config["user_heads"], config["max_seq_len"], config["dropout"]
         )

@@ -37,6 +37,7 @@ from pipeline_tasks.data import dataset
 from pipeline_tasks.model import checkpoint, text_cache, warm_start
 from pipeline_tasks.model.distributed import average_gradients
 from pipeline_tasks.model.losses import full_softmax_loss, sampled_softmax_loss
+from pipeline_tasks.model.text_adaptor import fit_whitening
 from pipeline_tasks.model.towers import (
     ENCODER_DIR,
     TextSeqRec,
@@ -260,7 +261,7 @@ class Trainer:
         if self.cache is None:  # a resumed run has its table (and its whitening) from the checkpoint
             self.cache = self.initial_text_table()
             if self.cache is not None and not self.warm_start:  # a warm start keeps the champion's
-                self.model.item_tower.fit_whitening(self.cache)
+                fit_whitening(self.model.item_tower.projection, self.cache)
         # One rank: a permutation seeded by (seed, epoch). Several: each rank's disjoint share of it.
         # Any sized sequence serves as the sampler's dataset: only its length is read.
         rows: Any = range(len(self.data.inputs))
