@@ -35,6 +35,9 @@ class TextWhitening(nn.Module):
     a warm start, never changed by training; `fit` sets them (the trainer, before the first step).
     """
 
+    centre: torch.Tensor  # buffers, declared for the type checker
+    matrix: torch.Tensor
+
     def __init__(self, hidden_size: int):
         super().__init__()
         self.register_buffer("centre", torch.zeros(hidden_size))
