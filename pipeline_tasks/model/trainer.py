@@ -40,6 +40,7 @@ from pipeline_tasks.model.losses import full_softmax_loss, sampled_softmax_loss
 from pipeline_tasks.model.text_adaptor import fit_whitening
 from pipeline_tasks.model.towers import (
     ENCODER_DIR,
+    ENCODER_PREFIX,
     TextSeqRec,
     autocast,
     autocast_dtype,
@@ -482,6 +483,12 @@ class Trainer:
         dist.all_gather_object(states, self.rng_state())
         return states
 
+    def resumable_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the model: its trainable weights and the towers' buffers (the
+        text whitening's statistics, fitted once before the first step and never trained)."""
+        buffers = {k: v for k, v in self.model.named_buffers() if not k.startswith(ENCODER_PREFIX)}
+        return {k: v.detach().cpu() for k, v in {**self.trainable(), **buffers}.items()}
+
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is None:
             return
@@ -492,7 +499,7 @@ class Trainer:
             {
                 "fingerprint": self.fingerprint,
                 "progress": asdict(self.progress),
-                "model": {k: v.detach().cpu() for k, v in self.trainable().items()},
+                "model": self.resumable_state(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),

@@ -14,7 +14,7 @@ from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.data.dataset import load_split
 from pipeline_tasks.model import fitting, towers, warm_start
 from pipeline_tasks.model import recommender as M
-from pipeline_tasks.model.text_adaptor import TextAdaptor, TextWhitening
+from pipeline_tasks.model.text_adaptor import TextAdaptor
 from pipeline_tasks.model.trainer import check_train_params
 from pipeline_tasks.model.training_data import item_text
 
@@ -45,8 +45,7 @@ def test_an_adaptor_model_is_saved_and_served_as_trained(tiny_params, tiny_split
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["adaptor_experts"] == 3
     rec = M.Recommender.load(tmp_path / "model")
-    whitening, adaptor = rec.model.item_tower.projection  # text_whitening (the default), then the adaptor
-    assert isinstance(whitening, TextWhitening) and isinstance(adaptor, TextAdaptor)
+    assert isinstance(rec.model.item_tower.projection, TextAdaptor)
     items = load_split(tiny_split).items  # a loaded model keeps no texts: re-encode the split's catalogue
     by_id = {r["item_id"]: item_text(r) for r in items.to_dict(orient="records")}
     recomputed = rec.encode_items([by_id[i] for i in rec.item_ids], list(range(len(rec.item_ids))))
@@ -55,11 +54,11 @@ def test_an_adaptor_model_is_saved_and_served_as_trained(tiny_params, tiny_split
 
 def test_models_saved_before_the_adaptor_load_and_warm_start_as_linear(tiny_params, tiny_split, tmp_path):
     params = copy.deepcopy(tiny_params)
-    params["train"].update(finetune="frozen", epochs=1, text_whitening=False)
+    params["train"].update(finetune="frozen", epochs=1)
     fitting.fit(params, tiny_split, output_dir=tmp_path / "model")
     config_path = tmp_path / "model" / "config.json"
     config = json.loads(config_path.read_text())
-    del config["adaptor_experts"], config["text_whitening"]  # as written before either existed
+    del config["adaptor_experts"]  # as written by recpipe before train.adaptor_experts existed
     config_path.write_text(json.dumps(config))
     rec = M.Recommender.load(tmp_path / "model")
     assert isinstance(rec.model.item_tower.projection, torch.nn.Linear)

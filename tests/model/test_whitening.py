@@ -98,3 +98,20 @@ def test_a_warm_night_keeps_the_champions_whitening_and_a_raw_champion_cannot_se
     assert "text_whitening True vs False" in (warm_start.mismatch(config, raw) or "")
     del config["text_whitening"]  # a model saved before whitening existed was raw
     assert "text_whitening False vs True" in (warm_start.mismatch(config, params["train"]) or "")
+
+
+def test_a_checkpoint_keeps_the_fitted_whitening_for_a_resumed_run(tiny_params, tiny_split, tmp_path):
+    from pipeline_tasks.model.trainer import Trainer
+
+    params = copy.deepcopy(tiny_params)
+    params["train"].update(finetune="frozen", text_whitening=True, epochs=1)
+    first = Trainer(params, tiny_split, checkpoint_dir=tmp_path / "ckpt")
+    first.train(None)
+    first.save_checkpoint()
+    fitted = first.model.item_tower.projection[0].matrix
+    assert not torch.equal(fitted, torch.eye(fitted.shape[0]))
+    resumed = Trainer(params, tiny_split, checkpoint_dir=tmp_path / "ckpt")
+    resumed.resume()
+    # A resumed run never refits (its text table may have moved with a trained encoder): the buffers
+    # come from the checkpoint, or its weights would meet another whitening than they learnt on.
+    assert torch.equal(resumed.model.item_tower.projection[0].matrix, fitted)
