@@ -8,8 +8,8 @@ copied): ingest -> clean (Spark) -> split -> baselines (Pop, ItemKNN, EASE, ALS:
 then for every seed SASRec-ID and each TextSeqRec variant, each selected on valid (early stopping) and
 refit on train + valid as the train stage does, ranking the same test users. Variants:
 
-    frozen      the encoder frozen, one linear projection of the whitened cached pooled text (the default)
-    unwhitened  frozen without the text whitening (train.text_whitening false)
+    frozen      the encoder frozen, one linear projection of the cached pooled text (the default)
+    whitened    frozen, the pooled text whitened first (train.text_whitening true)
     adaptor     the encoder frozen, UniSRec's MoE whitening adaptor (train.adaptor_experts, default 8)
     lora        LoRA adapters on the encoder (params.yaml's default recipe)
 
@@ -66,7 +66,7 @@ SOURCES = {
 }
 VARIANTS = {
     "frozen": {"train.finetune": "frozen", "train.adaptor_experts": 0},
-    "unwhitened": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.text_whitening": False},
+    "whitened": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.text_whitening": True},
     "adaptor": {"train.finetune": "frozen", "train.adaptor_experts": 8},
     "lora": {"train.finetune": "lora", "train.adaptor_experts": 0},
 }
