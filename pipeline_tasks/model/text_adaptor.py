@@ -31,8 +31,9 @@ class TextWhitening(nn.Module):
     see mostly what every item has in common. Whitened, every direction starts with equal weight and
     the projection learns which ones predict "bought next" (Zhang et al., "Are ID embeddings
     necessary? Whitening pre-extracted text embeddings for sequential recommendation", 2023).
-    Measured: README, "Text whitening and length". The statistics are buffers: saved with the model, copied by
-    a warm start, never changed by training; `fit` sets them (the trainer, before the first step).
+    Measured: README, "Text whitening and length". The statistics are buffers: saved with the
+    model and in training checkpoints, copied by a warm start, never changed by training; `fit`
+    sets them (the trainer, before the first step of a fresh run).
     """
 
     centre: torch.Tensor  # buffers, declared for the type checker
@@ -99,7 +100,7 @@ def text_map(hidden_size: int, dim: int, experts: int, dropout: float, whitening
     return nn.Sequential(TextWhitening(hidden_size), mapping) if whitening else mapping
 
 
-def fit_whitening(text_map: nn.Module | None, pooled: torch.Tensor) -> None:
+def fit_whitening(projection: nn.Module | None, pooled: torch.Tensor) -> None:
     """Fit a text map's whitening (if it has one) on the catalogue's (n_items, hidden) pooled text."""
-    if isinstance(text_map, nn.Sequential) and isinstance(text_map[0], TextWhitening):
-        text_map[0].fit(pooled)
+    if isinstance(projection, nn.Sequential) and isinstance(projection[0], TextWhitening):
+        projection[0].fit(pooled)
