@@ -12,6 +12,8 @@ refit on train + valid as the train stage does, ranking the same test users. Var
     whitened    frozen, the pooled text whitened first (train.text_whitening true)
     adaptor     the encoder frozen, UniSRec's MoE whitening adaptor (train.adaptor_experts, default 8)
     lora        LoRA adapters on the encoder (params.yaml's default recipe)
+    textids     frozen, the item-ID rows started from the text's principal components (train.id_init text)
+    idsfromtext no text tower: SASRec-ID whose ID rows start from the text (use_text false, id_init text)
 
 Per model: NDCG@10 / Recall@10 per seed and their mean; a 95% bootstrap interval over test users of
 the seed-averaged per-user metric (seed noise averaged, user sampling kept); for each TextSeqRec variant
@@ -69,6 +71,8 @@ VARIANTS = {
     "whitened": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.text_whitening": True},
     "adaptor": {"train.finetune": "frozen", "train.adaptor_experts": 8},
     "lora": {"train.finetune": "lora", "train.adaptor_experts": 0},
+    "textids": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.id_init": "text"},
+    "idsfromtext": {"train.use_text": False, "train.id_init": "text"},
 }
 FIXED_BASELINES = ["Pop", "ItemKNN", "EASE", "ALS"]
 METRICS = (("ndcg", 10), ("recall", 10))
@@ -78,6 +82,10 @@ TEXT_ONLY = tuple(
     "encoder finetune lora_r lora_alpha lora_dropout max_text_len text_whitening adaptor_experts encoder_lr"
     " text_grad_items".split()
 )
+
+
+# Read only when IDs start from text (id_init random, as before the option existed, reads neither).
+ID_START = ("id_init", "id_init_std")
 
 
 def bench_params(data: str, overrides: list[str]) -> tuple[dict, Path, float]:
@@ -123,8 +131,10 @@ def fit_key(name: str, params: dict, seed: int) -> str:
     or of --set makes another fit (never a stale reuse). The thread count changes the speed, not the
     model, and an ID-only model reads no text params: neither is part of the key."""
     train = dict(variant_params(name, params, seed)["train"])
-    id_only = name == baselines.SASREC or not train["use_text"]  # select_sasrec turns the text off
-    ignored = NOT_IN_KEY + (TEXT_ONLY if id_only else ())
+    sasrec = name == baselines.SASREC  # select_sasrec turns the text off and starts IDs at random
+    id_init = "random" if sasrec else train["id_init"]
+    reads_text = not sasrec and (train["use_text"] or id_init == "text")
+    ignored = NOT_IN_KEY + (() if reads_text else TEXT_ONLY) + (() if id_init == "text" else ID_START)
     relevant = {key: value for key, value in train.items() if key not in ignored}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"text-{name}-seed{seed}-{digest}"

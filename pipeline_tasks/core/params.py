@@ -244,6 +244,10 @@ DEFAULTS: dict[str, Any] = {
         "user_heads": 2,
         "max_seq_len": 50,
         "use_id_embedding": True,
+        # Where item-ID rows start: random, or text (the catalogue text's top principal components,
+        # scaled to id_init_std; trainer.start_ids_from_text). Read by ID-only models too.
+        "id_init": "random",
+        "id_init_std": 0.3,
         "use_text": True,
         "dropout": 0.2,
         # At most this many epochs; with validation, stop once valid NDCG@10 has not improved for

@@ -256,13 +256,14 @@ def fit_and_rank_test(name: str, value: Any, split: SplitData, params: dict, k: 
 
 
 def sasrec_params(params: dict) -> dict:
-    """The train params with text off (the same loss); no checkpoints, no tuned params (those were
-    tuned with text). Its epoch budget and patience for the selection on valid; the refit takes the
-    selected count."""
+    """The train params with text off (the same loss), IDs started at random (a text start is text);
+    no checkpoints, no tuned params (those were tuned with text). Its epoch budget and patience for
+    the selection on valid; the refit takes the selected count."""
     out = copy.deepcopy(params)
     out["train"].update(
         use_text=False,
         use_id_embedding=True,
+        id_init="random",
         checkpoint_every=0,
         use_best_params=False,
         epochs=params["baselines"]["sasrec_epochs"] or params["train"]["epochs"],

@@ -104,3 +104,45 @@ def fit_whitening(projection: nn.Module | None, pooled: torch.Tensor) -> None:
     """Fit a text map's whitening (if it has one) on the catalogue's (n_items, hidden) pooled text."""
     if isinstance(projection, nn.Sequential) and isinstance(projection[0], TextWhitening):
         projection[0].fit(pooled)
+
+
+def principal_coordinates(pooled: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, k) float64: the centred pooled text on its top k principal directions (zero-padded past
+    the catalogue's rank)."""
+    centred = pooled.double() - pooled.double().mean(dim=0)
+    variances, directions = torch.linalg.eigh(centred.T @ centred)  # ascending
+    top = directions[:, variances.argsort(descending=True)[: min(k, len(variances))]]
+    coordinates = torch.zeros(len(pooled), k, dtype=torch.float64)
+    coordinates[:, : top.shape[1]] = centred @ top
+    return coordinates
+
+
+def ids_from_text(pooled: torch.Tensor, dim: int, std: float) -> torch.Tensor | None:
+    """(n_items, dim) item-ID rows that start where the text puts each item: the catalogue's pooled
+    text on its top `dim` principal components, scaled so the matrix's standard deviation is `std`.
+
+    Why: an ID embedding learns only from its item's interactions; started at random, a rare item's
+    row stays near noise. Started from text (LLMInit-style), alike items begin close and training
+    moves every row freely from there. None when the texts do not differ (nothing to start from).
+    """
+    rows = principal_coordinates(pooled, dim)
+    spread = rows.std()
+    if not torch.isfinite(spread) or spread <= 1e-9:
+        return None
+    return (rows * (std / spread)).float()
+
+
+def ids_for_new_items(pooled: torch.Tensor, rows: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """`rows` with each unknown item's row set to where the known rows' text -> ID map places its text.
+
+    A warm night's new items: the champion's rows are kept, and a least-squares linear map from the
+    text's top principal coordinates (as many as the rows have columns, plus a bias: fewer unknowns
+    than a catalogue has items, where the raw hidden size may have more) to them places each new
+    item among the items it reads like.
+    """
+    features = principal_coordinates(pooled, rows.shape[1])
+    features = torch.cat([features, features.new_ones(len(features), 1)], dim=1)
+    solution = torch.linalg.lstsq(features[known], rows[known].double(), driver="gelsd").solution
+    out = rows.clone()
+    out[~known] = (features[~known] @ solution).to(rows.dtype)
+    return out

@@ -37,7 +37,7 @@ from pipeline_tasks.data import dataset
 from pipeline_tasks.model import checkpoint, text_cache, warm_start
 from pipeline_tasks.model.distributed import average_gradients
 from pipeline_tasks.model.losses import full_softmax_loss, sampled_softmax_loss
-from pipeline_tasks.model.text_adaptor import fit_whitening
+from pipeline_tasks.model.text_adaptor import fit_whitening, ids_for_new_items, ids_from_text
 from pipeline_tasks.model.towers import (
     ENCODER_DIR,
     ENCODER_PREFIX,
@@ -54,6 +54,7 @@ OnEpoch = Callable[[int, float], None]
 VALID_K = 10
 VALID_METRIC = "valid_ndcg@10"
 LOSSES = ("auto", "softmax", "sampled")
+ID_INITS = ("random", "text")  # where item-ID rows start (start_ids_from_text)
 # train.* keys that change neither the trained weights nor the data order (not in the resume hash).
 # (warm_start / warm_epochs: where training starts is hashed on its own, the epochs it runs are in `epochs`.)
 NOT_TRAINING_KEYS = {
@@ -89,6 +90,10 @@ def check_train_params(cfg: dict) -> None:
         raise ParamsError(
             "train.n_negatives, train.text_grad_items, train.checkpoint_every and train.adaptor_experts must be >= 0"
         )
+    if cfg["id_init"] not in ID_INITS:
+        raise ParamsError(f"train.id_init={cfg['id_init']!r} is unknown; use one of {', '.join(ID_INITS)}")
+    if cfg["id_init_std"] <= 0:
+        raise ParamsError(f"train.id_init_std={cfg['id_init_std']} must be positive (the ID rows' spread)")
     if cfg["loss"] not in LOSSES:
         raise ParamsError(f"train.loss={cfg['loss']!r} is unknown; use one of {', '.join(LOSSES)}")
 
@@ -218,6 +223,7 @@ class Trainer:
         encoder_dir = warm_from / ENCODER_DIR if warm_from is not None and self.cfg["use_text"] else None
         model = build_model(self.cfg, self.data.item_ids, self.data.item_texts, root, encoder_dir)
         self.warm_start: dict = {}
+        self.warm_from = warm_from
         if warm_from is not None:
             self.warm_start = warm_start.init_from(model, warm_from)
             log.info(
@@ -263,6 +269,8 @@ class Trainer:
             self.cache = self.initial_text_table()
             if self.cache is not None and not self.warm_start:  # a warm start keeps the champion's
                 fit_whitening(self.model.item_tower.projection, self.cache)
+        if self.progress.step == 0:  # not again on a resume
+            self.start_ids_from_text()
         # One rank: a permutation seeded by (seed, epoch). Several: each rank's disjoint share of it.
         # Any sized sequence serves as the sampler's dataset: only its length is read.
         rows: Any = range(len(self.data.inputs))
@@ -380,6 +388,37 @@ class Trainer:
         table, self.text_cache = text_cache.pooled_table(
             self.model, self.tokens, self.data.item_texts, self.root, self.device
         )
+        return table
+
+    def start_ids_from_text(self) -> None:
+        """train.id_init=text: the ID rows start at the catalogue text's principal components; on a
+        warm night the champion's rows stay, and an ID-only model's new items start where the
+        champion's rows map their text (a text model's start from text alone, warm_start.py)."""
+        embedding = self.model.item_tower.id_embedding
+        if self.cfg["id_init"] != "text" or embedding is None or (self.warm_from and self.model.uses_text):
+            return
+        pooled = self.cache if self.cache is not None else self.text_table_for_ids()
+        with torch.no_grad():
+            if self.warm_from is not None:
+                known = warm_start.kept_items(self.warm_from, self.data.item_ids)
+                if known.any() and not known.all():
+                    embedding.weight.copy_(ids_for_new_items(pooled.cpu(), embedding.weight.cpu(), known))
+                return
+            rows = ids_from_text(pooled.cpu(), embedding.weight.shape[1], self.cfg["id_init_std"])
+            if rows is None:
+                log.warning("train.id_init=text: every item's text reads the same, so ID rows keep their random start")
+                return
+            embedding.weight.copy_(rows)
+
+    def text_table_for_ids(self) -> torch.Tensor:
+        """An ID-only model's pooled catalogue text (from the text cache): a frozen reader of the
+        configured encoder, built without touching the run's random state."""
+        with torch.random.fork_rng(devices=[]):
+            reader_cfg = {**self.cfg, "use_text": True, "finetune": "frozen"}
+            reader = build_model(reader_cfg, self.data.item_ids, [], self.root)
+        reader.to(self.device)
+        tokens = reader.tokenize(self.data.item_texts)
+        table, self.text_cache = text_cache.pooled_table(reader, tokens, self.data.item_texts, self.root, self.device)
         return table
 
     def encode_catalogue(self) -> torch.Tensor | None:

@@ -9,6 +9,8 @@ What carries over, and why it is safe with a grown catalogue:
 - the item-ID embedding: matched by item id, not by row, because tonight's catalogue is ordered
   anew and holds items the champion never saw. A new item's ID row starts at zero: its vector is
   its text alone, exactly how the champion would place it cold, until training gives it an ID part.
+  An ID-only model started from text (`train.id_init: text`) has no text part to place it: the
+  trainer puts its row where the champion's rows map its text (text_adaptor.ids_for_new_items).
 
 Only a model of the same shape can seed another (`mismatch` says what differs); a compressed
 variant whose encoder is not a plain fp32 Hugging Face model (int8, ONNX, a pruned or distilled
@@ -86,6 +88,12 @@ def init_from(model: TextSeqRec, model_dir: Path) -> dict:
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(key.startswith(ENCODER_PREFIX) for key in missing), (missing, unexpected)
     return {"items_kept": kept, "items_new": model.n_items - kept if ID_EMBEDDING in state else model.n_items}
+
+
+def kept_items(model_dir: Path, item_ids: list[str]) -> torch.Tensor:
+    """(n_items,) True for each item of `item_ids` the saved model has an ID row for."""
+    saved = set(io.read_json(Path(model_dir) / saved_config(model_dir)["item_ids_file"]))
+    return torch.tensor([item in saved for item in item_ids], dtype=torch.bool)
 
 
 def rows_by_item_id(saved: torch.Tensor, saved_ids: list[str], item_ids: list[str]) -> tuple[torch.Tensor, int]:
