@@ -8,12 +8,11 @@ copied): ingest -> clean (Spark) -> split -> baselines (Pop, ItemKNN, EASE, ALS:
 then for every seed SASRec-ID and each TextSeqRec variant, each selected on valid (early stopping) and
 refit on train + valid as the train stage does, ranking the same test users. Variants:
 
-    frozen      the encoder frozen, one linear projection of the cached pooled text (the default;
-                its ID rows start from the text, train.id_init)
+    frozen      the encoder frozen, one linear projection of the cached pooled text (the default)
     whitened    frozen, the pooled text whitened first (train.text_whitening true)
     adaptor     the encoder frozen, UniSRec's MoE whitening adaptor (train.adaptor_experts, default 8)
     lora        LoRA adapters on the encoder (params.yaml's default recipe)
-    randomids   frozen, the item-ID rows started at random (train.id_init random)
+    textids     frozen, the item-ID rows started from the text's principal components (train.id_init text)
     idsfromtext no text tower: SASRec-ID whose ID rows start from the text (use_text false, id_init text)
 
 Per model: NDCG@10 / Recall@10 per seed and their mean; a 95% bootstrap interval over test users of
@@ -72,7 +71,7 @@ VARIANTS = {
     "whitened": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.text_whitening": True},
     "adaptor": {"train.finetune": "frozen", "train.adaptor_experts": 8},
     "lora": {"train.finetune": "lora", "train.adaptor_experts": 0},
-    "randomids": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.id_init": "random"},
+    "textids": {"train.finetune": "frozen", "train.adaptor_experts": 0, "train.id_init": "text"},
     "idsfromtext": {"train.use_text": False, "train.id_init": "text"},
 }
 FIXED_BASELINES = ["Pop", "ItemKNN", "EASE", "ALS"]

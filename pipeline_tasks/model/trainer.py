@@ -413,9 +413,15 @@ class Trainer:
     def text_table_for_ids(self) -> torch.Tensor:
         """An ID-only model's pooled catalogue text (from the text cache): a frozen reader of the
         configured encoder, built without touching the run's random state."""
-        with torch.random.fork_rng(devices=[]):
-            reader_cfg = {**self.cfg, "use_text": True, "finetune": "frozen"}
-            reader = build_model(reader_cfg, self.data.item_ids, [], self.root)
+        reader_cfg = {**self.cfg, "use_text": True, "finetune": "frozen"}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                reader = build_model(reader_cfg, self.data.item_ids, [], self.root)
+        except ParamsError as err:
+            raise ParamsError(
+                f"train.id_init=text reads the item text with train.encoder, even for an ID-only model: {err}; "
+                "or set train.id_init=random"
+            ) from err
         reader.to(self.device)
         tokens = reader.tokenize(self.data.item_texts)
         table, self.text_cache = text_cache.pooled_table(reader, tokens, self.data.item_texts, self.root, self.device)

@@ -131,6 +131,15 @@ def test_a_warm_night_places_an_id_only_models_new_items_by_their_text(text_star
     assert all(float(rows[position[item]].norm()) > 0.5 for item in new), "every new item has a direction"
 
 
+def test_an_id_only_model_started_from_text_says_it_needs_the_encoder(text_started, tiny_split):
+    params = copy.deepcopy(text_started)
+    params["train"].update(use_text=False, encoder="/no/such/encoder")
+    with pytest.raises(ParamsError, match=r"train.id_init=text reads the item text .* or set train.id_init=random"):
+        fitting.fit(params, tiny_split)
+    params["train"]["id_init"] = "random"  # at random it needs no encoder
+    assert fitting.fit(params, tiny_split)["epochs"] == 1
+
+
 def test_an_unknown_id_start_is_refused_with_the_choices(text_started, tiny_split):
     params = copy.deepcopy(text_started)
     params["train"]["id_init"] = "pca"
