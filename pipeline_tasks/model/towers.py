@@ -179,7 +179,7 @@ class ItemTower(nn.Module):
         self.id_embedding = nn.Embedding(n_items, dim) if use_id_embedding else None
         if self.id_embedding is not None:
             # Small start: text carries the signal first, IDs learn the residual. train.id_init=text
-            # replaces it before the first step with the text's principal components
+            # (the default) replaces it before the first step with the text's principal components
             # (trainer.start_ids_from_text), so alike items start alike.
             nn.init.normal_(self.id_embedding.weight, std=0.01 if encoder is not None else 0.1)
 

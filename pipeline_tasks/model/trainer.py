@@ -83,7 +83,7 @@ def check_train_params(cfg: dict) -> None:
     for key in ("epochs", "batch_size", "dim", "max_seq_len", "max_text_len", "user_layers", "user_heads"):
         if cfg[key] < 1:
             raise ParamsError(f"train.{key}={cfg[key]} must be at least 1")
-    for key in ("lr", "temperature"):
+    for key in ("lr", "temperature", "warm_lr_scale"):
         if cfg[key] <= 0:
             raise ParamsError(f"train.{key}={cfg[key]} must be positive")
     if min(cfg["n_negatives"], cfg["text_grad_items"], cfg["checkpoint_every"], cfg["adaptor_experts"]) < 0:
@@ -242,9 +242,12 @@ class Trainer:
         rest: list[torch.nn.Parameter] = []
         for name, param in self.trainable().items():
             (encoder if name.startswith("item_tower.encoder.") else rest).append(param)
-        groups = [{"params": rest, "lr": self.cfg["lr"]}]
+        # A warm night fine-tunes the champion: at the full rate its first steps re-enter early
+        # training's popularity phase and undo what it learnt on rare items (README, "Warm nights").
+        scale = self.cfg["warm_lr_scale"] if self.warm_from is not None else 1.0
+        groups = [{"params": rest, "lr": self.cfg["lr"] * scale}]
         if encoder:
-            groups.append({"params": encoder, "lr": self.cfg["encoder_lr"]})
+            groups.append({"params": encoder, "lr": self.cfg["encoder_lr"] * scale})
         return torch.optim.AdamW(groups, weight_decay=self.cfg["weight_decay"])
 
     def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -12,6 +12,7 @@ import pytest
 from pipeline_tasks.core import constants as C
 from pipeline_tasks.core import io
 from pipeline_tasks.core import metrics as M
+from pipeline_tasks.core.errors import ParamsError
 from pipeline_tasks.data.dataset import eval_task, load_split
 from pipeline_tasks.model import fitting
 from pipeline_tasks.model.evaluation import model_ranking
@@ -135,3 +136,20 @@ def test_a_warm_night_trains_at_most_warm_epochs_and_a_champion_of_another_shape
     assert "encoder" in warm_start.mismatch(config, {**params["train"], "encoder": "another-encoder"})
     assert "use_text False vs True" in warm_start.mismatch(warm_start.saved_config(ids_model), params["train"])
     assert "compressed copy" in warm_start.mismatch({**config, "encoder_quantization": "onnx_int8"}, params["train"])
+
+
+def test_a_warm_night_fine_tunes_at_a_share_of_the_learning_rate(trained_before_tonight):
+    """At the full rate a warm night's first steps re-enter early training's popularity phase and
+    undo what the champion learnt on rare items (README, "Warm nights"): it runs at warm_lr_scale."""
+    from pipeline_tasks.model.trainer import Trainer
+
+    params, root, text_model, _ = trained_before_tonight
+    params = copy.deepcopy(params)
+    params["train"].update(lr=0.01, encoder_lr=0.001, warm_lr_scale=0.1)
+    fresh = Trainer(params, root, checkpoint_dir=None)
+    warm = Trainer(params, root, checkpoint_dir=None, warm_from=text_model)
+    assert [g["initial_lr"] for g in fresh.optimizer.param_groups] == pytest.approx([0.01, 0.001])
+    assert [g["initial_lr"] for g in warm.optimizer.param_groups] == pytest.approx([0.001, 0.0001])
+    params["train"]["warm_lr_scale"] = 0.0
+    with pytest.raises(ParamsError, match="train.warm_lr_scale=0.0 must be positive"):
+        Trainer(params, root, checkpoint_dir=None, warm_from=text_model)
