@@ -174,9 +174,10 @@ def test_recommend_excludes_seen_items_and_ignores_unknown_ids(tiny_params, tiny
     assert {i for i, _ in with_seen} == set(ids)
 
 
-def test_id_only_model_needs_no_encoder(tiny_params, tiny_split, tmp_path):
+def test_id_only_model_with_random_ids_needs_no_encoder(tiny_params, tiny_split, tmp_path):
+    """(IDs started from text read the text with the encoder: tests/model/test_id_init.py.)"""
     params = copy.deepcopy(tiny_params)
-    params["train"].update(use_text=False, encoder="/no/such/encoder", epochs=1)
+    params["train"].update(use_text=False, id_init="random", encoder="/no/such/encoder", epochs=1)
     metrics = fitting.fit(params, tiny_split, output_dir=tmp_path / "model")
     assert 0.0 <= metrics["valid_ndcg@10"] <= 1.0
     assert not (tmp_path / "model" / "encoder").exists()
