@@ -74,8 +74,9 @@ def fit_final(
     interactions before it ranks their test item.
 
     warm_from (a warm night): both phases start from that saved model instead of scratch, for at most
-    `train.warm_epochs` epochs at `train.warm_lr_scale` of the learning rates — a model that already knows the catalogue needs only a few passes
-    over tonight's data, which is what makes a warm night cheap.
+    `train.warm_epochs` epochs at `train.warm_lr_scale` of the learning rates — a model that already
+    knows the catalogue needs only a few passes over tonight's data, which is what makes a warm
+    night cheap.
 
     Each phase checkpoints in its own sub-folder of checkpoint_dir; the selection keeps its finished
     state until the refit is done, so a run killed during the refit resumes there.
