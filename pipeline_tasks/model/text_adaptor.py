@@ -47,11 +47,7 @@ class TextWhitening(nn.Module):
     @torch.no_grad()
     def fit(self, pooled: torch.Tensor) -> None:
         """Set the statistics from (n_items, hidden) pooled text (float64: eigh of a near-singular matrix)."""
-        x = pooled.detach().double()
-        centre = x.mean(dim=0)
-        centred = x - centre
-        covariance = centred.T @ centred / max(1, len(x) - 1)
-        variances, directions = torch.linalg.eigh(covariance)
+        centre, variances, directions = principal_axes(pooled)
         variances = variances.clamp(min=0.0)
         floor = WHITENING_FLOOR * float(variances.mean()) or 1.0  # an all-equal catalogue: centre only
         self.centre.copy_(centre.to(self.centre.dtype))
@@ -106,11 +102,21 @@ def fit_whitening(projection: nn.Module | None, pooled: torch.Tensor) -> None:
         projection[0].fit(pooled)
 
 
+def principal_axes(pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 mean, covariance eigenvalues (ascending) and eigenvectors (columns) of (n, hidden)
+    pooled text: what whitening and the text start of ID rows are both built on."""
+    x = pooled.detach().double()
+    centre = x.mean(dim=0)
+    centred = x - centre
+    variances, directions = torch.linalg.eigh(centred.T @ centred / max(1, len(x) - 1))
+    return centre, variances, directions
+
+
 def principal_coordinates(pooled: torch.Tensor, k: int) -> torch.Tensor:
     """(n, k) float64: the centred pooled text on its top k principal directions (zero-padded past
     the catalogue's rank)."""
-    centred = pooled.double() - pooled.double().mean(dim=0)
-    variances, directions = torch.linalg.eigh(centred.T @ centred)  # ascending
+    centre, variances, directions = principal_axes(pooled)
+    centred = pooled.detach().double() - centre
     top = directions[:, variances.argsort(descending=True)[: min(k, len(variances))]]
     coordinates = torch.zeros(len(pooled), k, dtype=torch.float64)
     coordinates[:, : top.shape[1]] = centred @ top
@@ -122,8 +128,9 @@ def ids_from_text(pooled: torch.Tensor, dim: int, std: float) -> torch.Tensor | 
     text on its top `dim` principal components, scaled so the matrix's standard deviation is `std`.
 
     Why: an ID embedding learns only from its item's interactions; started at random, a rare item's
-    row stays near noise. Started from text (LLMInit-style), alike items begin close and training
-    moves every row freely from there. None when the texts do not differ (nothing to start from).
+    row stays near noise. Started from text (as from PCA-reduced language-model embeddings, Harte et
+    al., RecSys 2023), alike items begin close and training moves every row freely from there.
+    None when the texts do not differ (nothing to start from).
     """
     rows = principal_coordinates(pooled, dim)
     spread = rows.std()

@@ -400,14 +400,15 @@ class Trainer:
         embedding = self.model.item_tower.id_embedding
         if self.cfg["id_init"] != "text" or embedding is None or (self.warm_from and self.model.uses_text):
             return
-        pooled = self.cache if self.cache is not None else self.text_table_for_ids()
+        known = warm_start.kept_items(self.warm_from, self.data.item_ids) if self.warm_from else None
+        if known is not None and (known.all() or not known.any()):
+            return  # a warm night with no new item (or nothing to map from): the text is not read
+        pooled = (self.cache if self.cache is not None else self.text_table_for_ids()).cpu()
         with torch.no_grad():
-            if self.warm_from is not None:
-                known = warm_start.kept_items(self.warm_from, self.data.item_ids)
-                if known.any() and not known.all():
-                    embedding.weight.copy_(ids_for_new_items(pooled.cpu(), embedding.weight.cpu(), known))
+            if known is not None:
+                embedding.weight.copy_(ids_for_new_items(pooled, embedding.weight.cpu(), known))
                 return
-            rows = ids_from_text(pooled.cpu(), embedding.weight.shape[1], self.cfg["id_init_std"])
+            rows = ids_from_text(pooled, embedding.weight.shape[1], self.cfg["id_init_std"])
             if rows is None:
                 log.warning("train.id_init=text: every item's text reads the same, so ID rows keep their random start")
                 return

@@ -101,7 +101,7 @@ def test_finetune_mode_trains_only_its_parameters(tiny_model, mode):
     changed = {n for n, p in params.items() if not torch.equal(p.detach(), before[n])}
     assert changed <= trainable, f"{mode} changed frozen encoder weights: {sorted(changed - trainable)[:3]}"
     assert bool(changed) == bool(trainable)
-    assert not torch.equal(model.item_tower.projection.weight.detach(), torch.zeros(1))  # towers still train
+    assert model.item_tower.projection.weight.grad is not None  # towers still train
 
 
 def test_unknown_finetune_mode_is_a_params_error(tiny_model):
