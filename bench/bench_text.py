@@ -18,7 +18,9 @@ refit on train + valid as the train stage does, ranking the same test users. Var
 Per model: NDCG@10 / Recall@10 per seed and their mean; a 95% bootstrap interval over test users of
 the seed-averaged per-user metric (seed noise averaged, user sampling kept); for each TextSeqRec variant
 the paired interval of its gain over the best other model and the issue's ratio target (Office 1.15,
-MovieLens 1.10; the gain's interval must exclude 0); wall and CPU seconds of every fit and stage.
+MovieLens 1.10; the gain's interval must exclude 0); each variant after the first, its paired gain over
+the first one named (`gain_over_first_variant`: lora over frozen in `--variants frozen,lora`); wall and
+CPU seconds of every fit and stage.
 Writes bench/results/text_<data>.json. Each fit is kept under <work>/bench_stages/ (--reuse resumes;
 a fit made with other train params, from params.yaml or --set, is another file; ingest/clean/split
 are reused as they are: give a different --work when --set changes the data).
@@ -171,20 +173,26 @@ def intervals(users: dict[str, dict[str, np.ndarray]], params: dict) -> dict:
         low, high = evaluation.percentile_interval(values, cfg["ci_level"])
         return {"mean": round(point, 4), "low": round(float(low), 4), "high": round(float(high), 4)}
 
-    out: dict = {n: {m: interval(means[:, column[n, m]], float(users[n][m].mean())) for m in metrics} for n in names}
-    others = [n for n in names if not n.startswith(C.MODEL_NAME)]
-    best = max(others, key=lambda n: users[n]["ndcg@10"].mean())
-    for text in [n for n in names if n.startswith(C.MODEL_NAME)]:
-        out[text]["gain_over_best_other"] = {
-            "reference": best,
+    def gain(model: str, reference: str) -> dict:
+        return {
+            "reference": reference,
             **{
                 m: interval(
-                    means[:, column[text, m]] - means[:, column[best, m]],
-                    float(users[text][m].mean() - users[best][m].mean()),
+                    means[:, column[model, m]] - means[:, column[reference, m]],
+                    float(users[model][m].mean() - users[reference][m].mean()),
                 )
                 for m in metrics
             },
         }
+
+    out: dict = {n: {m: interval(means[:, column[n, m]], float(users[n][m].mean())) for m in metrics} for n in names}
+    others = [n for n in names if not n.startswith(C.MODEL_NAME)]
+    best = max(others, key=lambda n: users[n]["ndcg@10"].mean())
+    texts = [n for n in names if n.startswith(C.MODEL_NAME)]
+    for text in texts:
+        out[text]["gain_over_best_other"] = gain(text, best)
+    for text in texts[1:]:  # each later variant against the first one named (e.g. lora against frozen)
+        out[text]["gain_over_first_variant"] = gain(text, texts[0])
     return out
 
 
